@@ -1,0 +1,255 @@
+"""The typed models of `taskmedic.yaml` and the one function that loads it.
+
+One set of pydantic models validates the file, produces the `file:line: key: message` errors
+and the JSON Schema. The `healer:` section is validated by `healer.config`, which extends
+`Config`; the exporter only carries it along.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    model_validator,
+)
+
+from exporter.configfile import Located, load_yaml, validate
+from exporter.errors import ConfigError
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"^\s*((?:\d+(?:\.\d+)?(?:ms|s|m|h|d)\s*)+)$")
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+
+
+def parse_duration(value: Any) -> float:
+    """`"90s"`, `"10m"`, `"1h30m"`, `"250ms"` or a number of seconds -> seconds as float."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 10m or 1h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and _DURATION.match(value):
+        seconds = sum(float(n) * _UNITS[u] for n, u in _PART.findall(value))
+    else:
+        raise ValueError("expected a duration such as 30s, 10m or 1h")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$", max_length=100)]
+
+
+def mask_dsn(dsn: str) -> str:
+    """Hide the password of a URL or libpq key=value DSN; everything else stays readable."""
+    masked = re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn, flags=re.IGNORECASE)
+    return re.sub(r"^([a-z][a-z0-9+.-]*://[^:/@]*):[^@/]*@", r"\1:***@", masked, flags=re.I)
+
+
+class Model(BaseModel):
+    """Every section forbids unknown keys: a typo is an error, not a silent default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _read_secret(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+class DatabaseConfig(Model):
+    """A user's database, reached read-only. The DSN scheme picks the driver."""
+
+    dsn: SecretStr | None = None
+    dsn_file: Path | None = None
+    password_file: Path | None = None
+    connect_timeout: Duration = 5.0
+
+    @model_validator(mode="after")
+    def _resolve(self) -> DatabaseConfig:
+        if (self.dsn is None) == (self.dsn_file is None):
+            raise ValueError("give exactly one of dsn or dsn_file")
+        if self.dsn_file is not None:
+            object.__setattr__(self, "dsn", SecretStr(_read_secret(self.dsn_file, "dsn_file")))
+        if self.password_file is not None:
+            _read_secret(self.password_file, "password_file")
+        self.kind  # noqa: B018 - validates the scheme now, not at first use
+        return self
+
+    @property
+    def kind(self) -> Literal["postgresql", "mysql"]:
+        raw = self.dsn.get_secret_value() if self.dsn else ""
+        scheme = urlsplit(raw).scheme.split("+")[0].lower() if "://" in raw else ""
+        if scheme in ("postgresql", "postgres") or (not scheme and "=" in raw):
+            return "postgresql"
+        if scheme in ("mysql", "mariadb"):
+            return "mysql"
+        raise ValueError(
+            "dsn must start with postgresql://, postgres://, mysql:// or mariadb:// "
+            "(or be a libpq key=value string)"
+        )
+
+    def secret_dsn(self) -> str:
+        """The DSN with any `password_file` applied; never log this value."""
+        assert self.dsn is not None
+        return self.dsn.get_secret_value()
+
+    def password(self) -> str | None:
+        return _read_secret(self.password_file, "password_file") if self.password_file else None
+
+    def display(self) -> str:
+        return mask_dsn(self.secret_dsn())
+
+
+class CeleryConfig(Model):
+    """A Celery cluster: where its broker and result backend are, and how to judge liveness."""
+
+    broker: SecretStr
+    backend: SecretStr | None = None
+    queues: list[str] = Field(default_factory=lambda: ["celery"])
+    inspect_timeout: Duration = 1.0
+    purge_offline_after: Duration = 300.0
+
+    def display(self) -> dict[str, Any]:
+        return {
+            "broker": mask_dsn(self.broker.get_secret_value()),
+            "backend": mask_dsn(self.backend.get_secret_value()) if self.backend else None,
+            "queues": self.queues,
+            "inspect_timeout": self.inspect_timeout,
+            "purge_offline_after": self.purge_offline_after,
+        }
+
+
+def _listen(value: Any) -> str:
+    if not isinstance(value, str) or not re.match(r"^(\[[0-9a-fA-F:]+\]|[^:\s]*):\d{1,5}$", value):
+        raise ValueError("expected host:port, for example 127.0.0.1:9808")
+    if int(value.rsplit(":", 1)[1]) > 65535:
+        raise ValueError("port must be at most 65535")
+    return value
+
+
+Listen = Annotated[str, BeforeValidator(_listen)]
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, port = listen.rsplit(":", 1)
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - an empty host means all
+
+
+class ExporterSettings(Model):
+    listen: Listen = "127.0.0.1:9808"
+    interval: Duration = 15.0
+    timeout: Duration = 10.0
+
+
+class CheckBase(Model):
+    name: Name
+    database: Name
+    query: str = Field(min_length=1)
+    interval: Duration | None = None
+    timeout: Duration | None = None
+    help: str | None = None
+
+
+class StaleStatusCheck(CheckBase):
+    """Rows `(key, timestamp)`; stale when the timestamp is older than `max_age`."""
+
+    type: Literal["stale_status"]
+    max_age: Duration
+
+
+class OrphanTasksCheck(CheckBase):
+    """Rows `(key, task_id, since)` that claim a Celery task is running."""
+
+    type: Literal["orphan_tasks"]
+    celery: Name
+    grace: Duration = 120.0
+
+
+class OrphanRowsCheck(CheckBase):
+    """Rows `(key, since)` the query itself calls orphans (relational orphans)."""
+
+    type: Literal["orphan_rows"]
+    grace: Duration = 60.0
+
+
+Check = Annotated[
+    StaleStatusCheck | OrphanTasksCheck | OrphanRowsCheck, Field(discriminator="type")
+]
+
+
+class Config(Model):
+    """The whole `taskmedic.yaml` as the exporter sees it."""
+
+    databases: dict[Name, DatabaseConfig] = Field(default_factory=dict)
+    celery: dict[Name, CeleryConfig] = Field(default_factory=dict)
+    exporter: ExporterSettings = Field(default_factory=ExporterSettings)
+    checks: list[Check] = Field(default_factory=list)
+    healer: Any = None  # validated by healer.config
+
+    def check(self, name: str) -> StaleStatusCheck | OrphanTasksCheck | OrphanRowsCheck:
+        for c in self.checks:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def interval_of(self, check: CheckBase) -> float:
+        return check.interval if check.interval is not None else self.exporter.interval
+
+    def timeout_of(self, check: CheckBase) -> float:
+        t = check.timeout if check.timeout is not None else self.exporter.timeout
+        return min(t, self.interval_of(check))
+
+    def display(self) -> dict[str, Any]:
+        """The effective config as plain data with every secret masked."""
+        out = self.model_dump(mode="json", exclude={"databases", "celery", "healer"})
+        out["databases"] = {
+            n: {"dsn": d.display(), "connect_timeout": d.connect_timeout}
+            for n, d in self.databases.items()
+        }
+        out["celery"] = {n: c.display() for n, c in self.celery.items()}
+        return out
+
+
+def cross_check(config: Config, located: Located) -> None:
+    """References between sections: a check naming an undefined database or cluster."""
+    problems = []
+    seen: set[str] = set()
+    for i, c in enumerate(config.checks):
+        if c.name in seen:
+            problems.append(located.problem(("checks", i, "name"), f"duplicate check {c.name!r}"))
+        seen.add(c.name)
+        if c.database not in config.databases:
+            problems.append(
+                located.problem(
+                    ("checks", i, "database"),
+                    f"database {c.database!r} is not defined under databases",
+                )
+            )
+        if isinstance(c, OrphanTasksCheck) and c.celery not in config.celery:
+            problems.append(
+                located.problem(
+                    ("checks", i, "celery"), f"celery cluster {c.celery!r} is not defined"
+                )
+            )
+    if problems:
+        raise ConfigError(problems)
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Load and validate `taskmedic.yaml`; raises ConfigError listing every located problem."""
+    located = load_yaml(path, env)
+    config = validate(Config, located)
+    cross_check(config, located)
+    return config

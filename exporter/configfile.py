@@ -1,0 +1,184 @@
+"""Reading YAML files into plain data while remembering where every key came from.
+
+PyYAML's node tree keeps the line of every value; we build plain dicts and lists from it and a
+map from key path to line, so that a pydantic error at ``checks[2].grace`` can be reported as
+``taskmedic.yaml:14: checks[2].grace: ...``. `${VAR}` and `${VAR:-default}` are expanded in
+string scalars here (``$$`` is a literal dollar), so interpolated values are validated like any
+other. Nothing else in taskmedic parses YAML.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from exporter.errors import ConfigError, Problem
+
+Path_ = tuple[str | int, ...]
+M = TypeVar("M", bound=BaseModel)
+
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+@dataclass
+class Located:
+    """Plain data from a YAML file plus the line of every key path in it."""
+
+    file: str
+    data: Any
+    lines: dict[Path_, int] = field(default_factory=dict)
+
+    def line_of(self, path: Path_) -> int | None:
+        """The line of the deepest existing prefix of `path` (a missing key points at its parent)."""
+        for end in range(len(path), -1, -1):
+            line = self.lines.get(tuple(path[:end]))
+            if line is not None:
+                return line
+        return None
+
+    def problem(self, path: Path_, message: str) -> Problem:
+        return Problem(self.file, self.line_of(path), format_path(path), message)
+
+
+def format_path(path: Path_) -> str:
+    """`("checks", 2, "grace")` -> `checks[2].grace`."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def expand_vars(value: str, env: Mapping[str, str]) -> str:
+    """Expand `${VAR}`, `${VAR:-default}` and `$$`; raise KeyError naming a missing variable."""
+
+    def repl(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name, default = m.group(1), m.group(2)
+        got = env.get(name)
+        if got is None or (got == "" and default is not None):
+            if default is None:
+                raise KeyError(name)
+            return default
+        return got
+
+    return _VAR.sub(repl, value)
+
+
+def load_yaml(path: str | Path, env: Mapping[str, str] | None = None) -> Located:
+    """Parse one YAML file into `Located` data; syntax errors become a located ConfigError."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([Problem(file, None, "", f"cannot read file: {exc.strerror}")]) from exc
+    return parse_yaml(text, file, os.environ if env is None else env)
+
+
+def parse_yaml(text: str, file: str, env: Mapping[str, str]) -> Located:
+    """Like `load_yaml`, from text (used by tests and by `rules check` on stdin)."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        msg = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([Problem(file, line, "", f"invalid YAML: {msg}")]) from exc
+    located = Located(file, None)
+    problems: list[Problem] = []
+    if node is not None:
+        located.data = _build(node, (), located, env, problems)
+    if problems:
+        raise ConfigError(problems)
+    return located
+
+
+_scalars = yaml.constructor.SafeConstructor()
+
+
+def _build(
+    node: yaml.Node, path: Path_, located: Located, env: Mapping[str, str], problems: list[Problem]
+) -> Any:
+    located.lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                problems.append(located.problem(path, "mapping keys must be plain strings"))
+                continue
+            key = str(key_node.value)
+            if key == "<<":
+                problems.append(located.problem(path, "YAML merge keys (<<) are not supported"))
+                continue
+            if key in out:
+                line = key_node.start_mark.line + 1
+                problems.append(
+                    Problem(located.file, line, format_path((*path, key)), "duplicate key")
+                )
+                continue
+            located.lines[(*path, key)] = key_node.start_mark.line + 1
+            out[key] = _build(value_node, (*path, key), located, env, problems)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [
+            _build(item, (*path, i), located, env, problems) for i, item in enumerate(node.value)
+        ]
+    value = _scalars.construct_object(node)
+    if isinstance(value, str) and "$" in value:
+        try:
+            return expand_vars(value, env)
+        except KeyError as exc:
+            problems.append(
+                located.problem(path, f"environment variable {exc.args[0]} is not set")
+            )
+            return value
+    return value
+
+
+def validate(model: type[M], located: Located, context: dict[str, Any] | None = None) -> M:
+    """Validate located data against a pydantic model; errors come back located, values hidden.
+
+    Error messages never echo the offending input, because it may be a secret (a DSN, a token).
+    """
+    try:
+        return model.model_validate(located.data or {}, context=context)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_input=False, include_url=False):
+            path = _data_path(located.data, err["loc"])
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            elif err["type"] == "missing":
+                msg = "required key is missing"
+            msg = msg.removeprefix("Value error, ")
+            problems.append(located.problem(path, msg))
+        raise ConfigError(problems) from None
+
+
+def _data_path(data: Any, loc: tuple[int | str, ...]) -> Path_:
+    """Map a pydantic error location onto the data, dropping union tags and validator names."""
+    path: list[str | int] = []
+    cur = data
+    for i, part in enumerate(loc):
+        if isinstance(cur, dict) and isinstance(part, str) and part in cur:
+            path.append(part)
+            cur = cur[part]
+        elif isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur):
+            path.append(part)
+            cur = cur[part]
+        elif isinstance(cur, dict) and isinstance(part, str) and i == len(loc) - 1:
+            path.append(part)  # a missing or unknown key: name it
+        elif isinstance(cur, dict) and isinstance(part, str) and i < len(loc) - 1:
+            continue  # a discriminated-union tag such as "orphan_tasks"
+    return tuple(path)

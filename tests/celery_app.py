@@ -1,0 +1,55 @@
+"""The Celery app the tests run in real worker processes.
+
+The broker comes from `$TASKMEDIC_TEST_BROKER`; the result backend is the same Redis database.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from celery import Celery
+
+
+def make_app(broker: str | None = None) -> Celery:
+    url = broker or os.environ.get("TASKMEDIC_TEST_BROKER", "redis://127.0.0.1:6379/15")
+    app = Celery("tests", broker=url, backend=url)
+    app.conf.update(
+        task_send_sent_event=True,
+        worker_send_task_events=True,
+        task_track_started=True,
+        task_acks_late=False,
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        result_expires=3600,
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+app = make_app()
+
+
+@app.task(name="tests.sleep")
+def sleep(seconds: float) -> float:
+    """Hold a worker slot for `seconds` (the 'processing' job of the tests)."""
+    time.sleep(seconds)
+    return seconds
+
+
+@app.task(name="tests.add")
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@app.task(name="tests.fail")
+def fail(message: str) -> None:
+    raise RuntimeError(message)
+
+
+@app.task(name="tests.touch")
+def touch(path: str, text: str = "") -> str:
+    """Write a file: lets a test see that a task really ran."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(text + "\n")
+    return path
