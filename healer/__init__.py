@@ -1,0 +1,5 @@
+"""taskmedic healer: an Alertmanager webhook that runs declared remediation with a journal."""
+
+from exporter import __version__
+
+__all__ = ["__version__"]
