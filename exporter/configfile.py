@@ -36,7 +36,7 @@ class Located:
     lines: dict[Path_, int] = field(default_factory=dict)
 
     def line_of(self, path: Path_) -> int | None:
-        """The line of the deepest existing prefix of `path` (a missing key points at its parent)."""
+        """The line of the deepest existing prefix of `path` (a missing key: its parent)."""
         for end in range(len(path), -1, -1):
             line = self.lines.get(tuple(path[:end]))
             if line is not None:
@@ -138,9 +138,7 @@ def _build(
         try:
             return expand_vars(value, env)
         except KeyError as exc:
-            problems.append(
-                located.problem(path, f"environment variable {exc.args[0]} is not set")
-            )
+            problems.append(located.problem(path, f"environment variable {exc.args[0]} is not set"))
             return value
     return value
 
@@ -171,10 +169,9 @@ def _data_path(data: Any, loc: tuple[int | str, ...]) -> Path_:
     path: list[str | int] = []
     cur = data
     for i, part in enumerate(loc):
-        if isinstance(cur, dict) and isinstance(part, str) and part in cur:
-            path.append(part)
-            cur = cur[part]
-        elif isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur):
+        in_dict = isinstance(cur, dict) and isinstance(part, str) and part in cur
+        in_list = isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur)
+        if in_dict or in_list:
             path.append(part)
             cur = cur[part]
         elif isinstance(cur, dict) and isinstance(part, str) and i == len(loc) - 1:

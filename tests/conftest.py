@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import PostgresServer, RedisTarget, Worker, reserve_redis, start_worker
+from tests.services import PostgresServer, RedisTarget, Worker, reserve_redis
 
 
 @pytest.fixture(scope="session")

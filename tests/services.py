@@ -271,4 +271,3 @@ def start_worker(
     finally:
         app.close()
     return worker
-

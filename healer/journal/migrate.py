@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from importlib import resources
-from typing import LiteralString, cast
+from typing import Any, LiteralString
 
 import psycopg
 
@@ -39,7 +39,7 @@ def migrations() -> list[Migration]:
     for entry in folder.iterdir():
         m = re.match(r"^(\d{4})_([a-z0-9_]+)\.sql$", entry.name)
         if m:
-            sql = cast(LiteralString, entry.read_text(encoding="utf-8"))
+            sql: LiteralString = entry.read_text(encoding="utf-8")
             out.append(Migration(int(m.group(1)), m.group(2), sql))
     return sorted(out, key=lambda m: m.version)
 
@@ -48,7 +48,7 @@ def latest_version() -> int:
     return migrations()[-1].version
 
 
-async def current_version(conn: psycopg.AsyncConnection[object]) -> int:
+async def current_version(conn: psycopg.AsyncConnection[Any]) -> int:
     """The applied schema version, 0 for an empty database."""
     cur = await conn.execute("SELECT to_regclass('taskmedic_migrations') IS NOT NULL")
     row = await cur.fetchone()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from functools import cache
 from importlib import resources
-from typing import LiteralString, cast
+from typing import LiteralString
 
 _NAME = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 
@@ -23,7 +23,7 @@ def parse(text: str, origin: str = "<sql>") -> dict[str, LiteralString]:
         name = m.group(1)
         if name in out:
             raise ValueError(f"{origin}: query {name!r} is defined twice")
-        out[name] = cast(LiteralString, text[m.end() : end].strip())
+        out[name] = text[m.end() : end].strip()
     return out
 
 

@@ -1,0 +1,98 @@
+"""The plan of an action: its steps fully rendered, stored in the journal and bound by approval.
+
+At ingest the rule's steps are rendered with the alert (templates resolved, labels checked
+against their patterns) into a `Plan`. The executor runs the plan as stored, never the rule as
+it reads today, so an approver approves exactly what will run: `plan_hash` is the SHA-256 of
+the canonical JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScriptSpec(_Frozen):
+    """Run `argv` directly (never through a shell); the alert JSON arrives on stdin."""
+
+    argv: list[str] = Field(min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)  # TASKMEDIC_LABEL_<NAME> and friends
+    stdin: str = ""
+    cwd: str | None = None
+    timeout: float = 60.0
+    kill_grace: float = 5.0
+
+
+class SqlSpec(_Frozen):
+    """One parameterised statement against a named database of `databases:`."""
+
+    database: str
+    query: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    timeout: float = 30.0
+
+
+class CelerySpec(_Frozen):
+    """Send a task to a configured Celery app; optionally wait for its result."""
+
+    app: str
+    task: str
+    args: list[Any] = Field(default_factory=list)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    queue: str | None = None
+    wait: float | None = None  # seconds to wait for the result; None sends and moves on
+
+
+class RepairSpec(_Frozen):
+    """Re-run exporter check `check` now, then apply `query` to the confirmed keys only.
+
+    The query receives `%(keys)s` (a list of the confirmed row keys) plus `params`.
+    """
+
+    check: str
+    query: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    timeout: float = 30.0
+
+
+class UndoSpec(_Frozen):
+    """What undoes a completed step when a later step fails: a script or SQL."""
+
+    script: ScriptSpec | None = None
+    sql: SqlSpec | None = None
+
+
+class PlanStep(_Frozen):
+    name: str
+    kind: Literal["script", "sql", "celery", "repair"]
+    script: ScriptSpec | None = None
+    sql: SqlSpec | None = None
+    celery: CelerySpec | None = None
+    repair: RepairSpec | None = None
+    undo: UndoSpec | None = None
+
+
+class Plan(_Frozen):
+    """Everything the executor needs, and nothing it has to look up in today's rules."""
+
+    rule: str
+    steps: list[PlanStep]
+    # single: every sql/repair step on the same database commits together, all or nothing
+    transaction: Literal["none", "single"] = "none"
+    dry_run: bool = False
+    on_interrupt: Literal["retry", "fail"] = "fail"
+    max_concurrent: int = 1
+    alert: dict[str, Any] = Field(default_factory=dict)  # the alert as received (labels, …)
+
+    def canonical(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def hash(self) -> str:
+        return hashlib.sha256(self.canonical().encode()).hexdigest()
