@@ -1,4 +1,8 @@
 -- The journal: every notification, alert, action, step, state change and log chunk.
+-- Notification channels (payload: the action id as text), sent in the writing transaction:
+--   taskmedic_actions  an action became pending (executors wake up and claim)
+--   taskmedic_state    an action changed state (followers of its log learn it ended)
+--   taskmedic_log      a log chunk of the action was appended
 -- Actions are unique per (rule, fingerprint, starts_at, trigger): an Alertmanager retry or the
 -- copy sent by the other replica of an HA pair can never start a second action.
 
@@ -53,6 +57,8 @@ CREATE TABLE actions (
     approval_expires_at timestamptz,
     approved_by         text,
     approved_at         timestamptz,
+    -- set by POST /api/actions/{id}/cancel on a running action; the executor stops it
+    cancel_requested_at timestamptz,
     created_at          timestamptz NOT NULL DEFAULT now(),
     started_at          timestamptz,
     finished_at         timestamptz,
