@@ -25,9 +25,17 @@ test: lint
 	@$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "FATAL: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-bench: venv
+# query-exporter, the peer the exporter benchmark compares against, lives in its own venv so
+# its dependencies never mix with ours.
+PEER_VENV ?= .venv-peer
+$(PEER_VENV)/.installed:
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install -q 'query-exporter>=5,<6' 'psycopg2-binary>=2.9'
+	touch $@
+
+bench: venv $(PEER_VENV)/.installed
 	$(PY) -m pip install -q -e '.[bench]'
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
