@@ -1,0 +1,44 @@
+-- Reading the live output of actions (healer/logstream.py, healer/log_api.py).
+-- A chunk's id orders it within its action: the executor is the only writer of an action's
+-- chunks and commits them one after another, so ids grow in commit order.
+
+-- name: log_action_state
+-- The action's state, and whether it is final (no more output will come).
+SELECT state,
+       (state IN ('succeeded', 'failed', 'cancelled', 'skipped')
+        OR (state = 'interrupted' AND on_interrupt = 'fail')) AS final
+FROM actions
+WHERE id = %(action_id)s
+
+-- name: log_follow_page
+-- The next chunks after `after` AND the action's state, read in ONE statement (one snapshot):
+-- when the state is final and the page is not full, these are the last chunks there will be.
+-- No row: the action does not exist. Chunk columns are NULL when there is no new chunk.
+SELECT a.state,
+       (a.state IN ('succeeded', 'failed', 'cancelled', 'skipped')
+        OR (a.state = 'interrupted' AND a.on_interrupt = 'fail')) AS final,
+       c.id, c.step_idx, c.stream, c.at, c.data
+FROM actions AS a
+LEFT JOIN LATERAL (
+    SELECT id, step_idx, stream, at, data
+    FROM log_chunks
+    WHERE action_id = a.id AND id > %(after)s
+    ORDER BY id
+    LIMIT %(limit)s
+) AS c ON true
+WHERE a.id = %(action_id)s
+ORDER BY c.id
+
+-- name: log_last_chunk_id
+SELECT coalesce(max(id), 0) FROM log_chunks WHERE action_id = %(action_id)s
+
+-- name: log_text_page
+-- One page of the whole log, optionally of one stream and/or one step.
+SELECT id, step_idx, stream, at, data
+FROM log_chunks
+WHERE action_id = %(action_id)s
+  AND id > %(after)s
+  AND (%(stream)s::text IS NULL OR stream = %(stream)s::text)
+  AND (%(step)s::integer IS NULL OR step_idx = %(step)s::integer)
+ORDER BY id
+LIMIT %(limit)s

@@ -1,0 +1,276 @@
+"""`GET /api/actions/{id}/log`: an action's output as text, or followed live as Server-Sent Events.
+
+Text: every chunk in order (`?stream=stdout|stderr|system`, `?step=N` narrow it down), bytes
+decoded as UTF-8 with U+FFFD shown where they are not UTF-8 (a multi-byte character split
+between two chunks of one stream is decoded whole).
+
+Events (`Accept: text/event-stream` or `?follow=1`): one event per chunk, `id:` the chunk id,
+`event:` its stream, `data:` its text; an `event: step` (data `{"step": N}`, no id) before the
+first chunk of each step; and once the action reaches a final state, `event: end` (data
+`{"state": …}`) and the stream closes. A reconnect with `Last-Event-ID` (or `?after=ID`)
+continues after that chunk with no gap and no repeat. Every follower is fed by this process's
+`LogHub` (one journal query per chunk, shared), so any replica can serve any action's log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from aiohttp import web
+from aiohttp_sse import EventSourceResponse, sse_response
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from healer import appkeys
+from healer.errors import JournalUnavailable
+from healer.journal.queries import q
+from healer.logstream import ActionNotFound, Chunk, End, LogHub
+
+__all__ = ["LOG_HUB", "HubSlot", "hub_of", "iter_log_text", "setup"]
+
+log = logging.getLogger(__name__)
+
+STREAMS = frozenset({"stdout", "stderr", "system"})
+PAGE = 500
+
+
+@dataclass
+class HubSlot:
+    """Holds the process's LogHub, created on first use (the pool is opened at startup)."""
+
+    hub: LogHub | None = None
+
+
+LOG_HUB = web.AppKey("log_hub", HubSlot)
+
+
+def hub_of(app: web.Application) -> LogHub:
+    """This process's log hub, created with the app's journal pool and DSN on first use."""
+    slot = app[LOG_HUB]
+    if slot.hub is None:
+        slot.hub = LogHub(app[appkeys.JOURNAL_DSN], app[appkeys.JOURNAL_POOL])
+    return slot.hub
+
+
+def setup(app: web.Application) -> None:
+    """Add the log routes, and stop the hub when the app shuts down (streams then end)."""
+    app[LOG_HUB] = HubSlot()
+    app.router.add_get(r"/api/actions/{id:\d+}/log", get_log)
+    app.on_shutdown.append(_stop_hub)
+    from healer import retention  # the hourly prune runs wherever the log is served
+
+    retention.setup(app)
+
+
+async def _stop_hub(app: web.Application) -> None:
+    slot = app[LOG_HUB]
+    if slot.hub is not None:
+        await slot.hub.stop()
+
+
+# --- request parsing ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogFilter:
+    stream: str | None = None
+    step: int | None = None
+
+    def keeps(self, c: Chunk) -> bool:
+        return (self.stream is None or c.stream == self.stream) and (
+            self.step is None or c.step == self.step
+        )
+
+
+def _nonneg_int(value: str, what: str) -> int:
+    if not value.isdigit() or len(value) > 18:
+        raise web.HTTPBadRequest(text=f"{what}: expected a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def _filter(request: web.Request) -> LogFilter:
+    stream = request.query.get("stream") or None
+    if stream is not None and stream not in STREAMS:
+        raise web.HTTPBadRequest(
+            text=f"stream: expected one of {', '.join(sorted(STREAMS))}, got {stream!r}"
+        )
+    step_s = request.query.get("step")
+    step = _nonneg_int(step_s, "step") if step_s else None
+    return LogFilter(stream, step)
+
+
+def _wants_events(request: web.Request) -> bool:
+    if request.query.get("follow", "").lower() in ("1", "true", "yes"):
+        return True
+    return "text/event-stream" in request.headers.get("Accept", "")
+
+
+async def _action_state(pool: AsyncConnectionPool[Any], action_id: int) -> str:
+    try:
+        async with pool.connection() as conn:
+            cur = await conn.execute(q("log_action_state"), {"action_id": action_id})
+            row = await cur.fetchone()
+    except (psycopg.OperationalError, PoolTimeout) as e:
+        raise web.HTTPServiceUnavailable(text="the journal is unavailable") from e
+    if row is None:
+        raise web.HTTPNotFound(text=f"no action {action_id}")
+    return str(row[0])
+
+
+# --- the whole log as text ------------------------------------------------------------------
+
+
+class TextDecoder:
+    """UTF-8 per (step, stream), so a character split across two chunks is decoded whole."""
+
+    def __init__(self) -> None:
+        self._decoders: dict[tuple[int, str], codecs.IncrementalDecoder] = {}
+
+    def decode(self, c: Chunk) -> str:
+        key = (c.step, c.stream)
+        d = self._decoders.get(key)
+        if d is None:
+            d = self._decoders[key] = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        return d.decode(c.data)
+
+    def flush(self) -> str:
+        """What is left of incomplete sequences at the end, shown as U+FFFD."""
+        return "".join(d.decode(b"", final=True) for d in self._decoders.values())
+
+
+async def iter_log_text(
+    pool: AsyncConnectionPool[Any], action_id: int, flt: LogFilter = LogFilter()
+) -> AsyncIterator[Chunk]:
+    """Every chunk of the action's log that `flt` keeps, in order, read page by page."""
+    after = 0
+    while True:
+        try:
+            async with pool.connection() as conn:
+                cur = await conn.execute(
+                    q("log_text_page"),
+                    {
+                        "action_id": action_id,
+                        "after": after,
+                        "stream": flt.stream,
+                        "step": flt.step,
+                        "limit": PAGE,
+                    },
+                )
+                rows = await cur.fetchall()
+        except (psycopg.OperationalError, PoolTimeout) as e:
+            raise JournalUnavailable(f"reading the log of action {action_id}: {e}") from e
+        for r in rows:
+            yield Chunk(r[0], r[1], r[2], r[3], bytes(r[4]))
+        if len(rows) < PAGE:
+            return
+        after = rows[-1][0]
+
+
+async def _text(request: web.Request, action_id: int, flt: LogFilter) -> web.StreamResponse:
+    pool = request.app[appkeys.JOURNAL_POOL]
+    state = await _action_state(pool, action_id)
+    resp = web.StreamResponse(
+        headers={
+            "Content-Type": "text/plain; charset=utf-8",
+            "Cache-Control": "no-store",
+            "X-Taskmedic-Action-State": state,
+        }
+    )
+    dec = TextDecoder()
+    chunks = iter_log_text(pool, action_id, flt)
+    try:
+        first = await anext(chunks, None)
+    except JournalUnavailable as e:
+        raise web.HTTPServiceUnavailable(text="the journal is unavailable") from e
+    await resp.prepare(request)
+    try:
+        if first is not None:
+            await resp.write(dec.decode(first).encode())
+            async for c in chunks:
+                text = dec.decode(c)
+                if text:
+                    await resp.write(text.encode())
+        await resp.write(dec.flush().encode())
+    except JournalUnavailable:
+        # Headers are sent: cut the body short so the client sees an incomplete response.
+        log.warning("journal lost while sending the log of action %s", action_id)
+        if request.transport is not None:
+            request.transport.abort()
+        return resp
+    await resp.write_eof()
+    return resp
+
+
+# --- following as Server-Sent Events --------------------------------------------------------
+
+
+def _after(request: web.Request) -> int:
+    last = request.headers.get("Last-Event-ID") or request.query.get("after") or "0"
+    return _nonneg_int(last.strip(), "Last-Event-ID")
+
+
+async def send_events(
+    resp: EventSourceResponse, hub: LogHub, action_id: int, after: int, flt: LogFilter
+) -> None:
+    """Send the action's chunks as events until it ends (`end` event) or the hub stops."""
+    dec = TextDecoder()
+    step: int | None = None
+    async with contextlib.aclosing(hub.follow(action_id, after)) as items:
+        async for item in items:
+            if isinstance(item, End):
+                await resp.send(json.dumps({"state": item.state}), event="end")
+                return
+            if not flt.keeps(item):
+                continue
+            if item.step != step:
+                step = item.step
+                await resp.send(json.dumps({"step": step}), event="step")
+            # Even an empty text (half a character) carries the id, so a resume skips it.
+            await resp.send(dec.decode(item), id=str(item.id), event=item.stream)
+
+
+async def _follow(request: web.Request, action_id: int, flt: LogFilter) -> web.StreamResponse:
+    after = _after(request)
+    await _action_state(request.app[appkeys.JOURNAL_POOL], action_id)
+    try:
+        hub = hub_of(request.app)
+        hub.start()
+    except RuntimeError as e:  # the hub stopped: this process is shutting down
+        raise web.HTTPServiceUnavailable(text="shutting down") from e
+    async with sse_response(request, ping_interval=10) as resp:
+        sender = asyncio.create_task(send_events(resp, hub, action_id, after, flt))
+        # The ping task ends when the client has gone: stop following then, not at the next chunk.
+        gone = asyncio.create_task(resp.wait())
+        try:
+            await asyncio.wait({sender, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (sender, gone):
+                t.cancel()
+            for t in (sender, gone):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+        if sender.done() and not sender.cancelled():
+            exc = sender.exception()
+            if isinstance(exc, JournalUnavailable | ActionNotFound):
+                log.warning("log stream of action %s ended: %s", action_id, exc)
+            elif isinstance(exc, ConnectionResetError | TimeoutError):
+                pass  # the client went away or stalled; it resumes by Last-Event-ID
+            elif exc is not None:
+                raise exc
+    return resp
+
+
+async def get_log(request: web.Request) -> web.StreamResponse:
+    """The action's output: text, or Server-Sent Events when followed (see the module doc)."""
+    action_id = _nonneg_int(request.match_info["id"], "id")
+    flt = _filter(request)
+    if _wants_events(request):
+        return await _follow(request, action_id, flt)
+    return await _text(request, action_id, flt)
