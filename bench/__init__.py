@@ -1,0 +1,1 @@
+"""taskmedic benchmarks: `python -m bench [exporter|healer|logs]` (see bench/README.md)."""
