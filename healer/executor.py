@@ -1,0 +1,270 @@
+"""The executor: claims pending actions from the journal, runs them, and rescues the lost ones.
+
+Claiming: `FOR UPDATE SKIP LOCKED` under a short advisory lock, respecting each rule's
+`max_concurrent`; the claim sets `running`, a lease and a new attempt token (the fencing token,
+see `healer.journal.runs`) in one transaction with its event. Executors are woken by
+`LISTEN taskmedic_actions` on a dedicated connection and also poll every `poll_interval`, so
+a lost notification (or a journal restart) delays an action, never strands it.
+
+Rescue: every executor also sweeps. A `running` action whose lease expired (its healer was
+killed, or stalled past the lease) becomes `interrupted`, then `pending` again
+(on_interrupt: retry; steps recorded as done are not re-run) or `failed`; the step that was
+running is marked `interrupted` and keeps the output it flushed. Approvals waiting past their
+deadline become `cancelled`. So no action stays `running` for ever, whatever happened to the
+process that ran it.
+
+`stop(grace)`: no new claims; running actions get `grace` seconds to finish; the ones still
+running are then stopped (their process groups signalled) and recorded `interrupted` with the
+on_interrupt decision applied at once (a retry goes back to `pending` for another replica),
+their leases released. The journal never shows an action `running` that nobody runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from exporter.config import Config
+from healer.errors import JournalUnavailable
+from healer.journal import runs
+from healer.metrics import HealerMetrics
+from healer.runner import MAX_ATTEMPTS, ActionRun, RunSettings, count
+from healer.steps import CeleryApps
+
+__all__ = ["Executor"]
+
+log = logging.getLogger(__name__)
+
+
+def default_owner() -> str:
+    """Unique per process and start: host, pid and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class Executor:
+    """Runs the journal's pending actions (contract 6); start() it, stop(grace) it."""
+
+    def __init__(
+        self,
+        dsn: str,
+        config: Config,
+        metrics: HealerMetrics,
+        *,
+        owner: str | None = None,
+        concurrency: int = 4,
+        lease: float = 30.0,
+        poll_interval: float = 1.0,
+        dry_run: bool = False,
+        output_cap: int = 1 << 20,
+        approval_timeout: float = 3600.0,
+        sweep_interval: float | None = None,
+        monitors: Mapping[str, Any] | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if lease <= 0 or poll_interval <= 0:
+            raise ValueError("lease and poll_interval must be positive")
+        self.dsn = dsn
+        self.config = config
+        self.metrics = metrics
+        self.owner = owner or default_owner()
+        self.concurrency = concurrency
+        self.lease = lease
+        self.poll_interval = poll_interval
+        self.dry_run = dry_run
+        self.output_cap = output_cap
+        self.approval_timeout = approval_timeout
+        self.sweep_interval = sweep_interval or min(lease / 3, max(poll_interval, 1.0))
+        self.monitors = monitors
+        self._pool: AsyncConnectionPool[runs.Conn] | None = None
+        self._journal: runs.Journal | None = None
+        self._celery = CeleryApps(config)
+        self._runs: dict[int, tuple[ActionRun, asyncio.Task[None]]] = {}
+        self._wake = asyncio.Event()
+        self._check_cancels = asyncio.Event()
+        self._stopping = False
+        self._claimer: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
+
+    @property
+    def running(self) -> frozenset[int]:
+        """Ids of the actions this executor is running now."""
+        return frozenset(self._runs)
+
+    async def start(self) -> None:
+        """Connect to the journal and start claiming, listening and sweeping."""
+        pool: AsyncConnectionPool[runs.Conn] = AsyncConnectionPool(
+            self.dsn,
+            connection_class=psycopg.AsyncConnection[dict[str, Any]],
+            kwargs={"autocommit": True, "row_factory": dict_row},
+            min_size=1,
+            max_size=2 * self.concurrency + 2,
+            open=False,
+            check=AsyncConnectionPool.check_connection,
+            name=f"executor-{self.owner}",
+        )
+        try:
+            await pool.open(wait=True, timeout=10.0)
+        except PoolTimeout as exc:
+            await pool.close()
+            raise JournalUnavailable(f"the journal cannot be reached: {exc}") from exc
+        self._pool = pool
+        # Writes retry connection problems for half a lease; past that the lease is in doubt.
+        self._journal = runs.Journal(pool, retry_for=self.lease / 2)
+        self._claimer = asyncio.create_task(self._claim_loop(), name="executor-claim")
+        self._background = [
+            asyncio.create_task(self._listen_loop(), name="executor-listen"),
+            asyncio.create_task(self._sweep_loop(), name="executor-sweep"),
+            asyncio.create_task(self._cancel_loop(), name="executor-cancels"),
+        ]
+        log.info(
+            "executor %s started (concurrency %d, lease %gs)",
+            self.owner,
+            self.concurrency,
+            self.lease,
+        )
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming; give running actions `grace` seconds, then interrupt them."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._wake.set()
+        if self._claimer is not None:
+            await self._claimer  # never cancelled mid-claim: a claimed action must get a run
+        tasks = [task for _, task in self._runs.values()]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=max(grace, 0.0))
+            for run, task in list(self._runs.values()):
+                if task in pending:
+                    run.interrupt("shutdown")
+            if pending:
+                await asyncio.wait(pending)
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background = []
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+        await asyncio.to_thread(self._celery.close)
+        log.info("executor %s stopped", self.owner)
+
+    async def sweep(self) -> list[runs.Settled]:
+        """One sweep now: expired leases and expired approvals. Returns what it settled."""
+        journal = self._need_journal()
+        settled = await journal.run(lambda c: runs.sweep_expired(c, self.owner, MAX_ATTEMPTS))
+        settled += await journal.run(
+            lambda c: runs.expire_approvals(c, self.approval_timeout, self.owner)
+        )
+        for s in settled:
+            count(self.metrics, s)
+            log.info("swept action %s (rule %s): now %s", s.action_id, s.rule, s.state)
+        if any(s.state == "pending" for s in settled):
+            self._wake.set()
+        return settled
+
+    # -- loops ----------------------------------------------------------------------------
+
+    def _need_journal(self) -> runs.Journal:
+        if self._journal is None:
+            raise RuntimeError("the executor is not started")
+        return self._journal
+
+    async def _claim_loop(self) -> None:
+        journal = self._need_journal()
+        settings = RunSettings(
+            journal=journal,
+            config=self.config,
+            metrics=self.metrics,
+            celery=self._celery,
+            owner=self.owner,
+            lease=self.lease,
+            dry_run=self.dry_run,
+            output_cap=self.output_cap,
+            monitors=self.monitors,
+        )
+        while not self._stopping:
+            self._wake.clear()
+            while not self._stopping and len(self._runs) < self.concurrency:
+                try:
+                    claim = await journal.run(lambda c: runs.claim(c, self.owner, self.lease))
+                except JournalUnavailable as exc:
+                    log.warning("executor %s cannot claim: %s", self.owner, exc)
+                    break
+                if claim is None:
+                    break
+                self._start(ActionRun(claim, settings))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+
+    def _start(self, run: ActionRun) -> None:
+        action_id = run.claim.id
+        task = asyncio.create_task(run.run(), name=f"action-{action_id}")
+        self._runs[action_id] = (run, task)
+        log.info(
+            "running action %s (rule %s, attempt %d)", action_id, run.claim.rule, run.claim.attempt
+        )
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._runs.pop(action_id, None)
+            self._wake.set()  # a slot is free
+            if not t.cancelled() and t.exception() is not None:
+                log.error("action %s: the run failed", action_id, exc_info=t.exception())
+
+        task.add_done_callback(done)
+
+    async def _listen_loop(self) -> None:
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+                    await conn.execute("LISTEN taskmedic_actions")
+                    await conn.execute("LISTEN taskmedic_state")
+                    self._wake.set()  # whatever became pending while nobody listened
+                    async for note in conn.notifies():
+                        if note.channel == "taskmedic_actions":
+                            self._wake.set()
+                        elif note.payload.isdigit() and int(note.payload) in self._runs:
+                            self._check_cancels.set()
+            except psycopg.OperationalError as exc:
+                log.warning("executor %s: LISTEN connection lost: %s", self.owner, exc)
+            await asyncio.sleep(self.poll_interval)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except JournalUnavailable as exc:
+                log.warning("executor %s cannot sweep: %s", self.owner, exc)
+            await asyncio.sleep(self.sweep_interval)
+
+    async def _cancel_loop(self) -> None:
+        """Cancel requests: on a `taskmedic_state` notification, and every poll_interval."""
+        journal = self._need_journal()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._check_cancels.wait(), self.poll_interval)
+            self._check_cancels.clear()
+            ids = list(self._runs)
+            if not ids:
+                continue
+            try:
+                wanted = await journal.run(partial(runs.cancel_requested, ids=ids))
+            except JournalUnavailable as exc:
+                log.warning("executor %s cannot read cancel requests: %s", self.owner, exc)
+                continue
+            for action_id in wanted:
+                entry = self._runs.get(action_id)
+                if entry is not None:
+                    entry[0].interrupt("cancel")

@@ -1,0 +1,79 @@
+"""The step kinds of a plan (script, sql, celery, repair) and the dispatch between them.
+
+A step function returns a `StepResult` (what the journal records in `steps.result`) or raises
+`StepError` with the message the journal records as the step's error. Cancellation (a cancel
+request, a lost lease, shutdown) arrives as `asyncio.CancelledError`; each kind stops what it
+started (a script's process group, a query) before letting it through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from exporter.config import Config
+from healer.errors import StepFailed
+from healer.output import StepOutput
+from healer.plan import PlanStep, UndoSpec
+from healer.steps.celery import CeleryApps, run_celery
+from healer.steps.repair import run_repair
+from healer.steps.result import StepError, StepResult
+from healer.steps.script import run_script
+from healer.steps.sql import Sessions, run_sql
+
+__all__ = [
+    "CeleryApps",
+    "Sessions",
+    "StepContext",
+    "StepError",
+    "StepFailed",
+    "StepResult",
+    "run_step",
+    "run_undo",
+]
+
+
+@dataclass
+class StepContext:
+    """What a step may use: the config, its output, the action's database sessions."""
+
+    config: Config
+    output: StepOutput
+    sessions: Sessions
+    celery: CeleryApps
+    stdin: bytes  # the alert as JSON, unless a script declares its own stdin
+    dry_run: bool = False
+    monitors: Mapping[str, Any] | None = field(default=None)
+
+
+def _skipped(what: str) -> StepResult:
+    return StepResult({"dry_run": True, "not_run": f"dry run: {what} not run"}, skipped=True)
+
+
+async def run_step(step: PlanStep, ctx: StepContext) -> StepResult:
+    """Run one plan step; in dry run scripts and tasks are skipped, SQL is rolled back."""
+    if step.kind == "script" and step.script is not None:
+        if ctx.dry_run:
+            return _skipped("script")
+        stdin = step.script.stdin.encode() if step.script.stdin else ctx.stdin
+        return await run_script(step.script, stdin, ctx.output)
+    if step.kind == "sql" and step.sql is not None:
+        return await run_sql(step.sql, ctx.sessions, ctx.output)
+    if step.kind == "celery" and step.celery is not None:
+        if ctx.dry_run:
+            return _skipped("celery task")
+        return await run_celery(step.celery, ctx.celery, ctx.output)
+    if step.kind == "repair" and step.repair is not None:
+        return await run_repair(step.repair, ctx.config, ctx.sessions, ctx.output, ctx.monitors)
+    raise StepError(f"the plan's {step.kind} step {step.name!r} has no {step.kind} spec")
+
+
+async def run_undo(undo: UndoSpec, ctx: StepContext) -> StepResult:
+    """Run the undo of a completed step: a script, or SQL in a transaction of its own."""
+    if undo.script is not None:
+        stdin = undo.script.stdin.encode() if undo.script.stdin else ctx.stdin
+        return await run_script(undo.script, stdin, ctx.output)
+    if undo.sql is not None:
+        return await run_sql(undo.sql, ctx.sessions, ctx.output, own_transaction=True)
+    raise StepError("undo declares neither script nor sql")
