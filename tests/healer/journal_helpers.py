@@ -8,6 +8,7 @@ ingest writes, without the webhook, so executor tests control the plan exactly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -117,7 +118,8 @@ async def insert_action(
                 (action_id, idx, step.name, step.kind),
             )
         await conn.execute(
-            "INSERT INTO events (action_id, actor, kind, to_state) VALUES (%s, 'test', 'state', %s)",
+            "INSERT INTO events (action_id, actor, kind, to_state)"
+            " VALUES (%s, 'test', 'state', %s)",
             (action_id, state),
         )
         if state == "pending":
@@ -187,10 +189,8 @@ def gone(pid: int) -> bool:
 
 
 def kill_quietly(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def now() -> datetime:
