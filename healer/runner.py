@@ -252,6 +252,10 @@ class ActionRun:
         """Every step ran: commit the shared transactions, then the outcome."""
         assert self._plan is not None and self._sessions is not None
         shared = sorted(self._shared)
+        if self._dry:
+            await self._sessions.rollback()
+            await self._finish("skipped", "dry run: nothing was changed")
+            return
         try:
             await self._sessions.commit()
         except CommitFailed as exc:
@@ -273,13 +277,8 @@ class ActionRun:
             )
             return
         n = len(self._plan.steps)
-        if self._dry:
-            await self._finish("skipped", "dry run: nothing was changed", committed=shared)
-        else:
-            ran = f"{n} steps succeeded" + (
-                f" ({earlier} in an earlier attempt)" if earlier else ""
-            )
-            await self._finish("succeeded", ran, committed=shared)
+        ran = f"{n} steps succeeded" + (f" ({earlier} in an earlier attempt)" if earlier else "")
+        await self._finish("succeeded", ran, committed=shared)
 
     async def _fail(self, idx: int, step: PlanStep, exc: StepError, completed: list[int]) -> None:
         why = f"step {idx} {step.name!r} failed: {exc}"

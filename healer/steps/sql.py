@@ -236,6 +236,9 @@ class Sessions:
         Atomic per database, not across databases: when a commit fails, the ones before it
         stay committed and the ones after it are rolled back (`CommitFailed` says which).
         """
+        if self.dry_run:  # a dry run never commits, whoever asks
+            await self.rollback()
+            return []
         committed: list[str] = []
         for name, session in list(self._open.items()):
             try:
