@@ -1,0 +1,110 @@
+"""Child processes of the demo, each in its own process group, stopped for certain.
+
+Own process groups keep Ctrl-C in the terminal from reaching Celery before the demo decides
+the order of shutdown, and let the demo end each child with everything it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Child:
+    """A long-running subprocess with its log file."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    stop_signal: int = signal.SIGTERM
+    reported: set[str] = field(default_factory=set)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stopped(self) -> bool:
+        """True while the process is suspended (`kill -STOP`)."""
+        try:
+            with open(f"/proc/{self.pid}/stat", encoding="ascii") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+        except OSError:
+            return False
+
+    def exit_description(self) -> str:
+        code = self.proc.returncode
+        if code is None:
+            return "running"
+        if code < 0:
+            return f"killed by {signal.Signals(-code).name}"
+        return f"exited with code {code}"
+
+    def signal_group(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+
+    def request_stop(self) -> None:
+        """Ask the child to stop; SIGCONT too, so a child stopped with `kill -STOP` hears it."""
+        if self.alive():
+            self.signal_group(self.stop_signal)
+            self.signal_group(signal.SIGCONT)
+
+    def finish_stop(self, deadline: float) -> None:
+        """Wait until `deadline` (monotonic), then SIGKILL the whole group."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        # Even after the leader is gone, anything left in its group goes too.
+        self.signal_group(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def spawn(
+    name: str,
+    argv: Sequence[str],
+    logdir: Path,
+    env: Mapping[str, str],
+    *,
+    cwd: Path | None = None,
+    stop_signal: int = signal.SIGTERM,
+) -> Child:
+    """Start `argv` in a new session (its own process group), output to `logdir/NAME.log`."""
+    logdir.mkdir(parents=True, exist_ok=True)
+    log = logdir / f"{name}.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            cwd=str(cwd) if cwd else None,
+            start_new_session=True,
+        )
+    return Child(name, proc, log, stop_signal)
+
+
+def stop_all(children: Sequence[Child], timeout: float = 10.0) -> None:
+    """Ask every child to stop at once, then wait for each and kill what is left."""
+    for child in children:
+        child.request_stop()
+    deadline = time.monotonic() + timeout
+    for child in children:
+        child.finish_stop(deadline)
