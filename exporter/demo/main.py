@@ -241,6 +241,8 @@ def ready_line(demo: Demo) -> str:
         "metrics": f"{demo.config.base_url}/metrics",
         "landing": f"{demo.config.base_url}/",
         "config": str(demo.config.path),
+        "cluster": configs.CLUSTER,
+        "worker": demo.worker_name,
         "worker_pid": demo.worker.pid,
         "beat_pid": demo.beat.pid,
         "exporter_pid": demo.exporter.pid,
