@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
 
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
+from healer.auth import Authenticator
+from healer.config import HealerConfig
 from healer.metrics import HealerMetrics
+from healer.rules import RuleSet
 
 # The journal's connection pool; every request handler takes connections from here.
 JOURNAL_POOL = web.AppKey("journal_pool", AsyncConnectionPool)
 # The journal's DSN, for code that needs a dedicated connection (LISTEN).
 JOURNAL_DSN = web.AppKey("journal_dsn", str)
 # The validated configuration (healer.config.HealerConfig).
-CONFIG = web.AppKey("config", Any)
+CONFIG = web.AppKey("config", HealerConfig)
 METRICS = web.AppKey("metrics", HealerMetrics)
-# AUTH (healer.auth.Authenticator) is added by healer/auth.py's owner.
+# Who may post alerts and use the API (healer.auth.Authenticator).
+AUTH = web.AppKey("auth", Authenticator)
+# The loaded rules (healer.rules.RuleSet), read by POST /alerts.
+RULES = web.AppKey("rules", RuleSet)
+# Set on SIGTERM: POST /alerts answers 503 (Alertmanager retries elsewhere or later).
+DRAINING = web.AppKey("draining", asyncio.Event)

@@ -1,0 +1,160 @@
+"""The JSON API over the journal: list and show actions, approve and cancel them.
+
+`GET /api/actions` filters by `state` (repeatable or comma-separated), `rule`, `since` (a
+duration such as `24h` or an RFC 3339 time) and pages with `limit` and the opaque `cursor`
+returned as `next`. Approval must name the plan hash the approver saw: a plan that differs is
+refused with 409, as is approving or cancelling an action whose state does not allow it.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+
+from exporter.config import parse_duration
+from healer import appkeys
+from healer.actions import STATES, ActionConflict, ActionNotFound, get_action, list_actions
+from healer.actions import approve as approve_action
+from healer.actions import cancel as cancel_action
+from healer.auth import identity_of
+from healer.errors import JournalUnavailable
+from healer.journal.pool import journal_errors
+
+__all__ = ["parse_since", "routes", "setup"]
+
+MAX_LIMIT = 500
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def parse_since(value: str, now: datetime | None = None) -> datetime:
+    """`24h` (that long ago) or an RFC 3339 time with a zone; ValueError otherwise."""
+    try:
+        return (now or datetime.now(UTC)) - timedelta(seconds=parse_duration(value))
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError("expected a duration such as 24h or an RFC 3339 time") from None
+    if moment.tzinfo is None:
+        raise ValueError("an RFC 3339 time needs a zone, for example 2024-05-01T12:00:00Z")
+    return moment
+
+
+def _action_id(request: web.Request) -> int:
+    raw = request.match_info["id"]
+    if not raw.isdigit() or len(raw) > 18:
+        raise web.HTTPNotFound(
+            text=json.dumps({"error": f"no action {raw!r}"}), content_type="application/json"
+        )
+    return int(raw)
+
+
+async def list_handler(request: web.Request) -> web.Response:
+    query = request.query
+    states = [s for v in query.getall("state", []) for s in v.split(",") if s]
+    bad = [s for s in states if s not in STATES]
+    if bad:
+        return _error(400, f"state {bad[0]!r} is not one of {', '.join(STATES)}")
+    since = None
+    if "since" in query:
+        try:
+            since = parse_since(query["since"])
+        except ValueError as exc:
+            return _error(400, f"since: {exc}")
+    limit_raw = query.get("limit", "50")
+    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= MAX_LIMIT:
+        return _error(400, f"limit must be a number from 1 to {MAX_LIMIT}")
+    cursor = query.get("cursor")
+    if cursor is not None and (not cursor.isdigit() or len(cursor) > 18):
+        return _error(400, "cursor is not one this API returned")
+    try:
+        with journal_errors():
+            async with request.app[appkeys.JOURNAL_POOL].connection() as conn:
+                items, nxt = await list_actions(
+                    conn,
+                    states=states or None,
+                    rule=query.get("rule") or None,
+                    since=since,
+                    before=int(cursor) if cursor else None,
+                    limit=int(limit_raw),
+                )
+    except JournalUnavailable:
+        return _error(503, "journal unavailable")
+    return web.json_response({"items": items, "next": nxt})
+
+
+async def show_handler(request: web.Request) -> web.Response:
+    action_id = _action_id(request)
+    try:
+        with journal_errors():
+            async with request.app[appkeys.JOURNAL_POOL].connection() as conn:
+                action = await get_action(conn, action_id)
+    except ActionNotFound:
+        return _error(404, f"no action {action_id}")
+    except JournalUnavailable:
+        return _error(503, "journal unavailable")
+    return web.json_response(action)
+
+
+async def _json_object(request: web.Request) -> dict[str, Any] | None:
+    body = await request.read()
+    if not body.strip():
+        return {}
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+async def approve_handler(request: web.Request) -> web.Response:
+    action_id = _action_id(request)
+    data = await _json_object(request)
+    if data is None:
+        return _error(400, 'expected a JSON object such as {"plan_hash": "..."}')
+    plan_hash = data.get("plan_hash")
+    if not isinstance(plan_hash, str) or not plan_hash:
+        return _error(400, "plan_hash is required: the hash of the plan you reviewed")
+    return await _steer(request, action_id, plan_hash)
+
+
+async def cancel_handler(request: web.Request) -> web.Response:
+    return await _steer(request, _action_id(request), None)
+
+
+async def _steer(request: web.Request, action_id: int, plan_hash: str | None) -> web.Response:
+    actor = identity_of(request)
+    try:
+        with journal_errors():
+            async with request.app[appkeys.JOURNAL_POOL].connection() as conn:
+                if plan_hash is None:
+                    out = await cancel_action(conn, action_id, actor)
+                else:
+                    out = await approve_action(conn, action_id, plan_hash, actor)
+    except ActionNotFound:
+        return _error(404, f"no action {action_id}")
+    except ActionConflict as exc:
+        return _error(409, str(exc))
+    except JournalUnavailable:
+        return _error(503, "journal unavailable")
+    return web.json_response(out, status=202 if out.get("cancel_requested") else 200)
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.get("/api/actions", list_handler),
+        web.get("/api/actions/{id}", show_handler),
+        web.post("/api/actions/{id}/approve", approve_handler),
+        web.post("/api/actions/{id}/cancel", cancel_handler),
+    ]
+
+
+def setup(app: web.Application) -> None:
+    app.add_routes(routes())

@@ -1,0 +1,277 @@
+"""The healer's web application (contract 7) and how it starts and stops.
+
+Resources live in cleanup contexts, opened in order and closed in reverse: the journal (its
+DSN, an embedded server if none is configured, the schema upgrade, the pool), then the
+executor. On SIGTERM `serve` first stops taking alerts (POST /alerts and /readyz answer 503,
+so Alertmanager keeps the alert and retries), lets the executor finish running steps for up
+to `shutdown_grace` and release its leases, and only then closes the listener and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import importlib.util
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from exporter.config import split_listen
+from healer import api, appkeys
+from healer.actions import STATES
+from healer.auth import Authenticator, auth_middleware
+from healer.config import HealerConfig, check_serving_auth
+from healer.errors import JournalUnavailable
+from healer.ingest import post_alerts
+from healer.journal import migrate
+from healer.journal.pool import journal_dsn, journal_errors, open_pool
+from healer.journal.queries import q
+from healer.metrics import HealerMetrics
+from healer.rules import RuleSet, load_rules
+
+__all__ = ["EXECUTOR", "create_app", "drain", "serve"]
+
+log = logging.getLogger(__name__)
+
+# The running executor (healer.executor.Executor) or None when it is not available.
+EXECUTOR: web.AppKey[Any] = web.AppKey("executor")
+_GAUGES: web.AppKey[JournalGauges] = web.AppKey("journal_gauges")
+_FIXED_DSN: web.AppKey[str | None] = web.AppKey("fixed_dsn")
+_RUN_EXECUTOR = web.AppKey("run_executor", bool)
+
+
+class JournalGauges(Collector):
+    """`taskmedic_actions{state}` and open circuits, read from the journal at scrape time.
+
+    Read at most once a second whatever the scrape rate, and true across replicas because it
+    counts the journal, not this process. When the journal cannot be read the gauge is left
+    out (unknown) and `taskmedic_journal_up` is 0: never a false zero.
+    """
+
+    def __init__(self, app: web.Application, ttl: float = 1.0) -> None:
+        self._app = app
+        self._ttl = ttl
+        self._at = -float("inf")
+        self._lock = asyncio.Lock()
+        self.counts: dict[str, int] | None = None
+
+    async def refresh(self) -> None:
+        async with self._lock:
+            if time.monotonic() - self._at < self._ttl:
+                return
+            self._at = time.monotonic()
+            rules: RuleSet = self._app[appkeys.RULES]
+            metrics = self._app[appkeys.METRICS]
+            limited = [r.rule for r in rules if r.rule.limit is not None]
+            try:
+                with journal_errors():
+                    async with self._app[appkeys.JOURNAL_POOL].connection() as conn:
+                        cur = await conn.execute(q("count_by_state"))
+                        counts = {state: int(n) for state, n in await cur.fetchall()}
+                        cur = await conn.execute(
+                            q("open_circuits"),
+                            {
+                                "rules": [r.name for r in limited],
+                                "counts": [r.limit.count for r in limited if r.limit],
+                                "pers": [r.limit.per for r in limited if r.limit],
+                            },
+                        )
+                        open_rules = {row[0] for row in await cur.fetchall()}
+            except JournalUnavailable as exc:
+                log.warning("cannot read action counts: %s", exc)
+                self.counts = None
+                return
+            self.counts = counts
+            for r in limited:
+                metrics.rule_circuit_open.labels(r.name).set(1 if r.name in open_rules else 0)
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # no fixed names: `taskmedic_actions` shares its stem with the counter
+
+    def collect(self) -> Iterable[Metric]:
+        up = GaugeMetricFamily(
+            "taskmedic_journal_up", "1 when the last scrape could read the journal."
+        )
+        up.add_metric([], 0 if self.counts is None else 1)
+        yield up
+        if self.counts is None:
+            return
+        g = GaugeMetricFamily(
+            "taskmedic_actions",
+            "Actions in the journal by state, counted at scrape time (cached for 1 s).",
+            labels=["state"],
+        )
+        for state in STATES:
+            g.add_metric([state], self.counts.get(state, 0))
+        yield g
+
+
+async def _journal_ctx(app: web.Application) -> AsyncIterator[None]:
+    config: HealerConfig = app[appkeys.CONFIG]
+    fixed = app[_FIXED_DSN]
+    async with contextlib.AsyncExitStack() as stack:
+        dsn = fixed if fixed is not None else await stack.enter_async_context(journal_dsn(config))
+        timeout = config.healer.journal.connect_timeout if config.healer.journal else 5.0
+        await migrate.upgrade(dsn)
+        pool = await open_pool(
+            dsn, max_size=max(4, config.healer.executor_concurrency + 4), wait_timeout=timeout
+        )
+        app[appkeys.JOURNAL_DSN] = dsn
+        app[appkeys.JOURNAL_POOL] = pool
+        try:
+            yield
+        finally:
+            await pool.close()
+
+
+def _executor_class() -> Any:
+    # TODO(owner D): once healer/executor.py is committed, import it normally:
+    #   from healer.executor import Executor
+    # Until then the healer records actions and the executor of another process (or a
+    # later start) runs them.
+    if importlib.util.find_spec("healer.executor") is None:
+        return None
+    return importlib.import_module("healer.executor").Executor
+
+
+async def _executor_ctx(app: web.Application) -> AsyncIterator[None]:
+    cls = _executor_class() if app[_RUN_EXECUTOR] else None
+    if cls is None:
+        app[EXECUTOR] = None
+        yield
+        return
+    config: HealerConfig = app[appkeys.CONFIG]
+    h = config.healer
+    executor = cls(
+        app[appkeys.JOURNAL_DSN],
+        config,
+        app[appkeys.METRICS],
+        concurrency=h.executor_concurrency,
+        lease=h.lease,
+        dry_run=h.dry_run,
+        output_cap=h.output_cap,
+        approval_timeout=h.approval_timeout,
+    )
+    await executor.start()
+    app[EXECUTOR] = executor
+    try:
+        yield
+    finally:
+        await drain(app)
+
+
+async def drain(app: web.Application) -> None:
+    """Stop taking alerts, then stop the executor within shutdown_grace (once)."""
+    app[appkeys.DRAINING].set()
+    executor = app.get(EXECUTOR)
+    if executor is not None:
+        app[EXECUTOR] = None
+        await executor.stop(app[appkeys.CONFIG].healer.shutdown_grace)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    if request.app[appkeys.DRAINING].is_set():
+        return web.json_response({"ready": False, "reason": "shutting down"}, status=503)
+    try:
+        with journal_errors():
+            async with request.app[appkeys.JOURNAL_POOL].connection() as conn:
+                version = await migrate.current_version(conn)
+    except JournalUnavailable as exc:
+        return web.json_response({"ready": False, "reason": str(exc)}, status=503)
+    if version != migrate.latest_version():
+        return web.json_response(
+            {
+                "ready": False,
+                "reason": f"journal schema {version}, expected "
+                f"{migrate.latest_version()}: run taskmedic db upgrade",
+            },
+            status=503,
+        )
+    return web.json_response({"ready": True, "schema": version})
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    await request.app[_GAUGES].refresh()
+    body = generate_latest(request.app[appkeys.METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def create_app(
+    config: HealerConfig,
+    *,
+    rules: RuleSet | None = None,
+    metrics: HealerMetrics | None = None,
+    dsn: str | None = None,
+    run_executor: bool = True,
+    listen: str | None = None,
+) -> web.Application:
+    """The healer's application; raises ConfigError for rules or an unsafe auth setup.
+
+    `dsn` overrides the configured journal (tests); `run_executor=False` only records.
+    """
+    check_serving_auth(config, listen)
+    auth = Authenticator(config.healer.auth)
+    app = web.Application(middlewares=[auth_middleware(auth)])
+    app[appkeys.CONFIG] = config
+    app[appkeys.AUTH] = auth
+    app[appkeys.RULES] = rules if rules is not None else load_rules(config)
+    app[appkeys.METRICS] = metrics or HealerMetrics()
+    app[appkeys.DRAINING] = asyncio.Event()
+    app[_FIXED_DSN] = dsn
+    app[_RUN_EXECUTOR] = run_executor
+    gauges = JournalGauges(app)
+    app[_GAUGES] = gauges
+    app[appkeys.METRICS].registry.register(gauges)
+    app.cleanup_ctx.append(_journal_ctx)
+    app.cleanup_ctx.append(_executor_ctx)
+    app.add_routes(
+        [
+            web.post("/alerts", post_alerts),
+            web.get("/healthz", healthz),
+            web.get("/readyz", readyz),
+            web.get("/metrics", metrics_handler),
+        ]
+    )
+    api.setup(app)
+    for module in ("healer.log_api", "healer.console"):
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module).setup(app)
+    return app
+
+
+async def serve(config: HealerConfig, *, listen: str | None = None) -> int:
+    """Run the healer until SIGTERM or SIGINT; drain, then return the exit code 0."""
+    address = listen or config.healer.listen
+    app = create_app(config, listen=address)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    host, port = split_listen(address)
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    log.info("healer listening on http://%s (%d rules)", address, len(app[appkeys.RULES]))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("stopping: no new alerts; letting running steps finish")
+        await drain(app)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()
+    log.info("healer stopped")
+    return 0

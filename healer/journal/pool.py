@@ -1,0 +1,111 @@
+"""Reaching the journal: the connection pool, the embedded server, and what "unavailable" means.
+
+Every failure to reach or write the journal becomes `JournalUnavailable`, which the web app
+answers with 503 (Alertmanager then retries with backoff) and the CLI with exit code 1. Such a
+failure always happens inside a transaction that PostgreSQL rolls back, so nothing is left
+half-written. A bug (a constraint violation, a syntax error) is NOT mapped: it stays loud.
+
+With no `healer.journal` configured, the healer starts an embedded PostgreSQL (`pgserver`) in
+`<data_dir>/journal`; every process that uses the same data directory shares that server and
+the last one to exit stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
+
+from healer.errors import JournalUnavailable
+
+if TYPE_CHECKING:
+    from healer.config import HealerConfig
+
+__all__ = [
+    "RETRYABLE",
+    "embedded_dsn",
+    "journal_dsn",
+    "journal_errors",
+    "open_pool",
+    "unavailable",
+]
+
+# Conflicts between concurrent transactions: retried by the caller, never reported as down.
+RETRYABLE = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
+_DOWN = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, PoolClosed, OSError)
+
+
+def unavailable(exc: BaseException) -> bool:
+    """True when `exc` means the journal could not be reached or the connection broke."""
+    return isinstance(exc, _DOWN) and not isinstance(exc, RETRYABLE)
+
+
+@contextlib.contextmanager
+def journal_errors(what: str = "journal") -> Iterator[None]:
+    """Turn "cannot reach or write the journal" into JournalUnavailable; let bugs through."""
+    try:
+        yield
+    except JournalUnavailable:
+        raise
+    except BaseException as exc:
+        if not unavailable(exc):
+            raise
+        # The message names the failure class only: a driver message may quote the DSN.
+        raise JournalUnavailable(f"{what} unavailable ({type(exc).__name__})") from exc
+
+
+async def open_pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 10, wait_timeout: float = 5.0
+) -> AsyncConnectionPool[Any]:
+    """An opened pool; connections are checked on checkout so a restarted journal heals."""
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        timeout=wait_timeout,
+        open=False,
+        check=AsyncConnectionPool.check_connection,
+        kwargs={"autocommit": True, "connect_timeout": max(1, int(wait_timeout))},
+        name="taskmedic-journal",
+    )
+    await pool.open(wait=False)
+    return pool
+
+
+def _start_embedded(data_dir: Path) -> tuple[str, Callable[[], None]]:
+    from pgserver.postgres_server import get_server
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = get_server(data_dir.resolve() / "journal", cleanup_mode="stop")
+    dsn: str = server.get_uri()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT 1 FROM pg_database WHERE datname = 'taskmedic'").fetchone()
+        if row is None:
+            with contextlib.suppress(pg_errors.DuplicateDatabase):
+                conn.execute("CREATE DATABASE taskmedic")
+    return server.get_uri(database="taskmedic"), server.cleanup
+
+
+async def embedded_dsn(data_dir: Path) -> tuple[str, Callable[[], None]]:
+    """Start (or join) the embedded journal under `data_dir`; returns its DSN and a closer."""
+    return await asyncio.to_thread(_start_embedded, data_dir)
+
+
+@contextlib.asynccontextmanager
+async def journal_dsn(config: HealerConfig) -> AsyncIterator[str]:
+    """The configured journal DSN, or an embedded server's for as long as the block runs."""
+    journal = config.healer.journal
+    if journal is not None:
+        yield journal.secret_dsn()
+        return
+    dsn, close = await embedded_dsn(config.data_dir())
+    try:
+        yield dsn
+    finally:
+        await asyncio.to_thread(close)

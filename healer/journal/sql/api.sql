@@ -1,0 +1,89 @@
+-- Reading and steering actions (healer/actions.py, used by the HTTP API and the CLI).
+
+-- name: list_actions
+-- Newest first, keyset-paginated on id (`before` is the cursor; NULL for the first page).
+SELECT a.id, a.rule, a.state, a.reason, a.dry_run, a.target, a.fingerprint, a.starts_at,
+       a.trigger, a.labels, a.plan_hash, a.created_at, a.started_at, a.finished_at,
+       a.approval_expires_at, a.cancel_requested_at, al.annotations, al.status AS alert_status
+FROM actions AS a
+JOIN alerts AS al ON al.id = a.alert_id
+WHERE (%(before)s::bigint IS NULL OR a.id < %(before)s::bigint)
+  AND (%(states)s::text[] IS NULL OR a.state = ANY(%(states)s::text[]))
+  AND (%(rule)s::text IS NULL OR a.rule = %(rule)s::text)
+  AND (%(since)s::timestamptz IS NULL OR a.created_at >= %(since)s::timestamptz)
+ORDER BY a.id DESC
+LIMIT %(limit)s
+
+-- name: get_action
+SELECT a.id, a.rule, a.state, a.reason, a.dry_run, a.target, a.fingerprint, a.starts_at,
+       a.trigger, a.labels, a.plan_hash, a.created_at, a.started_at, a.finished_at,
+       a.approval_expires_at, a.cancel_requested_at, al.annotations, al.status AS alert_status,
+       a.plan, a.attempt, a.lease_owner, a.lease_expires_at, a.approved_by, a.approved_at,
+       a.on_interrupt, al.ends_at, al.generator_url, al.notification_id, a.alert_id
+FROM actions AS a
+JOIN alerts AS al ON al.id = a.alert_id
+WHERE a.id = %(id)s
+
+-- name: get_steps
+SELECT idx, name, kind, state, attempt, started_at, finished_at, exit_code, result, error,
+       output_bytes, undo_started_at, undo_finished_at, undo_error
+FROM steps
+WHERE action_id = %(id)s
+ORDER BY idx
+
+-- name: get_events
+SELECT id, at, actor, kind, from_state, to_state, message, data
+FROM events
+WHERE action_id = %(id)s
+ORDER BY id
+
+-- name: lock_action
+SELECT state, plan_hash, approval_expires_at, approval_expires_at < now() AS expired,
+       cancel_requested_at
+FROM actions
+WHERE id = %(id)s
+FOR UPDATE
+
+-- name: approve_action
+UPDATE actions
+SET state = 'pending', approved_by = %(actor)s, approved_at = now()
+WHERE id = %(id)s AND state = 'awaiting_approval'
+
+-- name: cancel_action
+UPDATE actions
+SET state = 'cancelled', reason = %(reason)s, finished_at = now()
+WHERE id = %(id)s AND state IN ('pending', 'awaiting_approval')
+
+-- name: request_cancel
+UPDATE actions
+SET cancel_requested_at = now()
+WHERE id = %(id)s AND state = 'running' AND cancel_requested_at IS NULL
+
+-- name: count_by_state
+SELECT state, count(*) FROM actions GROUP BY state
+
+-- name: open_circuits
+-- Rules whose circuit breaker is open for at least one target right now.
+SELECT DISTINCT rule
+FROM (
+    SELECT a.rule, a.target
+    FROM actions AS a
+    JOIN unnest(%(rules)s::text[], %(counts)s::int[], %(pers)s::float8[]) AS l(rule, n, per)
+      ON l.rule = a.rule
+    WHERE a.state NOT IN ('skipped', 'cancelled')
+      AND a.created_at > now() - make_interval(secs => l.per)
+    GROUP BY a.rule, a.target, l.n
+    HAVING count(*) >= l.n
+) AS open
+
+-- name: alerts_since
+-- Alerts the journal received since a moment, oldest first (rules replay).
+SELECT al.id, al.received_at, al.status, al.fingerprint, al.starts_at, al.ends_at, al.labels,
+       al.annotations, al.generator_url,
+       coalesce((SELECT jsonb_agg(jsonb_build_object('id', a.id, 'rule', a.rule,
+                                                     'state', a.state, 'reason', a.reason)
+                                  ORDER BY a.id)
+                 FROM actions AS a WHERE a.alert_id = al.id), '[]'::jsonb) AS actions
+FROM alerts AS al
+WHERE al.received_at >= %(since)s
+ORDER BY al.id

@@ -1,0 +1,142 @@
+"""Alertmanager's webhook payload (version "4"), validated the way Alertmanager 0.25 sends it.
+
+Alertmanager's `notify/webhook` Message embeds `template.Data` (receiver, status, alerts,
+groupLabels, commonLabels, commonAnnotations, externalURL) and adds version, groupKey and
+truncatedAlerts. Each alert carries status, labels, annotations, startsAt, endsAt (Go's zero
+time `0001-01-01T00:00:00Z` while firing), generatorURL and fingerprint. Unknown fields are
+kept in the stored payload and otherwise ignored, so a newer Alertmanager still gets through.
+
+Client mistakes never reach the journal: bad JSON or shape is `BadPayload` (400, naming the
+JSON path of the first problem), another version is `UnsupportedVersion` (422). Strings the
+journal cannot store (NUL characters, unpaired surrogates) are refused here as well.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = ["Alert", "BadPayload", "Notification", "UnsupportedVersion", "parse_notification"]
+
+_INT32_MAX = 2**31 - 1
+
+
+class BadPayload(ValueError):
+    """Not JSON or not the webhook's shape; `path` is the JSON path of the first problem."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        self.message = message
+        super().__init__(f"{path}: {message}")
+
+
+class UnsupportedVersion(ValueError):
+    """A webhook version other than "4"."""
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+
+class Alert(_Lenient):
+    status: Literal["firing", "resolved"]
+    labels: dict[str, str]
+    annotations: dict[str, str] = Field(default_factory=dict)
+    starts_at: AwareDatetime = Field(alias="startsAt")
+    ends_at: AwareDatetime | None = Field(default=None, alias="endsAt")
+    generator_url: str = Field(default="", alias="generatorURL")
+    fingerprint: str = Field(min_length=1, max_length=256)
+
+    @property
+    def ends_at_or_none(self) -> datetime | None:
+        """endsAt, with Go's zero time (a firing alert) as None."""
+        if self.ends_at is None or self.ends_at.year <= 1:
+            return None
+        return self.ends_at
+
+    def as_json(self) -> dict[str, Any]:
+        """The alert in Alertmanager's own field names, as plans and scripts receive it."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class Notification(_Lenient):
+    version: str
+    group_key: str = Field(default="", alias="groupKey")
+    truncated_alerts: int = Field(default=0, ge=0, alias="truncatedAlerts")
+    status: Literal["firing", "resolved"]
+    receiver: str
+    group_labels: dict[str, str] = Field(default_factory=dict, alias="groupLabels")
+    common_labels: dict[str, str] = Field(default_factory=dict, alias="commonLabels")
+    common_annotations: dict[str, str] = Field(default_factory=dict, alias="commonAnnotations")
+    external_url: str = Field(default="", alias="externalURL")
+    alerts: list[Alert]
+
+    @property
+    def truncated_for_journal(self) -> int:
+        """truncatedAlerts fitted into the journal's integer column (it is a uint64 in Go)."""
+        return min(self.truncated_alerts, _INT32_MAX)
+
+
+def _json_path(loc: tuple[int | str, ...]) -> str:
+    out = "$"
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _unstorable(value: Any, path: tuple[int | str, ...]) -> tuple[str, str] | None:
+    """The first string the journal cannot store (jsonb has no NUL; UTF-8 has no surrogates)."""
+    stack: list[tuple[Any, tuple[int | str, ...]]] = [(value, path)]
+    while stack:
+        v, p = stack.pop()
+        if isinstance(v, str):
+            if "\x00" in v:
+                return _json_path(p), "NUL characters are not accepted"
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return _json_path(p), "invalid Unicode (unpaired surrogate)"
+        elif isinstance(v, dict):
+            for k, item in reversed(list(v.items())):
+                if _unstorable(k, p) is not None:
+                    return _json_path(p), "a key has NUL characters or invalid Unicode"
+                stack.append((item, (*p, k)))
+        elif isinstance(v, list):
+            stack.extend((item, (*p, i)) for i, item in reversed(list(enumerate(v))))
+    return None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_notification(body: bytes) -> tuple[Notification, dict[str, Any]]:
+    """Validate a webhook body; returns the model and the raw JSON object to store."""
+    try:
+        raw = json.loads(body, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise BadPayload("$", f"not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise BadPayload("$", "expected a JSON object")
+    version = raw.get("version")
+    if "version" not in raw:
+        raise BadPayload("$.version", "required field is missing")
+    if not isinstance(version, str):
+        raise BadPayload("$.version", 'expected a string such as "4"')
+    if version != "4":
+        raise UnsupportedVersion(
+            f'webhook version {version[:20]!r} is not supported; taskmedic accepts version "4"'
+        )
+    bad = _unstorable(raw, ())
+    if bad is not None:
+        raise BadPayload(*bad)
+    try:
+        notification = Notification.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors(include_input=False, include_url=False)[0]
+        msg = "required field is missing" if err["type"] == "missing" else err["msg"]
+        raise BadPayload(_json_path(err["loc"]), msg) from None
+    return notification, raw
