@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import TemplateSyntaxError, nodes
+from pydantic import ValidationError
 
 from exporter.configfile import Located, Path_, load_yaml, validate
 from exporter.errors import ConfigError, Problem
@@ -102,11 +103,19 @@ def load_rule_files(paths: Iterable[str | Path], config: HealerConfig | None = N
     for path in paths:
         try:
             located = load_yaml(path)
-            parsed = validate(RulesFile, located)
         except ConfigError as exc:
             problems.extend(exc.problems)
             continue
-        for i, rule in enumerate(parsed.rules):
+        try:
+            valid = validate(RulesFile, located).rules
+            parsed: list[tuple[int, Rule | None]] = list(enumerate(valid))
+        except ConfigError as exc:
+            # Report the shape problems, and still check every rule that has a valid shape.
+            problems.extend(exc.problems)
+            parsed = _valid_rules(located)
+        for i, rule in parsed:
+            if rule is None:
+                continue
             where = ("rules", i)
             if rule.name in seen:
                 problems.append(
@@ -128,6 +137,18 @@ def load_rule_files(paths: Iterable[str | Path], config: HealerConfig | None = N
     if problems:
         raise ConfigError(problems)
     return RuleSet(tuple(compiled))
+
+
+def _valid_rules(located: Located) -> list[tuple[int, Rule | None]]:
+    data = located.data
+    items = data.get("rules") if isinstance(data, dict) else None
+    out: list[tuple[int, Rule | None]] = []
+    for i, item in enumerate(items if isinstance(items, list) else []):
+        try:
+            out.append((i, Rule.model_validate(item)))
+        except ValidationError:
+            out.append((i, None))
+    return out
 
 
 def _compiles(regex: str) -> bool:
@@ -230,6 +251,8 @@ def _template_problems(source: str, declared: set[str]) -> list[str]:
     used: list[str] = []
     wrapped = 0
     for node in ast.find_all(nodes.Getattr):
+        if node.attr.startswith("_"):
+            problems.append(f"template reads the private attribute {node.attr!r}")
         if isinstance(node.node, nodes.Name) and node.node.name == "params":
             used.append(node.attr)
             wrapped += 1
