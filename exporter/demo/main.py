@@ -1,8 +1,9 @@
 """`python -m exporter.demo` (what `make demo` runs): start everything, guide, stop everything.
 
 Start order: PostgreSQL, Redis, the sample schema, the Celery worker and beat, a few timeline
-imports, the generated taskmedic.yaml, the exporter. Stop order is the reverse, and it runs on
-Ctrl-C, SIGTERM, `--run-for` expiring or a failed start alike, so nothing is left running.
+imports, the generated taskmedic.yaml, the exporter (and with --healer: the healer, then
+Alertmanager and Prometheus when installed). Stop order is the reverse, and it runs on Ctrl-C,
+SIGTERM, `--run-for` expiring or a failed start alike, so nothing is left running.
 """
 
 from __future__ import annotations
@@ -24,11 +25,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from exporter.demo import configs, sample, tasks
+from exporter.demo import configs, healing, sample, tasks
+from exporter.demo.guide import fault_note, guide, ready_line
 from exporter.demo.processes import Child, spawn, stop_all
 from exporter.demo.services import EmbeddedPostgres, EmbeddedRedis
-
-READY_PREFIX = "taskmedic-demo ready"
 
 
 class StartFailed(Exception):
@@ -50,12 +50,26 @@ def taskmedic_command() -> list[str]:
     raise StartFailed("the `taskmedic` command is not installed: run `pip install -e .` first")
 
 
+def celery_command() -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "exporter.demo.tasks"]
+
+
 def http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - our own http URL
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError):
         return False
+
+
+def free_address() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def say(message: str) -> None:
+    print(f"[demo] {message}", flush=True)
 
 
 class Demo:
@@ -68,6 +82,7 @@ class Demo:
         self.dir = Path(args.dir or tempfile.mkdtemp(prefix="taskmedic-demo-")).resolve()
         self.logs = self.dir / "logs"
         self.worker_name = f"demo-worker@{socket.gethostname()}"
+        self.taskmedic: list[str] = []
         self.postgres: EmbeddedPostgres | None = None
         self.redis: EmbeddedRedis | None = None
         self.children: list[Child] = []
@@ -75,11 +90,16 @@ class Demo:
         self.beat: Child | None = None
         self.exporter: Child | None = None
         self.config: configs.DemoConfig | None = None
+        self.healer_files: healing.HealerFiles | None = None
+        self.prometheus: Child | None = None
+        self.prometheus_url = ""
+        self.alertmanager_url = ""
         self.orphan_record = 0
 
     # --- start ------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.taskmedic = taskmedic_command()
         self.dir.mkdir(parents=True, exist_ok=True)
         say(f"data and logs in {self.dir}")
         say("starting PostgreSQL (pgserver) ...")
@@ -91,47 +111,41 @@ class Demo:
         self.redis = EmbeddedRedis(self.dir / "redis")
         broker = self.redis.url(0)
         self.check_stop()
-        env = {
-            **os.environ,
-            tasks.BROKER_ENV: broker,
-            tasks.DSN_ENV: dsn,
-            "PYTHONUNBUFFERED": "1",
-        }
+        env = {**os.environ, tasks.BROKER_ENV: broker, tasks.DSN_ENV: dsn, "PYTHONUNBUFFERED": "1"}
+        self.start_celery(broker, dsn, env)
+        healer = None
+        if self.args.healer:
+            self.healer_files = healing.write_healer_files(self.dir, self.args.healer_listen)
+            healing.sample_alert(self.dir)
+            journal = self.postgres.create_database("taskmedic_journal")
+            healer = healing.healer_section(self.healer_files, journal)
+        self.config = configs.write_config(
+            self.dir / "taskmedic.yaml",
+            dsn=dsn,
+            broker=broker,
+            listen=self.args.listen,
+            healer=healer,
+        )
+        say("starting the exporter ...")
+        self.exporter = self.start_exporter(self.config, env)
+        if self.healer_files is not None:
+            self.start_healer(self.config, self.healer_files, env)
+
+    def start_celery(self, broker: str, dsn: str, env: dict[str, str]) -> None:
         say("starting the Celery worker and beat ...")
+        worker_argv = ["worker", "-E", "-P", "threads", "-c", "2", "-n", self.worker_name]
+        worker_argv += ["--without-mingle", "--without-gossip", "--heartbeat-interval=2"]
+        # Cold shutdown (SIGQUIT): the demo does not wait 20 s for an import to finish.
         self.worker = self.spawn(
             "worker",
-            [
-                *celery_command(),
-                "worker",
-                "-E",
-                "-P",
-                "threads",
-                "-c",
-                "2",
-                "-n",
-                self.worker_name,
-                "--without-mingle",
-                "--without-gossip",
-                "--heartbeat-interval=2",
-                "-l",
-                "INFO",
-            ],
+            [*celery_command(), *worker_argv, "-l", "INFO"],
             env,
-            # Cold shutdown: the demo does not wait 20 s for a timeline import to finish.
             stop_signal=signal.SIGQUIT,
         )
+        schedule, pidfile = self.dir / "beat-schedule", self.dir / "beat.pid"
         self.beat = self.spawn(
             "beat",
-            [
-                *celery_command(),
-                "beat",
-                "-s",
-                str(self.dir / "beat-schedule"),
-                "--pidfile",
-                str(self.dir / "beat.pid"),
-                "-l",
-                "INFO",
-            ],
+            [*celery_command(), "beat", "-s", str(schedule), "--pidfile", str(pidfile)],
             env,
         )
         app = tasks.make_app(broker)
@@ -146,19 +160,40 @@ class Demo:
                 sample.submit_timeline(dsn, app, f"evidence-{i + 1}")
         finally:
             app.close()
-        self.config = configs.write_config(
-            self.dir / "taskmedic.yaml", dsn=dsn, broker=broker, listen=self.args.listen
-        )
-        say("starting the exporter ...")
-        self.exporter = self.start_exporter(self.config, env)
 
     def start_exporter(self, config: configs.DemoConfig, env: dict[str, str]) -> Child:
         """Run `taskmedic exporter` on the demo's config and wait until /metrics answers."""
-        child = self.spawn(
-            "exporter", [*taskmedic_command(), "exporter", "--config", str(config.path)], env
-        )
+        argv = [*self.taskmedic, "exporter", "--config", str(config.path)]
+        child = self.spawn("exporter", argv, env)
         self.wait(lambda: http_ok(f"{config.base_url}/metrics"), 30, child, "/metrics")
         return child
+
+    def start_healer(
+        self, config: configs.DemoConfig, files: healing.HealerFiles, env: dict[str, str]
+    ) -> None:
+        say("starting the healer ...")
+        argv = [*self.taskmedic, "healer", "--config", str(config.path)]
+        healer = self.spawn("healer", argv, env)
+        self.wait(lambda: http_ok(f"{files.base_url}/readyz"), 60, healer, "the healer's /readyz")
+        binaries = healing.alerting_binaries()
+        if binaries is None:
+            say("Prometheus or Alertmanager not installed: alerts can be posted by hand")
+            return
+        prometheus, alertmanager = binaries
+        am, prom = free_address(), free_address()
+        say("starting Alertmanager and Prometheus ...")
+        am_config = healing.write_alertmanager(self.dir, files)
+        am_argv = [alertmanager, f"--config.file={am_config}", f"--web.listen-address={am}"]
+        am_argv += [f"--storage.path={self.dir / 'alertmanager'}", "--cluster.listen-address="]
+        am_child = self.spawn("alertmanager", am_argv, env)
+        exporter = config.base_url.removeprefix("http://")
+        prom_config = healing.write_prometheus(self.dir, exporter, files.listen, am)
+        prom_argv = [prometheus, f"--config.file={prom_config}", f"--web.listen-address={prom}"]
+        prom_argv += [f"--storage.tsdb.path={self.dir / 'prometheus'}"]
+        self.prometheus = self.spawn("prometheus", prom_argv, env)
+        self.alertmanager_url, self.prometheus_url = f"http://{am}", f"http://{prom}"
+        self.wait(lambda: http_ok(f"http://{am}/-/ready"), 30, am_child, "Alertmanager")
+        self.wait(lambda: http_ok(f"http://{prom}/-/ready"), 30, self.prometheus, "Prometheus")
 
     def spawn(self, name: str, argv: Sequence[str], env: dict[str, str], **kw: Any) -> Child:
         child = spawn(name, argv, self.logs, env, cwd=self.dir, **kw)
@@ -208,10 +243,10 @@ class Demo:
     def close(self) -> None:
         """Stop everything that was started, consumers first; safe after a partial start."""
         if self.children:
-            say("stopping the exporter, beat and worker ...")
-            order = [c for c in self.children if c.name not in ("worker", "beat")]
-            order += [c for c in self.children if c.name in ("beat", "worker")]
-            stop_all(order)
+            say("stopping " + ", ".join(c.name for c in reversed(self.children)) + " ...")
+            # Newest first: Prometheus, Alertmanager and the healer before the exporter, the
+            # Celery processes last. All are asked at once; each gets the same deadline.
+            stop_all(list(reversed(self.children)))
         if self.redis is not None:
             say("stopping Redis ...")
             self.redis.stop()
@@ -225,109 +260,6 @@ class Demo:
         say("stopped; nothing left running")
 
 
-def celery_command() -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "exporter.demo.tasks"]
-
-
-def say(message: str) -> None:
-    print(f"[demo] {message}", flush=True)
-
-
-def ready_line(demo: Demo) -> str:
-    """One machine-readable line: URLs and every PID the demo started (tests parse it)."""
-    assert demo.config and demo.worker and demo.beat and demo.exporter
-    assert demo.postgres and demo.redis
-    fields = {
-        "metrics": f"{demo.config.base_url}/metrics",
-        "landing": f"{demo.config.base_url}/",
-        "config": str(demo.config.path),
-        "cluster": configs.CLUSTER,
-        "worker": demo.worker_name,
-        "worker_pid": demo.worker.pid,
-        "beat_pid": demo.beat.pid,
-        "exporter_pid": demo.exporter.pid,
-        "postgres_pid": demo.postgres.pid,
-        "redis_pid": demo.redis.pid,
-    }
-    return READY_PREFIX + " " + " ".join(f"{k}={v}" for k, v in fields.items())
-
-
-def guide(demo: Demo) -> str:
-    assert demo.config and demo.worker and demo.beat and demo.exporter
-    assert demo.postgres and demo.redis
-    url = demo.config.base_url
-    w, b = demo.worker.pid, demo.beat.pid
-    check = " ".join(taskmedic_command())
-    return f"""
-taskmedic demo is running
-  metrics        {url}/metrics
-  landing page   {url}/   (checks, their state and last error)
-  config         {demo.config.path}
-  logs           {demo.logs}/
-  celery worker  pid {w}  ({demo.worker_name}, heartbeat every 2 s, a timeline import takes 20 s)
-  celery beat    pid {b}  (refreshes agents_status_cache every {tasks.CACHE_EVERY:g} s,
-                           uploads a timeline every {tasks.UPLOAD_EVERY:g} s)
-  exporter       pid {demo.exporter.pid}
-  postgres       pid {demo.postgres.pid}      redis  pid {demo.redis.pid}
-
-Right now /metrics shows every check up and the worker alive:
-  taskmedic_check_up{{check="tree_status_cache"}} 1   (and timelines, records_without_action)
-  taskmedic_celery_worker_up{{cluster="{configs.CLUSTER}",worker="{demo.worker_name}"}} 1
-and one finding already: task_record {demo.orphan_record} was written without its task_action
-(ibex's bug), so after its grace ({configs.RECORD_GRACE:g} s):
-  taskmedic_orphan_rows{{check="records_without_action"}} 1
-
-Break something and watch /metrics:
-  1. Stop beat:                kill -STOP {b}      (resume with kill -CONT {b})
-     The cache is no longer refreshed; after max_age ({configs.MAX_AGE:g} s):
-       taskmedic_stale_rows{{check="tree_status_cache"}} {sample.AGENTS}
-       taskmedic_stale_oldest_age_seconds{{check="tree_status_cache"}} growing
-  2. Kill the worker mid-job:  kill -9 {w}
-     Within about 5 s (two missed heartbeats):
-       taskmedic_celery_worker_up{{cluster="{configs.CLUSTER}",worker="{demo.worker_name}"}} 0
-       taskmedic_celery_workers{{cluster="{configs.CLUSTER}",state="offline"}} 1
-     The timeline it was importing keeps saying 'processing'; after its grace
-     ({configs.TIMELINE_GRACE:g} s) and two collections:
-       taskmedic_orphan_tasks{{check="timelines",reason="lost"}} 1 (or more)
-  Every finding with its row key and task id:
-       {check} check --config {demo.config.path}
-
-Ctrl-C stops everything (worker, beat, exporter, Redis, PostgreSQL).
-"""
-
-
-def fault_note(demo: Demo, child: Child) -> str | None:
-    """What to look for after a child died or was suspended; each said once."""
-    if not child.alive():
-        if "exit" in child.reported:
-            return None
-        child.reported.add("exit")
-        what = f"{child.name} (pid {child.pid}) {child.exit_description()}"
-        if child is demo.worker:
-            return (
-                f'{what}: taskmedic_celery_worker_up{{worker="{demo.worker_name}"}} goes 0 '
-                f'within ~5 s; a timeline it was importing becomes an orphan (reason="lost") '
-                f"after {configs.TIMELINE_GRACE:g} s. The demo does not restart it."
-            )
-        if child is demo.beat:
-            return f"{what}: cache rows go stale after {configs.MAX_AGE:g} s"
-        return f"{what}; last lines of {child.log}:\n{child.tail()}"
-    if child.stopped():
-        if "stopped" in child.reported:
-            return None
-        child.reported.add("stopped")
-        extra = (
-            f': taskmedic_stale_rows{{check="tree_status_cache"}} rises after {configs.MAX_AGE:g} s'
-            if child is demo.beat
-            else ""
-        )
-        return f"{child.name} (pid {child.pid}) is suspended{extra}; kill -CONT {child.pid}"
-    if "stopped" in child.reported:
-        child.reported.discard("stopped")
-        return f"{child.name} (pid {child.pid}) resumed"
-    return None
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m exporter.demo",
@@ -338,8 +270,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen", default="127.0.0.1:9808", help="exporter address (default %(default)s)"
     )
     p.add_argument(
-        "--dir",
-        help="keep data and logs here (default: a temporary folder removed at the end)",
+        "--healer",
+        action="store_true",
+        help="also run the healer with the demo's rules (and Prometheus and Alertmanager "
+        "when installed), so what you break gets repaired",
+    )
+    p.add_argument(
+        "--healer-listen", default="127.0.0.1:9809", help="healer address (default %(default)s)"
+    )
+    p.add_argument(
+        "--dir", help="keep data and logs here (default: a temporary folder removed at the end)"
     )
     p.add_argument(
         "--run-for",
