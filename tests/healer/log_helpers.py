@@ -6,19 +6,62 @@ readers under test see exactly what they would see in production.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import psycopg
+import yaml
+from aiohttp import web
 from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
 
+from healer import appkeys, console, log_api
+from healer.auth import Authenticator, auth_middleware
+from healer.config import AuthSettings
 from healer.plan import Plan, PlanStep, ScriptSpec
+from tests.services import ROOT, wait_for
 
 FINAL = ("succeeded", "failed", "cancelled", "skipped")
+TOKEN = "s3cret-token-for-tests"
+USER, PASSWORD = "ops", "correct horse battery staple"
+
+
+def make_app(dsn: str, *, auth: bool = False) -> web.Application:
+    """What contract 7 promises of C's create_app (app keys, auth middleware, log and console
+    routes), without the ingest and the executor: for tests of the reading side alone."""
+    app = web.Application()
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(dsn, min_size=1, max_size=4, open=False)
+    app[appkeys.JOURNAL_POOL] = pool
+    app[appkeys.JOURNAL_DSN] = dsn
+    if auth:
+        settings = AuthSettings.model_validate(
+            {"bearer_token": TOKEN, "basic_auth": {"username": USER, "password": PASSWORD}}
+        )
+        app[appkeys.AUTH] = authenticator = Authenticator(settings)
+        app.middlewares.append(auth_middleware(authenticator))
+
+    async def journal(app: web.Application) -> AsyncIterator[None]:
+        await pool.open()
+        yield
+        await pool.close()
+
+    app.cleanup_ctx.append(journal)
+    log_api.setup(app)
+    console.setup(app)
+    return app
 
 
 def sample_plan(rule: str = "refresh-tree-status", steps: int = 1) -> Plan:
@@ -181,3 +224,149 @@ async def read_events(resp: aiohttp.ClientResponse) -> AsyncIterator[Event]:
             event = value
         elif name == "id":
             event_id = value
+
+
+# --- real `taskmedic healer` processes ---------------------------------------------------------
+
+
+@dataclass
+class HealerProcess:
+    """A real `taskmedic healer` (webhook, API, console, executor) on a shared journal."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self) -> None:
+        """SIGTERM (the healer drains and exits 0), then kill -9 if it does not."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def write_config(tmp: Path, dsn: str, rules: list[dict[str, Any]], name: str = "healer") -> Path:
+    """taskmedic.yaml naming the journal, a bearer token, basic auth, and a rule file."""
+    rules_file = tmp / f"{name}-rules.yaml"
+    rules_file.write_text(yaml.safe_dump({"rules": rules}, sort_keys=False))
+    config = tmp / f"{name}.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "healer": {
+                    "journal": {"dsn": dsn},
+                    "auth": {
+                        "bearer_token": TOKEN,
+                        "basic_auth": {"username": USER, "password": PASSWORD},
+                    },
+                    "rules": [str(rules_file)],
+                    "lease": "5s",
+                    "data_dir": str(tmp / f"{name}-data"),
+                }
+            }
+        )
+    )
+    return config
+
+
+def start_healer(config: Path, tmp: Path, name: str = "healer") -> HealerProcess:
+    """Start `taskmedic healer --config …` on a free port and wait until /readyz says ready."""
+    port = free_port()
+    log = tmp / f"{name}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "healer.cli",
+                "healer",
+                "--config",
+                str(config),
+                "--listen",
+                f"127.0.0.1:{port}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=str(ROOT),
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            start_new_session=True,
+        )
+    healer = HealerProcess(proc, port, log)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"healer {name} exited early:\n{healer.output()}")
+        try:
+            # http://127.0.0.1 only: the URL is built here, never taken from input.
+            with urllib.request.urlopen(f"{healer.url}/readyz", timeout=1) as resp:  # noqa: S310
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    try:
+        wait_for(ready, timeout=60, interval=0.1, what=f"healer {name} to be ready")
+    except BaseException:
+        healer.stop()
+        raise
+    return healer
+
+
+def alert_payload(labels: dict[str, str], fingerprint: str | None = None) -> dict[str, Any]:
+    """A firing notification as Alertmanager 0.25 sends it (webhook version 4)."""
+    fp = fingerprint or uuid.uuid4().hex[:16]
+    return {
+        "receiver": "taskmedic",
+        "status": "firing",
+        "alerts": [
+            {
+                "status": "firing",
+                "labels": labels,
+                "annotations": {"summary": "test alert"},
+                "startsAt": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+                "endsAt": "0001-01-01T00:00:00Z",
+                "generatorURL": "http://prometheus-0:9090/graph",
+                "fingerprint": fp,
+            }
+        ],
+        "groupLabels": {"alertname": labels.get("alertname", "")},
+        "commonLabels": labels,
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager-0:9093",
+        "version": "4",
+        "groupKey": f'{{}}:{{alertname="{labels.get("alertname", "")}"}}',
+        "truncatedAlerts": 0,
+    }
+
+
+async def fire(healer: HealerProcess, labels: dict[str, str]) -> list[int]:
+    """POST one alert to the healer; returns the ids of the actions it recorded."""
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"{healer.url}/alerts",
+            json=alert_payload(labels),
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        ) as resp,
+    ):
+        body = await resp.json()
+        assert resp.status == 200, body
+    return [int(a["id"]) for a in body["actions"]]

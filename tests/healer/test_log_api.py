@@ -11,30 +11,18 @@ import psycopg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from psycopg_pool import AsyncConnectionPool
 
-from healer import appkeys, log_api
 from healer.journal.migrate import upgrade
-from tests.healer.log_helpers import Event, append_chunk, create_action, read_events, set_state
+from tests.healer.log_helpers import (
+    Event,
+    append_chunk,
+    create_action,
+    make_app,
+    read_events,
+    set_state,
+)
 
 Client = TestClient[web.Request, web.Application]
-
-
-def make_app(dsn: str) -> web.Application:
-    """The app keys contract 7 promises, with the log routes on top (no auth in this test)."""
-    app = web.Application()
-    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(dsn, min_size=1, max_size=4, open=False)
-    app[appkeys.JOURNAL_POOL] = pool
-    app[appkeys.JOURNAL_DSN] = dsn
-
-    async def journal(app: web.Application) -> AsyncIterator[None]:
-        await pool.open()
-        yield
-        await pool.close()
-
-    app.cleanup_ctx.append(journal)
-    log_api.setup(app)
-    return app
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ async def journal(pg_dsn: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
 async def counts(conn: psycopg.AsyncConnection[Any]) -> dict[str, int]:
     out = {}
     for table in ("notifications", "alerts", "actions", "steps", "events", "log_chunks"):
-        cur = await conn.execute(f"SELECT count(*) FROM {table}")  # type: ignore[arg-type]
+        cur = await conn.execute(f"SELECT count(*) FROM {table}")
         row = await cur.fetchone()
         assert row is not None
         out[table] = int(row[0])

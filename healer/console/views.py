@@ -1,0 +1,152 @@
+"""The console's pages: the list of recent actions and one action with its live log.
+
+Both read the journal directly (healer/journal/sql/console.sql) and are rendered on the server;
+`?fragment=…` returns just the part the page's script refreshes every few seconds.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import psycopg
+from aiohttp import web
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from healer import appkeys
+from healer.auth import public
+from healer.console.render import FINAL, STATES, render
+from healer.console.session import console_page, csrf_token, has_session
+from healer.journal.queries import q
+
+__all__ = ["action_page", "index", "static_file"]
+
+PAGE = 50
+CANCELLABLE = frozenset({"pending", "awaiting_approval", "running"})
+
+
+async def _fetch(
+    pool: AsyncConnectionPool[Any], *queries: tuple[str, dict[str, Any]]
+) -> list[list[dict[str, Any]]]:
+    """Run the named queries on one connection; a journal outage is a 503 page."""
+    out = []
+    try:
+        async with pool.connection() as conn:
+            for name, params in queries:
+                cur = conn.cursor(row_factory=dict_row)
+                await cur.execute(q(name), params)
+                out.append(await cur.fetchall())
+    except (psycopg.OperationalError, PoolTimeout) as e:
+        raise web.HTTPServiceUnavailable(text="the journal is unavailable") from e
+    return out
+
+
+def _page_context(request: web.Request) -> dict[str, Any]:
+    return {"csrf": csrf_token(request), "logged_in": has_session(request), "login_page": False}
+
+
+def _alertname(labels: Any) -> str:
+    return str(labels.get("alertname", "")) if isinstance(labels, dict) else ""
+
+
+@console_page
+async def index(request: web.Request) -> web.Response:
+    """Recent actions, newest first, filterable by state and rule; `?fragment=rows` for polls."""
+    state = request.query.get("state") or None
+    if state is not None and state not in STATES:
+        raise web.HTTPBadRequest(text=f"state: expected one of {', '.join(STATES)}")
+    rule = request.query.get("rule") or None
+    if rule is not None and len(rule) > 200:
+        raise web.HTTPBadRequest(text="rule: too long")
+    before_s = request.query.get("before") or None
+    if before_s is not None and (not before_s.isdigit() or len(before_s) > 18):
+        raise web.HTTPBadRequest(text="before: expected an action id")
+    before = int(before_s) if before_s else None
+    pool = request.app[appkeys.JOURNAL_POOL]
+    params = {"state": state, "rule": rule, "before": before, "limit": PAGE + 1}
+    actions, rules = await _fetch(pool, ("console_actions", params), ("console_rules", {}))
+    more = len(actions) > PAGE
+    actions = actions[:PAGE]
+    for a in actions:
+        a["alertname"] = _alertname(a["labels"])
+    ctx = {
+        "actions": actions,
+        "rules": [r["rule"] for r in rules],
+        "state": state or "",
+        "rule": rule or "",
+        "before": before,
+        "next_before": actions[-1]["id"] if more and actions else None,
+        **_page_context(request),
+    }
+    if request.query.get("fragment") == "rows":
+        return render("_rows.html", **ctx)
+    return render("index.html", **ctx)
+
+
+@console_page
+async def action_page(request: web.Request) -> web.Response:
+    """One action: summary, approve/cancel, plan, steps, live log, audit trail."""
+    id_s = request.match_info["id"]
+    if len(id_s) > 18:
+        raise web.HTTPNotFound(text="no such action")
+    action_id = int(id_s)
+    pool = request.app[appkeys.JOURNAL_POOL]
+    p = {"id": action_id}
+    found, steps, events = await _fetch(
+        pool, ("console_action", p), ("console_steps", p), ("console_events", p)
+    )
+    if not found:
+        raise web.HTTPNotFound(text=f"no action {action_id}")
+    action = found[0]
+    action["alertname"] = _alertname(action["labels"])
+    plan: dict[str, Any] = action["plan"] if isinstance(action["plan"], dict) else {}
+    raw_steps = plan.get("steps")
+    plan_steps: list[Any] = raw_steps if isinstance(raw_steps, list) else []
+    ctx = {
+        "a": action,
+        "steps": steps,
+        "events": events,
+        "plan": plan,
+        "plan_steps": plan_steps,
+        "step_names": [s.get("name", "") for s in plan_steps if isinstance(s, dict)],
+        "final": action["state"] in FINAL
+        or (action["state"] == "interrupted" and action["on_interrupt"] == "fail"),
+        "can_approve": action["state"] == "awaiting_approval",
+        "can_cancel": action["state"] in CANCELLABLE and action["cancel_requested_at"] is None,
+        **_page_context(request),
+    }
+    if request.query.get("fragment") == "detail":
+        return render("_detail.html", **ctx)
+    return render("action.html", **ctx)
+
+
+STATIC_TYPES = {".css": "text/css", ".js": "text/javascript"}
+
+
+@cache
+def _static(name: str) -> bytes | None:
+    if "/" in name or name.startswith(".") or not name.endswith(tuple(STATIC_TYPES)):
+        return None
+    entry = resources.files("healer.console") / "static" / name
+    return entry.read_bytes() if entry.is_file() else None
+
+
+@public  # the login form needs its stylesheet; these files hold no data
+async def static_file(request: web.Request) -> web.Response:
+    """The console's own stylesheet and script (versioned URLs, so cached for a long time)."""
+    name = request.match_info["name"]
+    body = _static(name)
+    if body is None:
+        raise web.HTTPNotFound()
+    ext = name[name.rindex(".") :]
+    return web.Response(
+        body=body,
+        content_type=STATIC_TYPES[ext],
+        charset="utf-8",
+        headers={
+            "Cache-Control": "public, max-age=31536000, immutable",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
