@@ -17,7 +17,6 @@ import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Iterable
-from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -30,6 +29,7 @@ from healer.actions import STATES
 from healer.auth import Authenticator, auth_middleware
 from healer.config import HealerConfig, check_serving_auth
 from healer.errors import JournalUnavailable
+from healer.executor import Executor
 from healer.ingest import post_alerts
 from healer.journal import migrate
 from healer.journal.pool import journal_dsn, journal_errors, open_pool
@@ -42,7 +42,7 @@ __all__ = ["EXECUTOR", "create_app", "drain", "serve"]
 log = logging.getLogger(__name__)
 
 # The running executor (healer.executor.Executor) or None when it is not available.
-EXECUTOR: web.AppKey[Any] = web.AppKey("executor")
+EXECUTOR: web.AppKey[Executor | None] = web.AppKey("executor")
 _GAUGES: web.AppKey[JournalGauges] = web.AppKey("journal_gauges")
 _FIXED_DSN: web.AppKey[str | None] = web.AppKey("fixed_dsn")
 _RUN_EXECUTOR = web.AppKey("run_executor", bool)
@@ -132,25 +132,14 @@ async def _journal_ctx(app: web.Application) -> AsyncIterator[None]:
             await pool.close()
 
 
-def _executor_class() -> Any:
-    # TODO(owner D): once healer/executor.py is committed, import it normally:
-    #   from healer.executor import Executor
-    # Until then the healer records actions and the executor of another process (or a
-    # later start) runs them.
-    if importlib.util.find_spec("healer.executor") is None:
-        return None
-    return importlib.import_module("healer.executor").Executor
-
-
 async def _executor_ctx(app: web.Application) -> AsyncIterator[None]:
-    cls = _executor_class() if app[_RUN_EXECUTOR] else None
-    if cls is None:
+    if not app[_RUN_EXECUTOR]:
         app[EXECUTOR] = None
         yield
         return
     config: HealerConfig = app[appkeys.CONFIG]
     h = config.healer
-    executor = cls(
+    executor = Executor(
         app[appkeys.JOURNAL_DSN],
         config,
         app[appkeys.METRICS],
