@@ -1,0 +1,156 @@
+"""`taskmedic actions log ID [-f]` and `taskmedic journal prune`: the log in a terminal.
+
+Both work straight on the journal the config names, like the other `actions` commands. The log
+is written as the step wrote it (bytes, stdout to stdout, stderr and system notes to stderr);
+`-f` follows it through the same hub as the web console until the action ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, BinaryIO
+
+import psycopg
+
+from exporter.config import parse_duration
+from exporter.errors import ConfigError
+from healer.errors import JournalUnavailable
+
+__all__ = ["register_actions_log", "register_journal"]
+
+Body = Callable[[str], Awaitable[int]]
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _run(args: argparse.Namespace, body: Body) -> int:
+    """Load the config, reach its journal, run `body(dsn)`; errors become exit codes."""
+    from healer.config import load_healer_config
+    from healer.journal.pool import journal_dsn, journal_errors
+
+    try:
+        config = load_healer_config(args.config)
+    except ConfigError as exc:
+        for p in exc.problems:
+            _err(str(p))
+        return 2
+    args.loaded_config = config
+
+    async def run() -> int:
+        async with journal_dsn(config) as dsn:
+            with journal_errors():
+                return await body(dsn)
+
+    try:
+        return asyncio.run(run())
+    except JournalUnavailable as exc:
+        _err(f"taskmedic: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _out(stream: str) -> BinaryIO:
+    return sys.stdout.buffer if stream == "stdout" else sys.stderr.buffer
+
+
+def _cmd_log(args: argparse.Namespace) -> int:
+    from healer.journal.pool import open_pool
+    from healer.log_api import LogFilter, iter_log_text
+    from healer.logstream import ActionNotFound, Chunk, End, LogHub
+
+    flt = LogFilter(args.stream, args.step)
+
+    async def body(dsn: str) -> int:
+        pool = await open_pool(dsn, max_size=2)
+        try:
+            if not args.follow:
+                async with pool.connection() as conn:
+                    cur = await conn.execute("SELECT 1 FROM actions WHERE id = %s", (args.id,))
+                    if await cur.fetchone() is None:
+                        _err(f"taskmedic: no action {args.id}")
+                        return 1
+                async for c in iter_log_text(pool, args.id, flt):
+                    _out(c.stream).write(c.data)
+                    _out(c.stream).flush()
+                return 0
+            hub = LogHub(dsn, pool)
+            try:
+                async with contextlib.aclosing(hub.follow(args.id)) as items:
+                    async for item in items:
+                        if isinstance(item, End):
+                            sys.stdout.flush()
+                            _err(f"[action {args.id} {item.state}]")
+                            return 0
+                        assert isinstance(item, Chunk)
+                        if flt.keeps(item):
+                            _out(item.stream).write(item.data)
+                            _out(item.stream).flush()
+            except ActionNotFound:
+                _err(f"taskmedic: no action {args.id}")
+                return 1
+            finally:
+                await hub.stop()
+            return 0
+        finally:
+            await pool.close()
+
+    return _run(args, body)
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from healer.retention import prune_logs, retention_of
+
+    async def body(dsn: str) -> int:
+        older_than = args.older_than
+        if older_than is None:
+            older_than = retention_of(args.loaded_config)
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            report = await prune_logs(conn, older_than, dry_run=args.dry_run)
+        print(report.summary())
+        return 0
+
+    return _run(args, body)
+
+
+def _duration(value: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def register_actions_log(actions_sub: Any) -> None:
+    """Add `log` to the `taskmedic actions` subcommands."""
+    p: argparse.ArgumentParser = actions_sub.add_parser(
+        "log", help="an action's output; -f follows it live until the action ends"
+    )
+    p.add_argument("--config", required=True, help="taskmedic.yaml")
+    p.add_argument("id", type=int)
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
+    p.add_argument("--stream", choices=("stdout", "stderr", "system"))
+    p.add_argument("--step", type=int, help="only this step (0 is the first)")
+    p.set_defaults(func=_cmd_log)
+
+
+def register_journal(sub: Any) -> None:
+    """Add `taskmedic journal prune`."""
+    journal = sub.add_parser("journal", help="journal maintenance")
+    journal_sub = journal.add_subparsers(dest="journal_command", required=True, metavar="COMMAND")
+    p: argparse.ArgumentParser = journal_sub.add_parser(
+        "prune", help="delete log chunks older than the retention; everything else stays"
+    )
+    p.add_argument("--config", required=True, help="taskmedic.yaml")
+    p.add_argument(
+        "--older-than",
+        type=_duration,
+        help="a duration such as 30d (default: healer.log_retention, 30d)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
+    p.set_defaults(func=_cmd_prune)
