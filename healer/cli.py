@@ -22,6 +22,7 @@ from psycopg.rows import dict_row
 from exporter import __version__
 from exporter import cli as exporter_cli
 from exporter.errors import ConfigError
+from healer import log_cli
 from healer.config import HealerConfig, load_healer_config
 
 __all__ = ["build_parser", "main"]
@@ -352,7 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"taskmedic {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     exporter_cli.register(sub)
-    register(sub)
+    subs = register(sub)
+    log_cli.register_actions_log(subs["actions"])
+    log_cli.register_journal(sub)
     return parser
 
 
