@@ -205,10 +205,23 @@ def ingest_storms(env: BenchEnv, healer: Healer, storms: int, count: int) -> dic
         "SELECT n.payload, a.plan FROM actions a JOIN alerts al ON al.id = a.alert_id "
         "JOIN notifications n ON n.id = al.notification_id ORDER BY a.id DESC LIMIT 1"
     )
-    counts = {
-        t: int(healer.one(f"SELECT count(*) FROM {t}"))
-        for t in ("notifications", "alerts", "actions", "steps", "events")
-    }
+    # Rows the ingest wrote for the storm's rule only (the latency trials' actions also ran).
+    rule = INGEST_RULE["name"]
+    counts = dict(
+        zip(
+            ("notifications", "alerts", "actions", "steps", "events"),
+            healer.query(
+                "WITH a AS (SELECT id, alert_id FROM actions WHERE rule = %(rule)s) "
+                "SELECT (SELECT count(DISTINCT al.notification_id) FROM alerts al "
+                "        JOIN a ON a.alert_id = al.id), "
+                "       (SELECT count(DISTINCT alert_id) FROM a), (SELECT count(*) FROM a), "
+                "       (SELECT count(*) FROM steps WHERE action_id IN (SELECT id FROM a)), "
+                "       (SELECT count(*) FROM events WHERE action_id IN (SELECT id FROM a))",
+                {"rule": rule},
+            )[0],
+            strict=True,
+        )
+    )
     accepted = sum(v for r in runs for k, v in r["statuses"].items() if 200 <= k < 300) + 500
     return {
         "storms": runs,

@@ -20,8 +20,18 @@ def available() -> bool:
 
 
 def _lit(value: Any) -> str:
-    """A SQL string literal (pgbench scripts take no bind parameters for these)."""
-    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    """A SQL string literal (pgbench scripts take no bind parameters for these).
+
+    pgbench reads `:name` as one of its variables, even inside a literal: JSON gets a space
+    after its own colons, a colon inside a JSON string that is followed by a name character
+    is written as the JSON escape \\u003a (the same text once PostgreSQL parses it), and a
+    plain string is concatenated around its colons.
+    """
+    if isinstance(value, str):  # a plain string: its colons are concatenated in
+        parts = ["'" + p.replace("'", "''") + "'" for p in value.split(":")]
+        return "(" + " || ':' || ".join(parts) + ")" if len(parts) > 1 else parts[0]
+    text = json.dumps(value, separators=(", ", ": "))
+    text = re.sub(r":(?=[A-Za-z0-9_])", r"\\u003a", text)
     return "'" + text.replace("'", "''") + "'"
 
 
@@ -33,20 +43,21 @@ def ingest_script(payload: dict[str, Any], plan: dict[str, Any], steps: int, not
     """
     alert = payload["alerts"][0]
     labels = _lit(alert["labels"])
+    fingerprint = "'bench-' || :client_id || '-' || :r"
     lines = [
-        "\\set r random(1, 2000000000)",
+        "\\set r random(1, 4000000000000000000)",
         "BEGIN;",
         "INSERT INTO notifications (receiver, status, group_key, truncated_alerts, payload) "
         f"VALUES ({_lit(payload['receiver'])}, 'firing', {_lit(payload['groupKey'])}, 0, "
         f"{_lit(payload)}::jsonb);",
         "INSERT INTO alerts (notification_id, status, fingerprint, starts_at, labels, "
-        "annotations, generator_url) VALUES (currval('notifications_id_seq'), 'firing', "
-        "md5(:client_id || '-' || :r || clock_timestamp()::text), now(), "
-        f"{labels}::jsonb, {_lit(alert['annotations'])}::jsonb, {_lit(alert['generatorURL'])});",
+        f"annotations, generator_url) VALUES (currval('notifications_id_seq'), 'firing', "
+        f"{fingerprint}, now(), {labels}::jsonb, {_lit(alert['annotations'])}::jsonb, "
+        f"{_lit(alert['generatorURL'])});",
         "INSERT INTO actions (rule, fingerprint, starts_at, alert_id, labels, target, state, "
-        "plan, plan_hash) SELECT 'bench', a.fingerprint, a.starts_at, a.id, a.labels, '', "
-        f"'awaiting_approval', {_lit(plan)}::jsonb, md5(a.fingerprint) "
-        "FROM alerts a WHERE a.id = currval('alerts_id_seq');",
+        f"plan, plan_hash) VALUES ('bench', {fingerprint}, now(), currval('alerts_id_seq'), "
+        f"{labels}::jsonb, {labels}, 'awaiting_approval', {_lit(plan)}::jsonb, "
+        f"md5({fingerprint}));",
     ]
     lines += [
         "INSERT INTO steps (action_id, idx, name, kind) "
@@ -58,7 +69,7 @@ def ingest_script(payload: dict[str, Any], plan: dict[str, Any], steps: int, not
         "VALUES (currval('actions_id_seq'), 'ingest', 'created', 'awaiting_approval', 'bench');"
     )
     if notify:
-        lines.append("SELECT pg_notify('taskmedic_actions', currval('actions_id_seq')::text);")
+        lines.append("SELECT pg_notify('taskmedic_state', currval('actions_id_seq')::text);")
     lines.append("COMMIT;")
     return "\n".join(lines) + "\n"
 
