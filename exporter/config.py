@@ -302,6 +302,9 @@ class Config(Model):
     def display(self) -> dict[str, Any]:
         """The effective config as plain data with every secret masked."""
         out = self.model_dump(mode="json", exclude={"databases", "celery", "healer"})
+        for shown, check in zip(out["checks"], self.checks, strict=True):
+            shown["interval"] = self.interval_of(check)  # effective values, not null
+            shown["timeout"] = self.timeout_of(check)
         out["databases"] = {n: _display_database(d) for n, d in self.databases.items()}
         out["celery"] = {n: c.display() for n, c in self.celery.items()}
         return out

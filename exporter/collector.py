@@ -1,0 +1,153 @@
+"""The Prometheus collector: fresh metric families from the runner's states on every scrape.
+
+Nothing is mutated between scrapes; each scrape renders what the background collection knows
+now. Finding gauges follow one rule: a check whose last collection succeeded exports a value
+for every label set it owns (0 when it found nothing, both `reason`s for orphan_tasks); a
+check that cannot tell (down, not collected yet, or an orphan check with one observation so
+far) exports no finding at all, so a missing series means "unknown" and never a stale count.
+Celery liveness is computed at scrape time from the last heartbeats.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from exporter import __version__
+from exporter.checks.orphan_tasks import REASONS
+from exporter.runner import CheckState, Runner
+
+__all__ = ["ExporterCollector"]
+
+
+class ExporterCollector(Collector):
+    """Renders a `Runner` as Prometheus metric families."""
+
+    def __init__(self, runner: Runner, clock: Callable[[], float] = time.time) -> None:
+        self._runner = runner
+        self._clock = clock
+        interval = runner.config.exporter.interval
+        self._when = (
+            f"as of the last background collection (every {interval:g}s, "
+            "or the check's own interval)"
+        )
+
+    def _gauge(self, name: str, help_text: str, labels: list[str]) -> GaugeMetricFamily:
+        return GaugeMetricFamily(name, help_text, labels=labels)
+
+    def collect(self) -> Iterable[Metric]:
+        states = self._runner.states
+        yield from self._checks(states)
+        yield from self._self_metrics(states)
+        yield from self._celery()
+        info = self._gauge("taskmedic_build_info", "taskmedic version; always 1", ["version"])
+        info.add_metric([__version__], 1.0)
+        yield info
+
+    def _checks(self, states: list[CheckState]) -> Iterable[Metric]:
+        w = self._when
+        stale = self._gauge(
+            "taskmedic_stale_rows",
+            f"Rows of a stale_status check older than its max_age (or NULL), {w}",
+            ["check"],
+        )
+        stale_age = self._gauge(
+            "taskmedic_stale_oldest_age_seconds",
+            f"Age of the oldest timestamp a stale_status check's query returned, by the "
+            f"database's clock (0 when it returned no row), {w}",
+            ["check"],
+        )
+        orphans = self._gauge(
+            "taskmedic_orphan_tasks",
+            f"Rows of an orphan_tasks check past grace, on two consecutive collections, whose "
+            f"Celery task is lost (nowhere) or finished (final state in the result backend), {w}",
+            ["check", "reason"],
+        )
+        orphan_age = self._gauge(
+            "taskmedic_orphan_oldest_age_seconds",
+            f"Age of the oldest orphan of an orphan_tasks check (0 when there is none), {w}",
+            ["check"],
+        )
+        orphan_rows = self._gauge(
+            "taskmedic_orphan_rows",
+            f"Rows an orphan_rows check's query returned past grace on two consecutive "
+            f"collections, {w}",
+            ["check"],
+        )
+        for s in states:
+            out = s.outcome
+            if not s.up or out is None or not out.confirmed:
+                continue
+            if s.type == "stale_status":
+                stale.add_metric([s.name], float(out.count()))
+                stale_age.add_metric([s.name], out.oldest_age_seconds)
+            elif s.type == "orphan_tasks":
+                for reason in REASONS:
+                    orphans.add_metric([s.name, reason], float(out.count(reason)))
+                orphan_age.add_metric([s.name], out.oldest_age_seconds)
+            elif s.type == "orphan_rows":
+                orphan_rows.add_metric([s.name], float(out.count()))
+        yield from (stale, stale_age, orphans, orphan_age, orphan_rows)
+
+    def _self_metrics(self, states: list[CheckState]) -> Iterable[Metric]:
+        up = self._gauge(
+            "taskmedic_check_up",
+            "1 when the check's last background collection established the truth, 0 when it "
+            "could not (database, broker or query failing or timing out: see the landing page)",
+            ["check"],
+        )
+        duration = self._gauge(
+            "taskmedic_check_duration_seconds",
+            "Seconds the check's last background collection took, whatever its result",
+            ["check"],
+        )
+        success = self._gauge(
+            "taskmedic_check_last_success_timestamp_seconds",
+            "Unix time the check's last successful background collection finished",
+            ["check"],
+        )
+        for s in states:
+            if s.up is None:
+                continue  # not collected yet: nothing is known, not even failure
+            up.add_metric([s.name], 1.0 if s.up else 0.0)
+            if s.duration is not None:
+                duration.add_metric([s.name], s.duration)
+            if s.last_success is not None:
+                success.add_metric([s.name], s.last_success)
+        yield from (up, duration, success)
+
+    def _celery(self) -> Iterable[Metric]:
+        broker = self._gauge(
+            "taskmedic_celery_broker_up",
+            "1 while the exporter receives the cluster's event stream from its broker",
+            ["cluster"],
+        )
+        workers = self._gauge(
+            "taskmedic_celery_workers",
+            "Workers of the cluster by liveness at scrape time (offline ones are counted until "
+            "purge_offline_after)",
+            ["cluster", "state"],
+        )
+        worker_up = self._gauge(
+            "taskmedic_celery_worker_up",
+            "1 while the worker's heartbeats arrive in time (Celery's rule: last heartbeat + "
+            "2 x its interval), judged at scrape time; 0 until purge_offline_after, then dropped",
+            ["cluster", "worker"],
+        )
+        heartbeat = self._gauge(
+            "taskmedic_celery_worker_last_heartbeat_timestamp_seconds",
+            "Unix time (the exporter's clock) the worker was last heard from",
+            ["cluster", "worker"],
+        )
+        for snap in self._runner.clusters(self._clock()):
+            broker.add_metric([snap.cluster], 1.0 if snap.broker_up else 0.0)
+            online = sum(1 for w in snap.workers if w.online)
+            workers.add_metric([snap.cluster, "online"], float(online))
+            workers.add_metric([snap.cluster, "offline"], float(len(snap.workers) - online))
+            for w in snap.workers:
+                worker_up.add_metric([snap.cluster, w.hostname], 1.0 if w.online else 0.0)
+                heartbeat.add_metric([snap.cluster, w.hostname], w.last_heartbeat)
+        yield from (broker, workers, worker_up, heartbeat)

@@ -1,0 +1,190 @@
+"""The exporter's HTTP side: `/metrics`, a landing page at `/`, and `/healthz`.
+
+Every handler reads what the background collection already knows; none waits on a database or
+a broker. `/metrics` speaks the Prometheus text format, or OpenMetrics when the scraper's
+`Accept` header asks for it (prometheus_client's own negotiation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+from aiohttp import web
+from jinja2.sandbox import SandboxedEnvironment
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from exporter import __version__
+from exporter.collector import ExporterCollector
+from exporter.config import Config, split_listen
+from exporter.runner import Runner
+
+__all__ = ["REGISTRY", "RUNNER", "create_app", "serve"]
+
+log = logging.getLogger(__name__)
+
+RUNNER = web.AppKey("taskmedic_runner", Runner)
+REGISTRY = web.AppKey("taskmedic_registry", CollectorRegistry)
+
+_env = SandboxedEnvironment(autoescape=True)
+_PAGE = _env.from_string(
+    """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>taskmedic exporter</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}
+table{border-collapse:collapse;margin:.5rem 0 1.5rem}
+th,td{border:1px solid #ccc;padding:.3rem .6rem;text-align:left;vertical-align:top}
+.up{color:#070}.down{color:#b00}.pending{color:#777}
+td.err{max-width:40rem;word-break:break-word;font-family:monospace;font-size:.9em}
+</style></head><body>
+<h1>taskmedic exporter {{ version }}</h1>
+<p><a href="/metrics">/metrics</a> &middot; <a href="/healthz">/healthz</a>
+&middot; page rendered {{ now }}</p>
+<h2>Checks</h2>
+<table><thead><tr><th>check</th><th>type</th><th>database</th><th>interval</th>
+<th>state</th><th>findings</th><th>last success</th><th>duration</th><th>last error</th>
+</tr></thead><tbody>
+{% for c in checks %}<tr>
+<td title="{{ c.help or '' }}">{{ c.name }}</td><td>{{ c.type }}</td><td>{{ c.database }}</td>
+<td>{{ c.interval }}</td><td class="{{ c.css }}">{{ c.state }}</td><td>{{ c.findings }}</td>
+<td>{{ c.last_success }}</td><td>{{ c.duration }}</td><td class="err">{{ c.error }}</td>
+</tr>{% else %}<tr><td colspan="9">no checks configured</td></tr>{% endfor %}
+</tbody></table>
+<h2>Celery clusters</h2>
+<table><thead><tr><th>cluster</th><th>broker</th><th>workers online</th>
+<th>workers offline</th></tr></thead><tbody>
+{% for c in clusters %}<tr><td>{{ c.name }}</td>
+<td class="{{ 'up' if c.broker_up else 'down' }}">{{ 'up' if c.broker_up else 'down' }}</td>
+<td>{{ c.online|join(', ') }}</td><td>{{ c.offline|join(', ') }}</td></tr>
+{% else %}<tr><td colspan="4">no clusters configured</td></tr>{% endfor %}
+</tbody></table>
+</body></html>
+"""
+)
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    body = encoder(request.app[REGISTRY])
+    resp = web.Response(body=body, headers={"Content-Type": content_type})
+    resp.enable_compression()
+    return resp
+
+
+async def _landing(request: web.Request) -> web.Response:
+    runner = request.app[RUNNER]
+    checks = []
+    for s in runner.states:
+        if s.up is None:
+            state, css = "pending", "pending"
+        elif not s.up:
+            state, css = "down", "down"
+        elif s.outcome is not None and not s.outcome.confirmed:
+            state, css = "up (first observation)", "up"
+        else:
+            state, css = "up", "up"
+        findings = "-"
+        if s.up and s.outcome is not None and s.outcome.confirmed:
+            findings = str(len(s.outcome.findings))
+        checks.append(
+            {
+                "name": s.name,
+                "type": s.type,
+                "database": s.database,
+                "help": s.help,
+                "interval": f"{s.interval:g}s",
+                "state": state,
+                "css": css,
+                "findings": findings,
+                "last_success": _when(s.last_success),
+                "duration": f"{s.duration * 1000:.0f} ms" if s.duration is not None else "-",
+                "error": s.error or "",
+            }
+        )
+    clusters = [
+        {
+            "name": snap.cluster,
+            "broker_up": snap.broker_up,
+            "online": [w.hostname for w in snap.workers if w.online],
+            "offline": [w.hostname for w in snap.workers if not w.online],
+        }
+        for snap in runner.clusters()
+    ]
+    html = _PAGE.render(
+        version=__version__, now=_when(time.time()), checks=checks, clusters=clusters
+    )
+    return web.Response(text=html, content_type="text/html")
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+def create_app(config: Config, *, runner: Runner | None = None) -> web.Application:
+    """The exporter's aiohttp application; the runner starts and stops with the app."""
+    app = web.Application()
+    app[RUNNER] = runner or Runner(config)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ExporterCollector(app[RUNNER]))
+    app[REGISTRY] = registry
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/", _landing)
+    app.router.add_get("/healthz", _healthz)
+
+    async def run_collection(app: web.Application) -> AsyncIterator[None]:
+        await app[RUNNER].start()
+        yield
+        await app[RUNNER].stop()
+
+    app.cleanup_ctx.append(run_collection)
+    return app
+
+
+async def serve(config: Config) -> int:
+    """Serve until SIGINT or SIGTERM, then stop cleanly; returns the exit code."""
+    host, port = split_listen(config.exporter.listen)
+    app = create_app(config)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            log.error("cannot listen on %s: %s", config.exporter.listen, exc.strerror or exc)
+            return 1
+        log.info(
+            "taskmedic exporter %s on http://%s/metrics (%d checks, %d clusters)",
+            __version__,
+            config.exporter.listen,
+            len(config.checks),
+            len(config.celery),
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(ValueError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+        log.info("taskmedic exporter stopping")
+    finally:
+        await runner.cleanup()
+    return 0
