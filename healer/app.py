@@ -161,8 +161,7 @@ async def drain(app: web.Application) -> None:
     """Stop taking alerts, then stop the executor within shutdown_grace (once)."""
     app[appkeys.DRAINING].set()
     executor = app.get(EXECUTOR)
-    if executor is not None:
-        app[EXECUTOR] = None
+    if executor is not None:  # Executor.stop is idempotent: the second call returns at once
         await executor.stop(app[appkeys.CONFIG].healer.shutdown_grace)
 
 

@@ -1,0 +1,245 @@
+"""Real `taskmedic healer` processes: two replicas on one journal, SIGTERM, labels never run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from healer.app import create_app
+from tests.healer.ingest_helpers import (
+    AUTH,
+    PAYLOADS,
+    config_for,
+    payload,
+    rows,
+    write_config,
+)
+from tests.services import ROOT, wait_for
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Healer:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def request(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(
+            self.url + path,
+            data=data,
+            method=method,
+            headers={**AUTH, "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+
+@pytest.fixture
+def start_healer(tmp_path: Path) -> Iterator[Callable[[Path], Healer]]:
+    """Start `taskmedic healer --config F` processes; all are stopped after the test."""
+    started: list[Healer] = []
+
+    def start(config: Path) -> Healer:
+        port = free_port()
+        log = tmp_path / f"healer-{port}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "healer.cli", "healer", "--config", str(config),
+                 "--listen", f"127.0.0.1:{port}"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=str(ROOT),
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                start_new_session=True,
+            )
+        healer = Healer(proc, port, log)
+        started.append(healer)
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"healer exited early:\n{healer.output()}")
+            try:
+                with urllib.request.urlopen(healer.url + "/readyz", timeout=1) as resp:
+                    return bool(resp.status == 200)
+            except OSError:
+                return False
+
+        wait_for(ready, timeout=30, interval=0.1, what=f"healer on port {port} to be ready")
+        return healer
+
+    yield start
+    for h in started:
+        if h.proc.poll() is None:
+            os.killpg(h.proc.pid, signal.SIGKILL)
+            h.proc.wait(timeout=10)
+
+
+APPEND = """\
+rules:
+  - name: refresh-tree-status
+    match: {{alertname: TaskmedicStaleRows}}
+    steps:
+      - name: append
+        script:
+          argv: ["{python}", -c, "import sys; open(sys.argv[1], 'a').write('ran\\\\n')", "{out}"]
+"""
+
+
+def test_two_healer_processes_on_one_journal_start_one_action(
+    pg_dsn: str, tmp_path: Path, start_healer: Callable[[Path], Healer]
+) -> None:
+    """Both replicas of an HA Alertmanager pair deliver the same alert, repeatedly, to both."""
+    out = tmp_path / "ran.txt"
+    config = write_config(
+        tmp_path, pg_dsn, rules=APPEND.format(python=sys.executable, out=out)
+    )
+    a, b = start_healer(config), start_healer(config)
+    body = payload("firing_stale_rows")
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        results = list(
+            pool.map(lambda h: h.request("POST", "/alerts", body), [a, b] * 10)
+        )
+    assert {status for status, _ in results} == {200}
+    assert sum(len(r["actions"]) for _, r in results) == 1
+    assert rows(pg_dsn, "SELECT count(*) FROM actions") == [(1,)]
+    wait_for(
+        lambda: rows(pg_dsn, "SELECT state FROM actions") == [("succeeded",)],
+        timeout=30,
+        what="the action to succeed",
+    )
+    assert out.read_text() == "ran\n"
+
+
+SLOW = """\
+rules:
+  - name: slow
+    match: {{alertname: TaskmedicStaleRows}}
+    steps:
+      - name: sleep
+        script: {{argv: ["{python}", -c, "import time; time.sleep(4)"], timeout: 60s}}
+"""
+
+
+def test_sigterm_stops_taking_alerts_lets_the_step_finish_and_exits_0(
+    pg_dsn: str, tmp_path: Path, start_healer: Callable[[Path], Healer]
+) -> None:
+    config = write_config(tmp_path, pg_dsn, rules=SLOW.format(python=sys.executable))
+    healer = start_healer(config)
+    status, _ = healer.request("POST", "/alerts", payload("firing_stale_rows"))
+    assert status == 200
+    wait_for(
+        lambda: rows(pg_dsn, "SELECT state FROM actions") == [("running",)],
+        timeout=20,
+        what="the action to run",
+    )
+    healer.proc.send_signal(signal.SIGTERM)
+    other = payload("grouped_workers_down")
+
+    def refused() -> bool:
+        status, body = healer.request("POST", "/alerts", other)
+        return status == 503 and "shutting down" in body["error"]
+
+    wait_for(refused, timeout=5, what="POST /alerts to answer 503 while draining")
+    assert healer.request("GET", "/readyz")[0] == 503
+    try:
+        code = healer.proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the healer did not exit:\n{healer.output()}") from None
+    assert code == 0, healer.output()
+    assert rows(pg_dsn, "SELECT state FROM actions") == [("succeeded",)]
+    assert rows(pg_dsn, "SELECT count(*) FROM notifications") == [(1,)]
+
+
+RECORD_LABELS = """\
+rules:
+  - name: restart-worker
+    match: {{alertname: TaskmedicCeleryWorkerDown}}
+    params:
+      worker: {{label: worker, pattern: '^[A-Za-z0-9_.-]+@[A-Za-z0-9_.-]+$'}}
+    steps:
+      - name: restart
+        script: {{argv: [/bin/echo, restart, "{{{{ params.worker }}}}"]}}
+  - name: record-labels
+    match: {{alertname: TaskmedicCeleryWorkerDown}}
+    steps:
+      - name: record
+        script:
+          argv:
+            - "{python}"
+            - -c
+            - |
+              import json, os, sys
+              alert = json.load(sys.stdin)
+              path = os.path.join(sys.argv[1], alert["fingerprint"] + ".txt")
+              with open(path, "w") as f:
+                  f.write(os.environ["TASKMEDIC_LABEL_WORKER"] + "\\n" + alert["labels"]["worker"])
+            - "{out}"
+"""
+
+
+async def test_injection_through_labels_creates_no_file_and_runs_nothing(
+    aiohttp_client: Any, pg_dsn: str, tmp_path: Path
+) -> None:
+    """Shell metacharacters in labels: the templated rule refuses; env and stdin stay inert."""
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    config = config_for(
+        tmp_path, pg_dsn, rules=RECORD_LABELS.format(python=sys.executable, out=seen)
+    )
+    client = await aiohttp_client(create_app(config, dsn=pg_dsn))
+    text = (PAYLOADS / "injection_workers_down.json").read_text()
+    body = json.loads(text.replace("@MARKDIR@", str(tmp_path)))
+    resp = await client.post("/alerts", json=body, headers=AUTH)
+    assert resp.status == 200
+
+    async def settled() -> list[tuple[Any, ...]]:
+        for _ in range(300):
+            got = rows(pg_dsn, "SELECT rule, state FROM actions ORDER BY rule, id")
+            if all(s in ("succeeded", "failed") for _, s in got):
+                return got
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"actions did not settle: {got}")
+
+    got = await settled()
+    assert got == [("record-labels", "succeeded")] * 3 + [("restart-worker", "failed")] * 3
+    assert rows(pg_dsn, "SELECT count(*) FROM steps WHERE action_id IN "
+                        "(SELECT id FROM actions WHERE rule = 'restart-worker')") == [(0,)]
+    assert not list(tmp_path.glob("pwned_*"))
+    for alert in body["alerts"]:
+        label = alert["labels"]["worker"]
+        recorded = (seen / f"{alert['fingerprint']}.txt").read_text()
+        assert recorded == f"{label}\n{label}"  # the literal text, never interpreted
