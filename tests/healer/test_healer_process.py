@@ -55,14 +55,14 @@ class Healer:
         self, method: str, path: str, body: dict[str, Any] | None = None
     ) -> tuple[int, dict[str, Any]]:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(
+        req = urllib.request.Request(  # noqa: S310 - http://127.0.0.1 only
             self.url + path,
             data=data,
             method=method,
             headers={**AUTH, "Content-Type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
+            with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
                 return resp.status, json.loads(resp.read() or b"{}")
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"{}")
@@ -78,8 +78,16 @@ def start_healer(tmp_path: Path) -> Iterator[Callable[[Path], Healer]]:
         log = tmp_path / f"healer-{port}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "healer.cli", "healer", "--config", str(config),
-                 "--listen", f"127.0.0.1:{port}"],
+                [
+                    sys.executable,
+                    "-m",
+                    "healer.cli",
+                    "healer",
+                    "--config",
+                    str(config),
+                    "--listen",
+                    f"127.0.0.1:{port}",
+                ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=str(ROOT),
@@ -93,7 +101,7 @@ def start_healer(tmp_path: Path) -> Iterator[Callable[[Path], Healer]]:
             if proc.poll() is not None:
                 raise AssertionError(f"healer exited early:\n{healer.output()}")
             try:
-                with urllib.request.urlopen(healer.url + "/readyz", timeout=1) as resp:
+                with urllib.request.urlopen(healer.url + "/readyz", timeout=1) as resp:  # noqa: S310
                     return bool(resp.status == 200)
             except OSError:
                 return False
@@ -124,15 +132,11 @@ def test_two_healer_processes_on_one_journal_start_one_action(
 ) -> None:
     """Both replicas of an HA Alertmanager pair deliver the same alert, repeatedly, to both."""
     out = tmp_path / "ran.txt"
-    config = write_config(
-        tmp_path, pg_dsn, rules=APPEND.format(python=sys.executable, out=out)
-    )
+    config = write_config(tmp_path, pg_dsn, rules=APPEND.format(python=sys.executable, out=out))
     a, b = start_healer(config), start_healer(config)
     body = payload("firing_stale_rows")
     with ThreadPoolExecutor(max_workers=10) as pool:
-        results = list(
-            pool.map(lambda h: h.request("POST", "/alerts", body), [a, b] * 10)
-        )
+        results = list(pool.map(lambda h: h.request("POST", "/alerts", body), [a, b] * 10))
     assert {status for status, _ in results} == {200}
     assert sum(len(r["actions"]) for _, r in results) == 1
     assert rows(pg_dsn, "SELECT count(*) FROM actions") == [(1,)]
@@ -236,8 +240,11 @@ async def test_injection_through_labels_creates_no_file_and_runs_nothing(
 
     got = await settled()
     assert got == [("record-labels", "succeeded")] * 3 + [("restart-worker", "failed")] * 3
-    assert rows(pg_dsn, "SELECT count(*) FROM steps WHERE action_id IN "
-                        "(SELECT id FROM actions WHERE rule = 'restart-worker')") == [(0,)]
+    assert rows(
+        pg_dsn,
+        "SELECT count(*) FROM steps WHERE action_id IN "
+        "(SELECT id FROM actions WHERE rule = 'restart-worker')",
+    ) == [(0,)]
     assert not list(tmp_path.glob("pwned_*"))
     for alert in body["alerts"]:
         label = alert["labels"]["worker"]
