@@ -23,13 +23,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse, sse_response
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from healer import appkeys
 from healer.errors import JournalUnavailable
+from healer.journal.pool import journal_errors
 from healer.journal.queries import q
 from healer.logstream import ActionNotFound, Chunk, End, LogHub
 
@@ -114,10 +114,11 @@ def _wants_events(request: web.Request) -> bool:
 
 async def _action_state(pool: AsyncConnectionPool[Any], action_id: int) -> str:
     try:
-        async with pool.connection() as conn:
-            cur = await conn.execute(q("log_action_state"), {"action_id": action_id})
-            row = await cur.fetchone()
-    except (psycopg.OperationalError, PoolTimeout) as e:
+        with journal_errors(f"action {action_id}"):
+            async with pool.connection() as conn:
+                cur = await conn.execute(q("log_action_state"), {"action_id": action_id})
+                row = await cur.fetchone()
+    except JournalUnavailable as e:
         raise web.HTTPServiceUnavailable(text="the journal is unavailable") from e
     if row is None:
         raise web.HTTPNotFound(text=f"no action {action_id}")
@@ -151,7 +152,7 @@ async def iter_log_text(
     """Every chunk of the action's log that `flt` keeps, in order, read page by page."""
     after = 0
     while True:
-        try:
+        with journal_errors(f"log of action {action_id}"):
             async with pool.connection() as conn:
                 cur = await conn.execute(
                     q("log_text_page"),
@@ -164,8 +165,6 @@ async def iter_log_text(
                     },
                 )
                 rows = await cur.fetchall()
-        except (psycopg.OperationalError, PoolTimeout) as e:
-            raise JournalUnavailable(f"reading the log of action {action_id}: {e}") from e
         for r in rows:
             yield Chunk(r[0], r[1], r[2], r[3], bytes(r[4]))
         if len(rows) < PAGE:

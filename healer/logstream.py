@@ -27,9 +27,10 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from healer.errors import JournalUnavailable
+from healer.journal.pool import journal_errors
 from healer.journal.queries import q
 
 __all__ = ["ActionNotFound", "Chunk", "End", "HubStats", "LogHub", "read_page"]
@@ -71,14 +72,12 @@ class Page:
 
 async def read_page(pool: AsyncConnectionPool[Any], action_id: int, after: int, limit: int) -> Page:
     """Read the chunks after `after` and the action's state in one statement (one snapshot)."""
-    try:
+    with journal_errors(f"log of action {action_id}"):
         async with pool.connection() as conn:
             cur = await conn.execute(
                 q("log_follow_page"), {"action_id": action_id, "after": after, "limit": limit}
             )
             rows = await cur.fetchall()
-    except (psycopg.OperationalError, PoolTimeout) as e:
-        raise JournalUnavailable(f"reading the log of action {action_id}: {e}") from e
     if not rows:
         return Page(None, True, [], False)
     chunks = [Chunk(r[2], r[3], r[4], r[5], bytes(r[6])) for r in rows if r[2] is not None]
@@ -277,13 +276,14 @@ class LogHub:
     async def _init(self, feed: _Feed) -> None:
         """Start the shared reads after the last chunk that exists now (followers catch up)."""
         try:
-            async with self._pool.connection() as conn:
-                cur = await conn.execute(q("log_last_chunk_id"), {"action_id": feed.action_id})
-                row = await cur.fetchone()
+            with journal_errors(f"log of action {feed.action_id}"):
+                async with self._pool.connection() as conn:
+                    cur = await conn.execute(q("log_last_chunk_id"), {"action_id": feed.action_id})
+                    row = await cur.fetchone()
             self.stats.init_queries += 1
             feed.cursor = int(row[0]) if row else 0
-        except (psycopg.OperationalError, PoolTimeout) as e:
-            feed.error = JournalUnavailable(f"following action {feed.action_id}: {e}")
+        except JournalUnavailable as e:
+            feed.error = e
             if self._feeds.get(feed.action_id) is feed:
                 del self._feeds[feed.action_id]
         finally:
@@ -346,7 +346,7 @@ class LogHub:
                         async for n in conn.notifies(timeout=self.poll_interval):
                             self._notified(n.payload)
                         await conn.execute("SELECT 1")  # the connection is still alive
-            except psycopg.OperationalError as e:
+            except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as e:
                 self.listening.clear()
                 log.warning("log hub: LISTEN connection lost (%s); reconnecting", e)
                 await asyncio.sleep(self.retry_delay)

@@ -19,9 +19,11 @@ from typing import Any
 import psycopg
 from aiohttp import web
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from healer import appkeys
+from healer.errors import JournalUnavailable
+from healer.journal.pool import journal_errors
 from healer.journal.queries import q
 
 __all__ = ["DEFAULT_RETENTION", "PruneReport", "prune_logs", "run_periodic", "setup"]
@@ -127,11 +129,12 @@ async def run_periodic(
     await asyncio.sleep(first_delay)
     while True:
         try:
-            async with pool().connection() as conn:
-                report = await prune_logs(conn, retention, actor="healer (log_retention)")
+            with journal_errors("log retention"):
+                async with pool().connection() as conn:
+                    report = await prune_logs(conn, retention, actor="healer (log_retention)")
             if report.chunks:
                 log.info("log retention: %s", report.summary())
-        except (psycopg.OperationalError, PoolTimeout) as e:
+        except JournalUnavailable as e:
             log.warning("log retention: journal unavailable (%s); next try in %.0fs", e, every)
         await asyncio.sleep(every)
 

@@ -10,15 +10,16 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-import psycopg
 from aiohttp import web
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from healer import appkeys
 from healer.auth import public
 from healer.console.render import FINAL, STATES, render
 from healer.console.session import console_page, csrf_token, has_session
+from healer.errors import JournalUnavailable
+from healer.journal.pool import journal_errors
 from healer.journal.queries import q
 
 __all__ = ["action_page", "index", "static_file"]
@@ -33,12 +34,13 @@ async def _fetch(
     """Run the named queries on one connection; a journal outage is a 503 page."""
     out = []
     try:
-        async with pool.connection() as conn:
-            for name, params in queries:
-                cur = conn.cursor(row_factory=dict_row)
-                await cur.execute(q(name), params)
-                out.append(await cur.fetchall())
-    except (psycopg.OperationalError, PoolTimeout) as e:
+        with journal_errors("console"):
+            async with pool.connection() as conn:
+                for name, params in queries:
+                    cur = conn.cursor(row_factory=dict_row)
+                    await cur.execute(q(name), params)
+                    out.append(await cur.fetchall())
+    except JournalUnavailable as e:
         raise web.HTTPServiceUnavailable(text="the journal is unavailable") from e
     return out
 
@@ -112,7 +114,7 @@ async def action_page(request: web.Request) -> web.Response:
         "plan_steps": plan_steps,
         "step_names": [s.get("name", "") for s in plan_steps if isinstance(s, dict)],
         "final": action["state"] in FINAL
-        or (action["state"] == "interrupted" and action["on_interrupt"] == "fail"),
+        or (action["state"] == "interrupted" and action["finished_at"] is not None),
         "can_approve": action["state"] == "awaiting_approval",
         "can_cancel": action["state"] in CANCELLABLE and action["cancel_requested_at"] is None,
         **_page_context(request),

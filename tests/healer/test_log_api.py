@@ -181,12 +181,11 @@ async def test_following_a_finished_action_replays_it_and_ends(
     ]
 
 
-async def test_interrupted_action_with_retry_keeps_the_stream_open(
+async def test_interrupted_action_being_retried_keeps_the_stream_open(
     client: Client, journal: psycopg.AsyncConnection[Any]
 ) -> None:
-    """`interrupted` ends the stream only when the rule does not retry (on_interrupt: fail)."""
+    """`interrupted` on the way back to `pending` (a retry) is not the end; given up, it is."""
     aid = await create_action(journal)
-    await journal.execute("UPDATE actions SET on_interrupt = 'retry' WHERE id = %s", (aid,))
     resp = await client.get(f"/api/actions/{aid}/log", params={"follow": "1"})
     events = read_events(resp)
     await set_state(journal, aid, "interrupted")
@@ -194,5 +193,7 @@ async def test_interrupted_action_with_retry_keeps_the_stream_open(
     c = await append_chunk(journal, aid, "second attempt\n")
     assert (await next_event(events)).event == "step"
     assert (await next_event(events)).id == str(c)
-    await set_state(journal, aid, "succeeded")
-    assert (await next_event(events)).event == "end"
+    await set_state(journal, aid, "interrupted")
+    await journal.execute("UPDATE actions SET finished_at = now() WHERE id = %s", (aid,))
+    await journal.execute("SELECT pg_notify('taskmedic_state', %s)", (str(aid),))
+    assert await next_event(events) == Event("end", json.dumps({"state": "interrupted"}), None)

@@ -3,10 +3,11 @@
 -- chunks and commits them one after another, so ids grow in commit order.
 
 -- name: log_action_state
--- The action's state, and whether it is final (no more output will come).
+-- The action's state, and whether it is final (no more output will come). `interrupted` is
+-- final only once the action was given up (finished_at set), not on its way back to pending.
 SELECT state,
        (state IN ('succeeded', 'failed', 'cancelled', 'skipped')
-        OR (state = 'interrupted' AND on_interrupt = 'fail')) AS final
+        OR (state = 'interrupted' AND finished_at IS NOT NULL)) AS final
 FROM actions
 WHERE id = %(action_id)s
 
@@ -16,7 +17,7 @@ WHERE id = %(action_id)s
 -- No row: the action does not exist. Chunk columns are NULL when there is no new chunk.
 SELECT a.state,
        (a.state IN ('succeeded', 'failed', 'cancelled', 'skipped')
-        OR (a.state = 'interrupted' AND a.on_interrupt = 'fail')) AS final,
+        OR (a.state = 'interrupted' AND a.finished_at IS NOT NULL)) AS final,
        c.id, c.step_idx, c.stream, c.at, c.data
 FROM actions AS a
 LEFT JOIN LATERAL (
