@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 STREAMS = frozenset({"stdout", "stderr", "system"})
 PAGE = 500
+GONE_POLL = 0.5  # seconds between checks that a follower's connection is still open
 
 
 @dataclass
@@ -235,6 +236,15 @@ async def send_events(
             await resp.send(dec.decode(item), id=str(item.id), event=item.stream)
 
 
+async def _client_gone(request: web.Request, resp: EventSourceResponse) -> None:
+    """Returns once the connection closed (aiohttp does not cancel the handler by itself)."""
+    while True:
+        transport = request.transport
+        if transport is None or transport.is_closing() or not resp.is_connected():
+            return
+        await asyncio.sleep(GONE_POLL)
+
+
 async def _follow(request: web.Request, action_id: int, flt: LogFilter) -> web.StreamResponse:
     after = _after(request)
     await _action_state(request.app[appkeys.JOURNAL_POOL], action_id)
@@ -245,24 +255,21 @@ async def _follow(request: web.Request, action_id: int, flt: LogFilter) -> web.S
         raise web.HTTPServiceUnavailable(text="shutting down") from e
     async with sse_response(request, ping_interval=10) as resp:
         sender = asyncio.create_task(send_events(resp, hub, action_id, after, flt))
-        # The ping task ends when the client has gone: stop following then, not at the next chunk.
-        gone = asyncio.create_task(resp.wait())
+        # Stop following as soon as the client has gone, not at the next chunk it cannot take.
+        gone = asyncio.create_task(_client_gone(request, resp))
         try:
             await asyncio.wait({sender, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for t in (sender, gone):
                 t.cancel()
-            for t in (sender, gone):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await t
-        if sender.done() and not sender.cancelled():
-            exc = sender.exception()
-            if isinstance(exc, JournalUnavailable | ActionNotFound):
-                log.warning("log stream of action %s ended: %s", action_id, exc)
-            elif isinstance(exc, ConnectionResetError | TimeoutError):
-                pass  # the client went away or stalled; it resumes by Last-Event-ID
-            elif exc is not None:
-                raise exc
+            await asyncio.gather(sender, gone, return_exceptions=True)
+        exc = None if sender.cancelled() else sender.exception()
+        if isinstance(exc, JournalUnavailable | ActionNotFound):
+            log.warning("log stream of action %s ended: %s", action_id, exc)
+        elif isinstance(exc, ConnectionResetError | TimeoutError):
+            pass  # the client went away or stalled; it resumes by Last-Event-ID
+        elif exc is not None:
+            raise exc
     return resp
 
 

@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from healer import log_api
 from healer.journal.migrate import upgrade
 from tests.healer.log_helpers import (
     Event,
@@ -197,3 +198,20 @@ async def test_interrupted_action_being_retried_keeps_the_stream_open(
     await journal.execute("UPDATE actions SET finished_at = now() WHERE id = %s", (aid,))
     await journal.execute("SELECT pg_notify('taskmedic_state', %s)", (str(aid),))
     assert await next_event(events) == Event("end", json.dumps({"state": "interrupted"}), None)
+
+
+async def test_a_follower_that_disconnects_is_forgotten(
+    client: Client, journal: psycopg.AsyncConnection[Any]
+) -> None:
+    """Closing the connection frees the follower at once, even when no output comes."""
+    aid = await create_action(journal)
+    hub_slot = client.app[log_api.LOG_HUB]
+    resp = await client.get(f"/api/actions/{aid}/log", params={"follow": "1"})
+    assert resp.status == 200
+    async with asyncio.timeout(10):
+        while hub_slot.hub is None or hub_slot.hub.followed != 1:
+            await asyncio.sleep(0.02)
+    resp.close()
+    async with asyncio.timeout(10):
+        while hub_slot.hub.followed != 0:
+            await asyncio.sleep(0.02)
