@@ -22,7 +22,6 @@ their leases released. The journal never shows an action `running` that nobody r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -45,6 +44,19 @@ from healer.steps import CeleryApps
 __all__ = ["Executor"]
 
 log = logging.getLogger(__name__)
+
+
+async def wait_event(event: asyncio.Event, seconds: float | None) -> None:
+    """Wait for `event` at most `seconds`.
+
+    Not `asyncio.wait_for`: on Python 3.11 it can swallow a cancellation that arrives as the
+    event fires, and a loop cancelled at stop() would then run on.
+    """
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=seconds)
+    finally:
+        waiter.cancel()
 
 
 def default_owner() -> str:
@@ -206,8 +218,7 @@ class Executor:
                 if claim is None:
                     break
                 self._start(ActionRun(claim, settings))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            await wait_event(self._wake, self.poll_interval)
 
     def _start(self, run: ActionRun) -> None:
         action_id = run.claim.id
@@ -226,7 +237,7 @@ class Executor:
         task.add_done_callback(done)
 
     async def _listen_loop(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
                     await conn.execute("LISTEN taskmedic_actions")
@@ -242,7 +253,7 @@ class Executor:
             await asyncio.sleep(self.poll_interval)
 
     async def _sweep_loop(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self.sweep()
             except JournalUnavailable as exc:
@@ -252,9 +263,8 @@ class Executor:
     async def _cancel_loop(self) -> None:
         """Cancel requests: on a `taskmedic_state` notification, and every poll_interval."""
         journal = self._need_journal()
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._check_cancels.wait(), self.poll_interval)
+        while not self._stopping:
+            await wait_event(self._check_cancels, self.poll_interval)
             self._check_cancels.clear()
             ids = list(self._runs)
             if not ids:

@@ -15,7 +15,6 @@ stored as they came (bytea): output that is not UTF-8 survives.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -243,8 +242,11 @@ class StepOutput:
             if self._closing:
                 return
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), due)
+            waiter = asyncio.ensure_future(self._wake.wait())
+            try:  # not asyncio.wait_for: see healer.executor.wait_event
+                await asyncio.wait({waiter}, timeout=due)
+            finally:
+                waiter.cancel()
 
     async def _write(self, chunks: list[OutputChunk]) -> None:
         if self._failed is not None or (not chunks and not self._record_total):

@@ -97,9 +97,12 @@ async def run_script(spec: ScriptSpec, stdin: bytes, output: StepOutput) -> Step
     feeder = asyncio.create_task(_feed_stdin(proc, stdin))
     timed_out = False
     try:
-        try:
-            await asyncio.wait_for(proc.wait(), spec.timeout)
-        except TimeoutError:
+        waiter = asyncio.ensure_future(proc.wait())
+        try:  # not asyncio.wait_for: on 3.11 it can swallow a cancel that races the exit
+            exited, _ = await asyncio.wait({waiter}, timeout=spec.timeout)
+        finally:
+            waiter.cancel()
+        if not exited:
             timed_out = True
             output.system(
                 f"timed out after {spec.timeout:g}s: SIGTERM to the process group, "
