@@ -52,6 +52,15 @@ CLIENT_SLACK = 1.0
 MAX_HUNG = 4
 
 
+# Server gone away, connection lost (not by our read timeout), killed, dropped when idle.
+_MYSQL_LOST = frozenset({2006, 2013, 1927, 4031})
+
+
+class ConnectionLost(CheckUnknown):
+    """The connection broke (server restarted, connection killed): worth one retry when the
+    connection had been sitting idle since an earlier collection."""
+
+
 @dataclass(frozen=True)
 class QueryResult:
     """What a check's query returned, and the database's clock when it ran."""
@@ -125,9 +134,8 @@ class _PgSession:
                 f"query on database {self._label} timed out after {timeout:g}s: {_pg_message(exc)}"
             ) from None
         except psycopg.Error as exc:
-            raise CheckUnknown(
-                f"query on database {self._label} failed: {_pg_message(exc)}"
-            ) from None
+            kind = ConnectionLost if self._conn.broken or self._conn.closed else CheckUnknown
+            raise kind(f"query on database {self._label} failed: {_pg_message(exc)}") from None
         finally:
             with contextlib.suppress(psycopg.Error):
                 self._conn.rollback()
@@ -217,9 +225,10 @@ class _MySqlSession:
                 raise CheckUnknown(
                     f"query on database {self._label} {what}: {self._message(exc)}"
                 ) from None
-            raise CheckUnknown(
-                f"query on database {self._label} failed: {self._message(exc)}"
-            ) from None
+            message = self._message(exc)
+            lost = code in _MYSQL_LOST and "timed out" not in message
+            kind = ConnectionLost if lost else CheckUnknown
+            raise kind(f"query on database {self._label} failed: {message}") from None
         return QueryResult(columns, rows, now.replace(tzinfo=UTC))
 
     def cancel(self) -> None:
@@ -304,8 +313,19 @@ class Database:
         session = self._take(read_timeout)
         ok = False
         try:
-            if session is None:
-                session = self._open(read_timeout)
+            if session is not None:
+                with self._lock:
+                    call.session = session
+                try:
+                    result = session.run(query, timeout)
+                    ok = True
+                    return result
+                except ConnectionLost:
+                    # It broke while idle (a restart between collections): once more, fresh.
+                    session.close()
+                    if call.abandoned:
+                        raise
+            session = self._open(read_timeout)
             with self._lock:
                 call.session = session
             result = session.run(query, timeout)
