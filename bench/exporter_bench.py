@@ -125,6 +125,20 @@ def metrics_growth(
                     "WHERE status = 'processing' AND celery_task_id IS NULL",
                 }
             )
+    # Control: the same 100 checks collected once (interval 1 h), then scraped with no
+    # collection running: what rendering the page alone costs.
+    idle_port = free_port()
+    idle_cfg = env.path("exporter-100-checks-idle.yaml")
+    write_config(idle_cfg, dsn=dsn, port=idle_port, interval=3600, checks=check_defs)
+    idle = start_exporter(env, idle_cfg, "exporter-100-checks-idle")
+    idle_url = f"http://127.0.0.1:{idle_port}/metrics"
+    wait_until(lambda: http_ok(idle_url, proc=idle), 30, "the idle exporter to serve /metrics")
+    idle_done = wait_collected(idle_port, names, 0.0, timeout=60)
+    idle_lat = latency_summary(asyncio.run(timed_gets(idle_url, count=5000, max_seconds=5.0)))
+    idle_bytes = len(http_get(idle_url))
+    idle_rss = mib(idle.rss())
+    idle.stop()
+
     cfg = env.path("exporter-100-checks.yaml")
     write_config(cfg, dsn=dsn, port=port, interval=interval, checks=check_defs)
     proc = start_exporter(env, cfg, "exporter-100-checks")
@@ -145,7 +159,23 @@ def metrics_growth(
             "exporter RSS MiB",
         ],
     )
-    out: dict[str, Any] = {"checks": checks, "interval_s": interval, "sizes": []}
+    out: dict[str, Any] = {
+        "checks": checks,
+        "interval_s": interval,
+        "sizes": [],
+        "idle_control": {"metrics": idle_lat, "page_bytes": idle_bytes, "rss_mib": idle_rss},
+    }
+    table.add(
+        f"{sizes[0]:,}, no collection running (control)",
+        f"{idle_done}/{checks}",
+        float("nan"),
+        float("nan"),
+        idle_lat["p50_ms"],
+        idle_lat["p99_ms"],
+        idle_lat["max_ms"],
+        idle_lat["n"],
+        idle_rss,
+    )
     for size in sizes:
         log(f"exporter: growing jobs to {size:,} rows")
         data.grow_jobs(dsn, size)
@@ -180,7 +210,9 @@ def metrics_growth(
     table.notes.append(
         "Each check's query is a sequential scan (no index on status): a collection round "
         "costs more as the table grows. Scrapes run while collections run, one keep-alive "
-        "client, up to 5,000 scrapes or 5 s per size, timed to the last byte."
+        "client, up to 5,000 scrapes or 5 s per size, timed to the last byte (the client "
+        f"accepts gzip, as Prometheus does; the page is {idle_bytes:,} bytes uncompressed). "
+        "The control row is a second exporter with the same checks collected once, then idle."
     )
     table.notes.append(
         f"p99 at {sizes[-1]:,} rows / p99 at {sizes[0]:,} rows = "
@@ -194,25 +226,87 @@ def metrics_growth(
 # --- 2. one orphan_tasks collection ---------------------------------------------------------
 
 
-def _sql_times(dsn: str, repeat: int) -> list[float]:
-    """The check's statement in a READ ONLY transaction with a statement timeout, as the
-    exporter runs it, on a connection that is already open (the exporter keeps a pool)."""
-    times = []
-    with psycopg.connect(dsn) as conn:
-        for _ in range(repeat):
+class TimedTraces:
+    """The cluster monitor, with each `task_traces` call (Celery's whole part) timed."""
+
+    def __init__(self, monitor: Any) -> None:
+        self.monitor = monitor
+        self.times: list[float] = []
+
+    def task_traces(self, task_ids: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return self.monitor.task_traces(task_ids)
+        finally:
+            self.times.append(time.perf_counter() - t0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.monitor, name)
+
+
+async def _in_process(
+    cfg: Path, monitor: Any, app: Any, task_ids: list[str], n: int
+) -> dict[str, Any]:
+    """The exporter's own check object and database layer, timed piece by piece."""
+    from exporter.checks import CheckContext, build_check
+    from exporter.config import load_config
+    from exporter.databases import Databases
+
+    config = load_config(cfg)
+    # Where task_traces spends its time: its three lookups, timed on this instance only.
+    sub: dict[str, list[float]] = {}
+    for part in ("_peek_redis", "_ask_workers", "_finished"):
+        original = getattr(monitor, part)
+
+        def timed_part(*a: Any, _f: Any = original, _n: str = part) -> Any:
             t0 = time.perf_counter()
-            with conn.transaction():
-                conn.execute("SET TRANSACTION READ ONLY")
-                conn.execute("SET LOCAL statement_timeout = 10000")
-                rows = conn.execute(ORPHAN_QUERY).fetchall()
-            times.append(time.perf_counter() - t0)
-            assert len(rows) == 1000, len(rows)
-    return times
+            try:
+                return _f(*a)
+            finally:
+                sub.setdefault(_n, []).append(time.perf_counter() - t0)
+
+        setattr(monitor, part, timed_part)
+    check = build_check(config.check("timelines"), config)
+    databases = Databases(config.databases)
+    timed = TimedTraces(monitor)
+    ctx = CheckContext(databases, {"main": timed}, lambda c: bool(monitor.snapshot().broker_up))
+    collect: list[float] = []
+    sql: list[float] = []
+    try:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            outcome = await check.collect(ctx)
+            collect.append(time.perf_counter() - t0)
+        db = databases.get("app")
+        for _ in range(20):
+            t0 = time.perf_counter()
+            result = await db.fetch(ORPHAN_QUERY, 10.0)
+            sql.append(time.perf_counter() - t0)
+        assert len(result.rows) == 1000, len(result.rows)
+    finally:
+        databases.close()
+    # Celery's inspect round trip alone: the broadcast the lookup makes, with its timeout.
+    inspect: list[float] = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        await asyncio.to_thread(
+            lambda: app.control.inspect(timeout=config.celery["main"].inspect_timeout).query_task(
+                *task_ids
+            )
+        )
+        inspect.append(time.perf_counter() - t0)
+    return {
+        "collect": collect,
+        "traces": timed.times,
+        "sql": sql,
+        "inspect": inspect,
+        "findings": len(outcome.findings),
+        "task_traces_parts": sub,
+    }
 
 
 def orphan_collection(env: BenchEnv, dsn: str, *, collections: int = 8) -> dict[str, Any]:
     from exporter.celery_state import ClusterMonitor
-
     from exporter.config import CeleryConfig
     from tests.celery_app import make_app
 
@@ -222,6 +316,26 @@ def orphan_collection(env: BenchEnv, dsn: str, *, collections: int = 8) -> dict[
     log("exporter: starting a Celery worker for the orphan_tasks collection")
     worker = env.worker(concurrency=2, name="bench-orphans")
     app = make_app(broker)
+    port = free_port()
+    cfg = env.path("exporter-orphans.yaml")
+    interval = 3.0
+    write_config(
+        cfg,
+        dsn=dsn,
+        port=port,
+        interval=interval,
+        broker=broker,
+        checks=[
+            {
+                "name": "timelines",
+                "type": "orphan_tasks",
+                "database": "app",
+                "celery": "main",
+                "grace": "2m",
+                "query": ORPHAN_QUERY,
+            }
+        ],
+    )
     try:
         finished = [app.send_task("tests.add", args=[1, i]) for i in range(10)]
         for r in finished:
@@ -239,27 +353,25 @@ def orphan_collection(env: BenchEnv, dsn: str, *, collections: int = 8) -> dict[
                 ).fetchall()
             ]
 
-        # The exporter, collecting on its own every 2 s.
-        port = free_port()
-        cfg = env.path("exporter-orphans.yaml")
-        interval = 2.0
-        write_config(
-            cfg,
-            dsn=dsn,
-            port=port,
-            interval=interval,
-            broker=broker,
-            checks=[
-                {
-                    "name": "timelines",
-                    "type": "orphan_tasks",
-                    "database": "app",
-                    "celery": "main",
-                    "grace": "2m",
-                    "query": ORPHAN_QUERY,
-                }
-            ],
+        # In this process: the exporter's check, its database layer and the cluster monitor.
+        monitor = ClusterMonitor(
+            "main", CeleryConfig.model_validate({"broker": broker, "backend": broker})
         )
+        monitor.start()
+        try:
+            wait_until(
+                lambda: any(w.online for w in monitor.snapshot().workers),
+                20,
+                "the monitor to see the worker",
+            )
+            parts = asyncio.run(_in_process(cfg, monitor, app, task_ids, 6))
+            kinds: dict[str, int] = {}
+            for v in monitor.task_traces(task_ids).values():
+                kinds[str(v)] = kinds.get(str(v), 0) + 1
+        finally:
+            monitor.stop()
+
+        # The exporter process, collecting on its own.
         proc = start_exporter(env, cfg, "exporter-orphans")
         url = f"http://127.0.0.1:{port}/metrics"
         wait_until(lambda: http_ok(url, proc=proc), 30, "the orphan exporter")
@@ -279,64 +391,69 @@ def orphan_collection(env: BenchEnv, dsn: str, *, collections: int = 8) -> dict[
             time.sleep(0.1)
         orphans = by_label(last_values, "taskmedic_orphan_tasks", "reason")
         proc.stop()
-
-        # The two parts alone, in this process.
-        sql = _sql_times(dsn, 20)
-        monitor = ClusterMonitor("main", CeleryConfig.model_validate({"broker": broker}))
-        monitor.start()
-        try:
-            wait_until(
-                lambda: any(w.online for w in monitor.snapshot().workers),
-                20,
-                "the monitor to see the worker",
-            )
-            traces: list[float] = []
-            kinds: dict[str, int] = {}
-            for _ in range(5):
-                t0 = time.perf_counter()
-                result = monitor.task_traces(task_ids)
-                traces.append(time.perf_counter() - t0)
-            for v in result.values():
-                kinds[str(v)] = kinds.get(str(v), 0) + 1
-        finally:
-            monitor.stop()
     finally:
         app.close()
         worker.kill()
 
-    coll = statistics.median(durations) if durations else float("nan")
-    celery_part = statistics.median(traces)
+    def med(xs: list[float]) -> float:
+        return statistics.median(xs) * 1000 if xs else float("nan")
+
+    beyond = [c - t for c, t in zip(parts["collect"], parts["traces"], strict=False)]
     out = {
         "rows": 1_000_000,
         "processing_rows": 1000,
-        "collections_timed": len(durations),
-        "collection_p50_ms": coll * 1000,
-        "collection_max_ms": max(durations) * 1000 if durations else float("nan"),
-        "sql_p50_ms": statistics.median(sql) * 1000,
-        "celery_task_traces_p50_ms": celery_part * 1000,
-        "beyond_celery_ms": (coll - celery_part) * 1000,
+        "exporter_collection_ms": med(durations),
+        "exporter_collections": len(durations),
+        "collect_ms": med(parts["collect"]),
+        "task_traces_ms": med(parts["traces"]),
+        "inspect_round_trip_ms": med(parts["inspect"]),
+        "sql_ms": med(parts["sql"]),
+        "collect_beyond_task_traces_ms": med(beyond),
+        "exporter_beyond_inspect_ms": med(durations) - med(parts["inspect"]),
         "trace_kinds": kinds,
         "exported_orphans": orphans,
     }
     table = Table(
         "One orphan_tasks collection: 1,000,000 rows, 1,000 processing, partial index",
-        ["part", "median ms", "note"],
+        ["measure", "median ms", "note"],
     )
     table.add(
-        "whole collection (exporter's taskmedic_check_duration_seconds)",
-        out["collection_p50_ms"],
-        f"{len(durations)} collections, max {out['collection_max_ms']:.1f} ms",
+        "exporter process: taskmedic_check_duration_seconds",
+        out["exporter_collection_ms"],
+        f"{len(durations)} collections, interval {interval:g}s",
     )
-    table.add("SQL alone (READ ONLY transaction, 1,000 rows)", out["sql_p50_ms"], "20 runs")
+    table.add("same check, in process: collect()", out["collect_ms"], "6 collections")
     table.add(
-        "Celery alone (task_traces of 1,000 ids)",
-        out["celery_task_traces_p50_ms"],
+        "  of which Celery: task_traces(1,000 ids)",
+        out["task_traces_ms"],
         ", ".join(f"{k}={v}" for k, v in sorted(kinds.items())),
     )
-    table.add("collection beyond Celery (target < 50 ms)", out["beyond_celery_ms"], "")
+    table.add(
+        "  of which the rest: SQL, grace, two observations",
+        out["collect_beyond_task_traces_ms"],
+        "target < 50 ms",
+    )
+    for part, label in (
+        ("_peek_redis", "broker queue peek (LRANGE)"),
+        ("_ask_workers", "workers: inspect query_task broadcast"),
+        ("_finished", "result backend (MGET)"),
+    ):
+        out[f"task_traces{part}_ms"] = med(parts["task_traces_parts"].get(part, []))
+        table.add(f"    task_traces: {label}", out[f"task_traces{part}_ms"], "")
+    table.add("SQL alone (exporter's Database.fetch)", out["sql_ms"], "20 runs, READ ONLY")
+    table.add(
+        "Celery's inspect round trip alone (query_task, inspect_timeout 1 s)",
+        out["inspect_round_trip_ms"],
+        "3 runs",
+    )
+    table.add(
+        "exporter process duration minus the inspect round trip",
+        out["exporter_beyond_inspect_ms"],
+        "target < 50 ms",
+    )
     table.notes.append(
-        f"Exported at the end: taskmedic_orphan_tasks {orphans} (16 rows point at tasks that "
-        "are running, reserved, queued or finished, 984 at ids Celery never saw)."
+        f"Exported at the end: taskmedic_orphan_tasks {orphans}. 16 rows point at tasks that "
+        "are running, reserved, queued (2 each) or finished (10); 984 at ids Celery never saw."
     )
     out["table"] = table.show()
     return out

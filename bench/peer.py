@@ -39,12 +39,12 @@ def sqlalchemy_url(dsn: str) -> str:
 
 
 def stale_sql(inner: str, max_age_seconds: float) -> str:
-    """What taskmedic's stale_status check computes from `inner`, as one aggregate query."""
+    """What taskmedic's stale_status check computes from `inner`, as one aggregate query:
+    rows older than max_age (or never refreshed), and the age of the oldest timestamp."""
     return (
-        "SELECT count(*) FILTER (WHERE ts < now() - make_interval(secs => "
+        "SELECT count(*) FILTER (WHERE ts IS NULL OR ts < now() - make_interval(secs => "
         f"{max_age_seconds})) AS stale_rows, "
-        "coalesce(extract(epoch FROM now() - min(ts) FILTER (WHERE ts < now() - "
-        f"make_interval(secs => {max_age_seconds}))), 0) AS stale_oldest_age_seconds "
+        "coalesce(extract(epoch FROM now() - min(ts)), 0) AS stale_oldest_age_seconds "
         f"FROM ({inner}) AS q(key, ts)"
     )
 
