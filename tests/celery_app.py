@@ -13,7 +13,8 @@ from celery import Celery
 
 def make_app(broker: str | None = None) -> Celery:
     url = broker or os.environ.get("TASKMEDIC_TEST_BROKER", "redis://127.0.0.1:6379/15")
-    app = Celery("tests", broker=url, backend=url)
+    # Celery 5 has no amqp:// result backend: an AMQP broker gets results over rpc://.
+    app = Celery("tests", broker=url, backend=url if url.startswith("redis") else "rpc://")
     app.conf.update(
         task_send_sent_event=True,
         worker_send_task_events=True,

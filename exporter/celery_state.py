@@ -1,0 +1,301 @@
+"""What a Celery cluster knows: which workers live (from events) and where a task id stands.
+
+`ClusterMonitor` is the exporter's one handle on a cluster. Liveness comes from the event
+stream (see `exporter.celery_events`) and is judged when `snapshot()` is called. `task_traces()`
+answers "is this task still somewhere?" for the orphan check, looking in the order a task moves
+through a cluster: the broker queue, then the workers, then the result backend. A task only
+moves forward, so one that is in none of them when each is looked at was not merely in transit
+between two looks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from celery import Celery, states
+from celery.backends.base import DisabledBackend, KeyValueStoreBackend
+from kombu.exceptions import KombuError
+from redis.exceptions import RedisError
+
+from exporter.celery_events import EventStream, WorkerStatus, WorkerTable
+from exporter.config import CeleryConfig
+from exporter.errors import CheckUnknown
+
+__all__ = ["ClusterMonitor", "ClusterSnapshot", "TaskTrace", "WorkerStatus"]
+
+log = logging.getLogger(__name__)
+
+_SOCKET_TIMEOUT = 5.0  # seconds a broker or backend may take to answer one command
+_PAGE = 1000  # queue messages read per LRANGE, result keys per MGET
+_FINISHED_STATES = frozenset({states.SUCCESS, states.FAILURE, states.REVOKED})
+
+
+class TaskTrace(StrEnum):
+    """Where a task id was found. Only LOST and FINISHED say the task no longer runs."""
+
+    ACTIVE = "active"  # executing on a live worker
+    RESERVED = "reserved"  # prefetched by a live worker, waiting for a slot
+    SCHEDULED = "scheduled"  # held by a live worker until its ETA/countdown
+    QUEUED = "queued"  # waiting in a broker queue
+    FINISHED = "finished"  # the result backend says SUCCESS, FAILURE or REVOKED
+    LOST = "lost"  # nowhere: no worker, no queue, no final result
+    UNKNOWN = "unknown"  # cannot tell: a queue we cannot read holds messages
+
+
+_WORKER_STATES = {
+    "active": TaskTrace.ACTIVE,
+    "reserved": TaskTrace.RESERVED,
+    "scheduled": TaskTrace.SCHEDULED,
+}
+
+
+@dataclass(frozen=True)
+class ClusterSnapshot:
+    """A cluster as of one moment: is its broker reachable, which workers live."""
+
+    cluster: str
+    broker_up: bool
+    workers: list[WorkerStatus] = field(default_factory=list)
+
+
+def _masked(text: str) -> str:
+    return re.sub(r"([a-z][a-z0-9+.-]*://[^:/@\s]*):[^@/\s]*@", r"\1:***@", text, flags=re.I)
+
+
+def make_app(name: str, config: CeleryConfig) -> Celery:
+    """A Celery app that only reads: it sends no task and creates no table or queue of its own
+    beyond the reply queues of inspect and the event queue, which the broker auto-deletes."""
+    app = Celery(
+        f"taskmedic-{name}",
+        broker=config.broker.get_secret_value(),
+        backend=config.backend.get_secret_value() if config.backend else None,
+        set_as_current=False,
+    )
+    app.conf.update(
+        database_create_tables_at_setup=False,  # a database result backend is read, not set up
+        result_backend_always_retry=False,  # a backend that is down fails this check now
+        # A broker or Redis backend that accepts the connection but never answers must not
+        # hang a check (or the event thread) for ever: every socket read gives up in time.
+        broker_connection_timeout=_SOCKET_TIMEOUT,
+        broker_heartbeat=10,  # AMQP: a silent broker is noticed in ~20 s, not Celery's 4 min
+        redis_socket_connect_timeout=_SOCKET_TIMEOUT,
+        redis_socket_timeout=_SOCKET_TIMEOUT,
+    )
+    if app.connection_for_read().transport.driver_type == "redis":
+        app.conf.broker_transport_options = {
+            "socket_connect_timeout": _SOCKET_TIMEOUT,
+            "socket_timeout": _SOCKET_TIMEOUT,
+        }
+    return app
+
+
+class ClusterMonitor:
+    """Live view of one Celery cluster: worker liveness from its events, task whereabouts on
+    demand. `start()` before use, `stop()` at the end."""
+
+    def __init__(self, name: str, config: CeleryConfig) -> None:
+        self.name = name
+        self.config = config
+        self._app = make_app(name, config)
+        self._where = _masked(config.broker.get_secret_value())
+        self._table = WorkerTable(config.purge_offline_after)
+        self._events = EventStream(self._app, self._table, self._where)
+        probe = self._app.connection_for_read()  # not connected; only asks for error classes
+        self._broker_errors: tuple[type[BaseException], ...] = (
+            KombuError,
+            OSError,
+            RedisError,  # a queue key that is not a list, a refused command
+            *probe.connection_errors,
+            *probe.channel_errors,
+        )
+        self._channel_errors: tuple[type[BaseException], ...] = tuple(probe.channel_errors)
+        self._peekable = probe.transport.driver_type == "redis"
+        probe.release()
+
+    def start(self) -> None:
+        """Start consuming the event stream in a daemon thread (returns at once)."""
+        self._events.start(self.name)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the event thread and close the app's connections."""
+        self._events.stop(timeout)
+        self._app.close()
+
+    def snapshot(self, now: float | None = None) -> ClusterSnapshot:
+        """Broker reachability and every worker's liveness as of `now` (default: this instant).
+
+        Never blocks on the broker: liveness is computed from the last heartbeats, so with the
+        broker gone the workers simply age into offline, as they should.
+        """
+        at = time.time() if now is None else now
+        return ClusterSnapshot(self.name, self._events.up, self._table.statuses(at))
+
+    # --- task whereabouts -------------------------------------------------------------------
+
+    def task_traces(self, task_ids: Iterable[str]) -> dict[str, TaskTrace]:
+        """Where each task id is now. Blocking (up to about inspect_timeout plus a few
+        round trips): run it in a thread. Raises CheckUnknown when the broker or the result
+        backend cannot be reached, because then "lost" could be false.
+        """
+        wanted = list(dict.fromkeys(task_ids))
+        if not wanted:
+            return {}
+        try:
+            with self._app.connection_for_read() as conn:
+                conn.ensure_connection(max_retries=0)
+                # Queue first, workers second, result backend last: the order a task moves in.
+                if self._peekable:
+                    queued = self._peek_redis(conn, set(wanted))
+                    queues_empty = True  # not needed: every message was read
+                else:
+                    queued = set()
+                    queues_empty = self._queues_empty(conn)
+                on_workers = self._ask_workers(conn, wanted)
+        except self._broker_errors as exc:
+            raise CheckUnknown(
+                f"celery cluster {self.name!r}: broker {self._where} unreachable: "
+                f"{_masked(str(exc)) or type(exc).__name__}"
+            ) from None
+
+        finished = self._finished([t for t in wanted if t not in on_workers and t not in queued])
+        nowhere = TaskTrace.LOST if self._peekable or queues_empty else TaskTrace.UNKNOWN
+        return {
+            t: on_workers.get(t)
+            or (TaskTrace.QUEUED if t in queued else None)
+            or (TaskTrace.FINISHED if t in finished else nowhere)
+            for t in wanted
+        }
+
+    def _ask_workers(self, conn: Any, task_ids: Sequence[str]) -> dict[str, TaskTrace]:
+        """One broadcast (`query_task`) answered by every live worker within inspect_timeout.
+
+        No reply at all is no error: zero live workers is a real state, and then no task can be
+        on a worker.
+        """
+        inspect = self._app.control.inspect(timeout=self.config.inspect_timeout, connection=conn)
+        replies = inspect.query_task(*task_ids) or {}
+        found: dict[str, TaskTrace] = {}
+        for reply in replies.values():
+            if not isinstance(reply, Mapping):
+                continue
+            for task_id, info in reply.items():
+                state = info[0] if isinstance(info, list | tuple) and info else None
+                trace = _WORKER_STATES.get(state) if isinstance(state, str) else None
+                # "ready" means the worker just finished it; the result backend will say so.
+                if trace is not None and found.get(task_id) != TaskTrace.ACTIVE:
+                    found[task_id] = trace
+        return found
+
+    def _redis_keys(self, channel: Any) -> list[str]:
+        """The Redis list keys of the configured queues, priority lists included.
+
+        kombu's Redis transport keeps a queue as one list per priority step: `queue` for the
+        lowest step and `queue<sep><step>` for the others (sep is "\\x06\\x16" by default).
+        """
+        prefix = getattr(channel, "global_keyprefix", "") or ""
+        steps = sorted({channel.priority(p) for p in channel.priority_steps})
+        keys = []
+        for queue in self.config.queues:
+            for step in steps:
+                keys.append(f"{prefix}{queue}{channel.sep}{step}" if step else f"{prefix}{queue}")
+        return keys
+
+    def _peek_redis(self, conn: Any, wanted: set[str]) -> set[str]:
+        """The wanted task ids that sit in a configured queue, read without taking anything."""
+        channel = conn.default_channel
+        client = channel.client
+        found: set[str] = set()
+        for key in self._redis_keys(channel):
+            start = 0
+            while found != wanted:
+                page = client.lrange(key, start, start + _PAGE - 1)
+                for raw in page:
+                    task_id = _task_id_of(raw)
+                    if task_id in wanted:
+                        found.add(task_id)
+                if len(page) < _PAGE:
+                    break
+                start += _PAGE
+        return found
+
+    def _queues_empty(self, conn: Any) -> bool:
+        """For brokers we cannot read without consuming (AMQP): are all configured queues empty?
+
+        A passive declare only reads the message count; a queue that does not exist is empty.
+        """
+        for queue in self.config.queues:
+            channel = conn.channel()
+            try:
+                _, count, _ = channel.queue_declare(queue=queue, passive=True)
+            except self._channel_errors:
+                count = 0  # NOT_FOUND: no such queue, so nothing waits in it
+            finally:
+                with contextlib.suppress(*self._channel_errors):
+                    channel.close()  # may already be closed by the broker after NOT_FOUND
+            if count:
+                return False
+        return True
+
+    def _finished(self, task_ids: Sequence[str]) -> set[str]:
+        """The ids the result backend reports as SUCCESS, FAILURE or REVOKED."""
+        backend = self._app.backend
+        if not task_ids or isinstance(backend, DisabledBackend):
+            return set()
+        errors = (
+            KombuError,
+            OSError,
+            RedisError,
+            *getattr(backend, "connection_errors", ()),
+            *getattr(backend, "channel_errors", ()),
+        )
+        try:
+            if isinstance(backend, KeyValueStoreBackend):
+                statuses = self._statuses_by_mget(backend, task_ids)
+            else:
+                statuses = {t: backend.get_task_meta(t).get("status") for t in task_ids}
+        except errors as exc:
+            raise CheckUnknown(
+                f"celery cluster {self.name!r}: result backend unreachable: "
+                f"{_masked(str(exc)) or type(exc).__name__}"
+            ) from None
+        return {t for t, status in statuses.items() if status in _FINISHED_STATES}
+
+    @staticmethod
+    def _statuses_by_mget(backend: Any, task_ids: Sequence[str]) -> dict[str, Any]:
+        statuses: dict[str, Any] = {}
+        for i in range(0, len(task_ids), _PAGE):
+            chunk = task_ids[i : i + _PAGE]
+            keys = [backend.get_key_for_task(t) for t in chunk]
+            values = backend.mget(keys)
+            if isinstance(values, Mapping):  # some key-value backends answer with a dict
+                values = [values.get(k) for k in keys]
+            for task_id, value in zip(chunk, values, strict=True):
+                # decode, not decode_result: the status is all we need, and rebuilding a stored
+                # exception could import arbitrary classes.
+                meta = backend.decode(value) if value is not None else None
+                statuses[task_id] = meta.get("status") if isinstance(meta, Mapping) else None
+        return statuses
+
+
+def _task_id_of(raw: bytes | str) -> str | None:
+    """The task id of one kombu Redis message (protocol 2 `headers.id`, or the
+    `correlation_id` every Celery message carries)."""
+    try:
+        message = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(message, dict):
+        return None
+    headers, properties = message.get("headers"), message.get("properties")
+    task_id = headers.get("id") if isinstance(headers, dict) else None
+    if not isinstance(task_id, str) and isinstance(properties, dict):
+        task_id = properties.get("correlation_id")
+    return task_id if isinstance(task_id, str) else None

@@ -1,0 +1,158 @@
+"""Shared by the Celery monitor tests: a monitor factory and a TCP link that can be cut."""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from exporter.celery_state import ClusterMonitor, WorkerStatus
+from exporter.config import CeleryConfig
+
+
+def status_of(
+    monitor: ClusterMonitor, hostname: str, now: float | None = None
+) -> WorkerStatus | None:
+    """The monitor's view of one worker, or None when it does not list it."""
+    for worker in monitor.snapshot(now).workers:
+        if worker.hostname == hostname:
+            return worker
+    return None
+
+
+def free_port() -> int:
+    """A local TCP port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class TcpLink:
+    """A real TCP hop in front of a broker: `cut()` drops the listener and every open
+    connection (what a monitor sees when the broker host goes away), `restore()` listens on
+    the same port again, `freeze()` holds the connections open but silent (a hung broker).
+    Only the monitor goes through it; workers talk to the broker directly.
+    """
+
+    def __init__(self, connect_upstream: Callable[[], socket.socket]) -> None:
+        self._connect_upstream = connect_upstream
+        self.port = free_port()
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        self._threads: list[threading.Thread] = []
+        self._frozen = threading.Event()
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(16)
+        self._listener = listener
+        self._spawn(self._accept, listener)
+
+    def cut(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            sockets, self._sockets = self._sockets, []
+        for s in [listener, *sockets]:
+            if s is not None:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+        for t in self._threads:
+            t.join(5)
+        self._threads = []
+
+    def _spawn(self, target: Callable[..., None], *args: object) -> None:
+        t = threading.Thread(target=target, args=args, daemon=True)
+        self._threads.append(t)
+        t.start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # cut
+            upstream = self._connect_upstream()
+            with self._lock:
+                if self._listener is None:
+                    client.close()
+                    upstream.close()
+                    return
+                self._sockets += [client, upstream]
+            self._spawn(self._pump, client, upstream)
+
+    def freeze(self) -> None:
+        """Keep every connection open but pass nothing on: a broker that hangs."""
+        self._frozen.set()
+
+    def thaw(self) -> None:
+        self._frozen.clear()
+
+    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+        peer = {a: b, b: a}
+        with selectors.DefaultSelector() as sel:
+            sel.register(a, selectors.EVENT_READ)
+            sel.register(b, selectors.EVENT_READ)
+            while True:
+                if self._frozen.is_set():
+                    time.sleep(0.05)
+                    if a.fileno() < 0 or b.fileno() < 0:
+                        return
+                    continue
+                for key, _ in sel.select(timeout=0.5):
+                    src: socket.socket = key.fileobj  # type: ignore[assignment]
+                    try:
+                        data = src.recv(65536)
+                        if not data:
+                            raise OSError("closed")
+                        peer[src].sendall(data)
+                    except OSError:
+                        for s in (a, b):
+                            with contextlib.suppress(OSError):
+                                s.shutdown(socket.SHUT_RDWR)
+                        return
+                if a.fileno() < 0 or b.fileno() < 0:
+                    return
+
+
+class Monitors:
+    """Starts ClusterMonitors for a test and stops every one of them afterwards."""
+
+    def __init__(self) -> None:
+        self._started: list[ClusterMonitor] = []
+
+    def __call__(
+        self,
+        broker: str,
+        *,
+        backend: str | None = None,
+        queues: tuple[str, ...] = ("celery",),
+        purge_offline_after: float = 300.0,
+        inspect_timeout: float = 0.5,
+    ) -> ClusterMonitor:
+        config = CeleryConfig.model_validate(
+            {
+                "broker": broker,
+                "backend": backend,
+                "queues": list(queues),
+                "inspect_timeout": inspect_timeout,
+                "purge_offline_after": purge_offline_after,
+            }
+        )
+        monitor = ClusterMonitor("main", config)
+        monitor.start()
+        self._started.append(monitor)
+        return monitor
+
+    def stop_all(self) -> None:
+        for monitor in self._started:
+            monitor.stop()
+        left = [t.name for t in threading.enumerate() if t.name.startswith("taskmedic-events-")]
+        assert not left, f"event threads still running after stop(): {left}"
