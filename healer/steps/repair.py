@@ -12,10 +12,10 @@ first column of the rows it returned (the keys it really changed).
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, cast
+from collections.abc import Mapping
+from typing import Any
 
+from exporter.checks import run_once
 from exporter.config import Config
 from exporter.errors import CheckUnknown
 from healer.output import StepOutput
@@ -24,25 +24,6 @@ from healer.steps.result import StepError, StepResult, jsonable
 from healer.steps.sql import Sessions
 
 __all__ = ["run_repair"]
-
-
-class _Finding(Protocol):
-    key: Any
-
-
-class _Outcome(Protocol):
-    findings: Sequence[_Finding]
-
-
-class _RunOnce(Protocol):
-    async def __call__(
-        self, config: Config, check_name: str, monitors: Mapping[str, Any] | None = None
-    ) -> _Outcome: ...
-
-
-def _run_once() -> _RunOnce:
-    # Contract 2: exporter.checks.run_once(config, check_name, monitors) -> CheckOutcome.
-    return cast(_RunOnce, importlib.import_module("exporter.checks").run_once)
 
 
 async def run_repair(
@@ -58,7 +39,7 @@ async def run_repair(
     except KeyError:
         raise StepError(f"check {spec.check!r} is not defined under checks") from None
     try:
-        outcome = await _run_once()(config, spec.check, monitors)
+        outcome = await run_once(config, spec.check, monitors)
     except CheckUnknown as exc:
         raise StepError(f"check {spec.check} could not establish the truth: {exc}") from None
     keys = [f.key for f in outcome.findings]
