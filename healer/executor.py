@@ -59,6 +59,12 @@ async def wait_event(event: asyncio.Event, seconds: float | None) -> None:
         waiter.cancel()
 
 
+def _log_crash(task: asyncio.Task[None]) -> None:
+    """A loop that ends with an exception is a bug: say so loudly, never silently stop."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("executor loop %s crashed", task.get_name(), exc_info=task.exception())
+
+
 def default_owner() -> str:
     """Unique per process and start: host, pid and a random suffix."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -140,6 +146,8 @@ class Executor:
             asyncio.create_task(self._sweep_loop(), name="executor-sweep"),
             asyncio.create_task(self._cancel_loop(), name="executor-cancels"),
         ]
+        for task in [self._claimer, *self._background]:
+            task.add_done_callback(_log_crash)
         log.info(
             "executor %s started (concurrency %d, lease %gs)",
             self.owner,
