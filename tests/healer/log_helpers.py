@@ -26,11 +26,9 @@ import psycopg
 import yaml
 from aiohttp import web
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 
-from healer import appkeys, console, log_api
-from healer.auth import Authenticator, auth_middleware
-from healer.config import AuthSettings
+from healer.app import create_app
+from healer.config import HealerConfig
 from healer.plan import Plan, PlanStep, ScriptSpec
 from tests.services import ROOT, wait_for
 
@@ -40,28 +38,15 @@ USER, PASSWORD = "ops", "correct horse battery staple"
 
 
 def make_app(dsn: str, *, auth: bool = False) -> web.Application:
-    """What contract 7 promises of C's create_app (app keys, auth middleware, log and console
-    routes), without the ingest and the executor: for tests of the reading side alone."""
-    app = web.Application()
-    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(dsn, min_size=1, max_size=4, open=False)
-    app[appkeys.JOURNAL_POOL] = pool
-    app[appkeys.JOURNAL_DSN] = dsn
-    if auth:
-        settings = AuthSettings.model_validate(
-            {"bearer_token": TOKEN, "basic_auth": {"username": USER, "password": PASSWORD}}
-        )
-        app[appkeys.AUTH] = authenticator = Authenticator(settings)
-        app.middlewares.append(auth_middleware(authenticator))
-
-    async def journal(app: web.Application) -> AsyncIterator[None]:
-        await pool.open()
-        yield
-        await pool.close()
-
-    app.cleanup_ctx.append(journal)
-    log_api.setup(app)
-    console.setup(app)
-    return app
+    """The healer's own app (create_app) on `dsn`, recording only (no executor): with a token
+    and basic auth, or (`auth=False`) open on loopback as the laptop demo runs it."""
+    creds: dict[str, Any] = (
+        {"bearer_token": TOKEN, "basic_auth": {"username": USER, "password": PASSWORD}}
+        if auth
+        else {"allow_unauthenticated": True}
+    )
+    config = HealerConfig.model_validate({"healer": {"journal": {"dsn": dsn}, "auth": creds}})
+    return create_app(config, dsn=dsn, run_executor=False)
 
 
 def sample_plan(rule: str = "refresh-tree-status", steps: int = 1) -> Plan:

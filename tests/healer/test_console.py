@@ -249,3 +249,18 @@ async def test_pages_escape_what_alerts_put_in_labels(
         assert "<script>alert" not in html and "<img src=x" not in html
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
         assert "script-src 'self'" in resp.headers["Content-Security-Policy"]
+
+
+async def test_without_credentials_on_loopback_the_console_opens_without_login(
+    pg_dsn: str,
+    journal: psycopg.AsyncConnection[Any],
+    aiohttp_client: Callable[..., Awaitable[Client]],
+) -> None:
+    """The laptop demo (allow_unauthenticated on 127.0.0.1): no login form in the way."""
+    client = await aiohttp_client(make_app(pg_dsn, auth=False))
+    aid = await create_action(journal)
+    resp = await client.get("/", allow_redirects=False)
+    assert resp.status == 200
+    assert f"/actions/{aid}" in await resp.text()
+    resp = await client.get("/login", allow_redirects=False)
+    assert (resp.status, resp.headers["Location"]) == (303, "/")

@@ -14,7 +14,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from healer.journal.migrate import upgrade
 from healer.retention import prune_logs, run_periodic
-from tests.healer.log_helpers import append_chunk, create_action
+from tests.healer.log_helpers import append_chunk, create_action, make_app
 
 DAY = 86400.0
 
@@ -117,3 +117,14 @@ async def test_running_healer_prunes_periodically(
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await pool.close()
+
+
+async def test_the_healer_app_runs_the_periodic_prune_while_it_serves(
+    pg_dsn: str,
+    journal: psycopg.AsyncConnection[Any],
+    aiohttp_client: Any,
+) -> None:
+    """create_app wires the hourly prune (healer.log_retention) into the running app."""
+    await aiohttp_client(make_app(pg_dsn, auth=True))
+    names = {t.get_name() for t in asyncio.all_tasks()}
+    assert "taskmedic-log-retention" in names
