@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -250,3 +252,32 @@ async def test_injection_through_labels_creates_no_file_and_runs_nothing(
         label = alert["labels"]["worker"]
         recorded = (seen / f"{alert['fingerprint']}.txt").read_text()
         assert recorded == f"{label}\n{label}"  # the literal text, never interpreted
+
+
+def test_without_a_journal_dsn_the_healer_runs_an_embedded_journal_in_data_dir(
+    tmp_path: Path, start_healer: Callable[[Path], Healer], request: pytest.FixtureRequest
+) -> None:
+    """A first run needs nothing installed; the CLI reads the same embedded journal."""
+    # Not under pytest's tmp_path: pgserver runs PostgreSQL as its own user when we are root,
+    # and a concurrent pytest run resets the permissions of pytest's temporary folders.
+    data_dir = Path(tempfile.mkdtemp(prefix="taskmedic-healer-"))
+    request.addfinalizer(lambda: shutil.rmtree(data_dir, ignore_errors=True))
+    config = write_config(
+        tmp_path, None, rules=SLOW.format(python=sys.executable), healer={"data_dir": str(data_dir)}
+    )
+    healer = start_healer(config)
+    status, body = healer.request("POST", "/alerts", payload("firing_stale_rows"))
+    assert status == 200 and body["actions"][0]["state"] == "pending"
+    assert (data_dir / "journal" / "PG_VERSION").exists()
+    listed = subprocess.run(
+        [sys.executable, "-m", "healer.cli", "actions", "list", "--config", str(config), "--json"],
+        capture_output=True,
+        cwd=str(ROOT),
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=60,
+        check=False,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert [i["rule"] for i in json.loads(listed.stdout)["items"]] == ["slow"]
+    healer.proc.send_signal(signal.SIGTERM)
+    assert healer.proc.wait(timeout=60) == 0, healer.output()
