@@ -36,6 +36,7 @@ from bench.harness import (
     ratio,
     timed_gets,
     wait_until,
+    wrk_latency,
 )
 from bench.metrics_text import by_label, samples
 
@@ -93,19 +94,13 @@ def wait_collected(port: int, checks: list[str], after: float, timeout: float) -
 # --- 1. /metrics while the tables grow ------------------------------------------------------
 
 
-def metrics_growth(
-    env: BenchEnv, dsn: str, sizes: tuple[int, ...], *, checks: int = 100, interval: float = 10.0
-) -> dict[str, Any]:
-    """/metrics p50/p99 at each table size, next to what one collection round cost."""
-    data.grow_jobs(dsn, sizes[0])
-    port = free_port()
-    names = []
-    check_defs: list[dict[str, Any]] = []
+def _hundred_checks(checks: int) -> list[dict[str, Any]]:
+    """Half stale_status, half orphan_rows, all reading the `processing` rows of `jobs`."""
+    defs: list[dict[str, Any]] = []
     for i in range(checks):
         name = f"jobs_{i:03d}"
-        names.append(name)
         if i % 2 == 0:
-            check_defs.append(
+            defs.append(
                 {
                     "name": name,
                     "type": "stale_status",
@@ -115,7 +110,7 @@ def metrics_growth(
                 }
             )
         else:
-            check_defs.append(
+            defs.append(
                 {
                     "name": name,
                     "type": "orphan_rows",
@@ -125,28 +120,71 @@ def metrics_growth(
                     "WHERE status = 'processing' AND celery_task_id IS NULL",
                 }
             )
-    # Control: the same 100 checks collected once (interval 1 h), then scraped with no
-    # collection running: what rendering the page alone costs.
-    idle_port = free_port()
-    idle_cfg = env.path("exporter-100-checks-idle.yaml")
-    write_config(idle_cfg, dsn=dsn, port=idle_port, interval=3600, checks=check_defs)
-    idle = start_exporter(env, idle_cfg, "exporter-100-checks-idle")
-    idle_url = f"http://127.0.0.1:{idle_port}/metrics"
-    wait_until(lambda: http_ok(idle_url, proc=idle), 30, "the idle exporter to serve /metrics")
-    idle_done = wait_collected(idle_port, names, 0.0, timeout=60)
-    idle_lat = latency_summary(asyncio.run(timed_gets(idle_url, count=5000, max_seconds=5.0)))
-    idle_bytes = len(http_get(idle_url))
-    idle_rss = mib(idle.rss())
-    idle.stop()
+    return defs
 
-    cfg = env.path("exporter-100-checks.yaml")
-    write_config(cfg, dsn=dsn, port=port, interval=interval, checks=check_defs)
-    proc = start_exporter(env, cfg, "exporter-100-checks")
+
+def _scrape_figures(url: str) -> tuple[dict[str, float], dict[str, float] | None]:
+    """The Python client's figures and, where wrk is installed, wrk's (both accept gzip)."""
+    lat = latency_summary(asyncio.run(timed_gets(url, count=5000, max_seconds=3.0)))
+    return lat, wrk_latency(url, seconds=3, headers={"Accept-Encoding": "gzip"})
+
+
+def idle_control(env: BenchEnv, dsn: str, checks: int = 100) -> dict[str, Any]:
+    """The same 100 checks collected once (interval 1 h), then scraped with no collection
+    running: what rendering the page alone costs."""
+    data.grow_jobs(dsn, 1_000)
+    defs = _hundred_checks(checks)
+    port = free_port()
+    cfg = env.path("exporter-100-checks-idle.yaml")
+    write_config(cfg, dsn=dsn, port=port, interval=3600, checks=defs)
+    proc = start_exporter(env, cfg, "exporter-100-checks-idle")
+    url = f"http://127.0.0.1:{port}/metrics"
+    wait_until(lambda: http_ok(url, proc=proc), 30, "the idle exporter to serve /metrics")
+    done = wait_collected(port, [d["name"] for d in defs], 0.0, timeout=60)
+    lat, wrk = _scrape_figures(url)
+    out = {
+        "checks_collected": done,
+        "metrics": lat,
+        "wrk": wrk,
+        "page_bytes": len(http_get(url)),
+        "samples": len(scrape(port)),
+        "rss_mib": mib(proc.rss()),
+    }
+    proc.stop()
+    return out
+
+
+def metrics_growth(
+    env: BenchEnv,
+    sizes: tuple[int, ...],
+    *,
+    indexed: bool,
+    control: dict[str, Any] | None = None,
+    checks: int = 100,
+    interval: float = 10.0,
+) -> dict[str, Any]:
+    """/metrics p50/p99 at each table size, next to what one collection round cost."""
+    dsn = env.database()
+    data.grow_jobs(dsn, sizes[0])
+    if indexed:
+        data.add_processing_index(dsn)
+    defs = _hundred_checks(checks)
+    names = [d["name"] for d in defs]
+    port = free_port()
+    kind = "indexed" if indexed else "seqscan"
+    cfg = env.path(f"exporter-100-checks-{kind}.yaml")
+    write_config(cfg, dsn=dsn, port=port, interval=interval, checks=defs)
+    proc = start_exporter(env, cfg, f"exporter-100-checks-{kind}")
     url = f"http://127.0.0.1:{port}/metrics"
     wait_until(lambda: http_ok(url, proc=proc), 30, "the exporter to serve /metrics")
 
+    what = (
+        "partial index on the processing rows (each query reads ~0.1% of the table)"
+        if indexed
+        else "no index on status (each query is a sequential scan of the whole table)"
+    )
     table = Table(
-        f"/metrics with {checks} checks (interval {interval:g}s) as the table grows",
+        f"/metrics with {checks} checks (interval {interval:g}s) as the table grows: {what}",
         [
             "rows",
             "checks collected",
@@ -156,70 +194,80 @@ def metrics_growth(
             "/metrics p99 ms",
             "/metrics max ms",
             "scrapes",
+            "wrk p50 ms",
+            "wrk p99 ms",
             "exporter RSS MiB",
         ],
     )
-    out: dict[str, Any] = {
-        "checks": checks,
-        "interval_s": interval,
-        "sizes": [],
-        "idle_control": {"metrics": idle_lat, "page_bytes": idle_bytes, "rss_mib": idle_rss},
-    }
-    table.add(
-        f"{sizes[0]:,}, no collection running (control)",
-        f"{idle_done}/{checks}",
-        float("nan"),
-        float("nan"),
-        idle_lat["p50_ms"],
-        idle_lat["p99_ms"],
-        idle_lat["max_ms"],
-        idle_lat["n"],
-        idle_rss,
-    )
+    out: dict[str, Any] = {"checks": checks, "interval_s": interval, "indexed": indexed}
+    out["sizes"] = []
+    if control is not None:
+        c, w = control["metrics"], control["wrk"] or {}
+        table.add(
+            f"{sizes[0]:,}, no collection running (control)",
+            f"{control['checks_collected']}/{checks}",
+            float("nan"),
+            float("nan"),
+            c["p50_ms"],
+            c["p99_ms"],
+            c["max_ms"],
+            c["n"],
+            w.get("p50_ms", float("nan")),
+            w.get("p99_ms", float("nan")),
+            control["rss_mib"],
+        )
     for size in sizes:
-        log(f"exporter: growing jobs to {size:,} rows")
+        log(f"exporter: growing jobs to {size:,} rows ({kind})")
         data.grow_jobs(dsn, size)
         grown = time.time()
         done = wait_collected(port, names, grown, timeout=3 * interval + 60)
-        lat = asyncio.run(timed_gets(url, count=5000, max_seconds=5.0))
-        values = scrape(port)
-        durations = list(by_label(values, "taskmedic_check_duration_seconds", "check").values())
-        s = latency_summary(lat)
+        lat, wrk = _scrape_figures(url)
+        durations = list(
+            by_label(scrape(port), "taskmedic_check_duration_seconds", "check").values()
+        )
         row = {
             "rows": size,
             "checks_collected_after_growth": done,
             "check_duration_p50_ms": statistics.median(durations) * 1000 if durations else None,
             "check_duration_max_ms": max(durations) * 1000 if durations else None,
-            "metrics": s,
+            "metrics": lat,
+            "wrk": wrk,
             "rss_mib": mib(proc.rss()),
         }
         out["sizes"].append(row)
+        w = wrk or {}
         table.add(
             size,
             f"{done}/{checks}",
             row["check_duration_p50_ms"] or float("nan"),
             row["check_duration_max_ms"] or float("nan"),
-            s["p50_ms"],
-            s["p99_ms"],
-            s["max_ms"],
-            s["n"],
+            lat["p50_ms"],
+            lat["p99_ms"],
+            lat["max_ms"],
+            lat["n"],
+            w.get("p50_ms", float("nan")),
+            w.get("p99_ms", float("nan")),
             row["rss_mib"],
         )
+    proc.stop()
     p99s = [r["metrics"]["p99_ms"] for r in out["sizes"]]
     out["p99_ratio_largest_to_smallest"] = ratio(p99s[-1], p99s[0])
     table.notes.append(
-        "Each check's query is a sequential scan (no index on status): a collection round "
-        "costs more as the table grows. Scrapes run while collections run, one keep-alive "
-        "client, up to 5,000 scrapes or 5 s per size, timed to the last byte (the client "
-        f"accepts gzip, as Prometheus does; the page is {idle_bytes:,} bytes uncompressed). "
-        "The control row is a second exporter with the same checks collected once, then idle."
+        "Scrapes run while collections run: one keep-alive Python client, up to 5,000 scrapes "
+        "or 3 s per size, timed to the last byte, then wrk (-t1 -c1, 3 s) when installed; both "
+        "accept gzip, as Prometheus does."
     )
+    if control is not None:
+        table.notes.append(
+            f"The control row is a second exporter with the same checks collected once, then "
+            f"idle: the page is {control['page_bytes']:,} bytes, {control['samples']} samples."
+        )
     table.notes.append(
         f"p99 at {sizes[-1]:,} rows / p99 at {sizes[0]:,} rows = "
         f"{out['p99_ratio_largest_to_smallest']:.2f}"
     )
     out["table"] = table.show()
-    proc.stop()
+    out["dsn"] = dsn
     return out
 
 
@@ -525,6 +573,12 @@ def versus_query_exporter(
             lat[label] += asyncio.run(
                 timed_gets(f"http://127.0.0.1:{port}/metrics", count=per_round, max_seconds=10)
             )
+    wrk = {
+        label: wrk_latency(
+            f"http://127.0.0.1:{port}/metrics", seconds=3, headers={"Accept-Encoding": "gzip"}
+        )
+        for label, (_, port) in targets.items()
+    }
     rss_after = {label: mib(p.rss()) for label, (p, _) in targets.items()}
     base = "taskmedic (interval 15s)"
     sums = {label: latency_summary(v) for label, v in lat.items()}
@@ -536,6 +590,8 @@ def versus_query_exporter(
             "scrape p50 ms",
             "scrape p99 ms",
             "p99 / taskmedic",
+            "wrk p50 ms",
+            "wrk p99 ms",
             "RSS idle MiB",
             "RSS after scrapes MiB",
             "RSS / taskmedic",
@@ -548,6 +604,8 @@ def versus_query_exporter(
             sums[label]["p50_ms"],
             sums[label]["p99_ms"],
             ratio(sums[label]["p99_ms"], sums[base]["p99_ms"]),
+            (wrk[label] or {}).get("p50_ms", float("nan")),
+            (wrk[label] or {}).get("p99_ms", float("nan")),
             rss_idle[label],
             rss_after[label],
             ratio(rss_after[label], rss_after[base]),
@@ -557,7 +615,8 @@ def versus_query_exporter(
         "SELECT in the aggregate taskmedic computes (count of stale rows, oldest age). "
         "Fair setting: query-exporter gets `interval: 15s` like taskmedic's check, so both "
         "serve scrapes from the last collection; its default (query on every scrape) is shown "
-        f"too. {rounds} interleaved rounds of {per_round} scrapes each, one keep-alive client."
+        f"too. {rounds} interleaved rounds of {per_round} scrapes each, one keep-alive Python "
+        "client, then wrk (-t1 -c1, 3 s) per exporter when installed."
     )
     for p, _ in targets.values():
         p.stop()
@@ -567,15 +626,22 @@ def versus_query_exporter(
         "scrape": sums,
         "rss_idle_mib": rss_idle,
         "rss_after_mib": rss_after,
+        "wrk": wrk,
         "table": table.show(),
     }
 
 
 def run(env: BenchEnv, quick: bool = False) -> dict[str, Any]:
-    dsn = env.database()
     sizes = SIZES[:3] if quick else SIZES
     out: dict[str, Any] = {}
-    out["metrics_growth"] = metrics_growth(env, dsn, sizes)
-    out["orphan_collection"] = orphan_collection(env, dsn)
-    out["vs_query_exporter"] = versus_query_exporter(env, dsn)
+    control = idle_control(env, env.database())
+    out["metrics_control"] = control
+    out["metrics_growth_indexed"] = indexed = metrics_growth(
+        env, sizes, indexed=True, control=control
+    )
+    out["metrics_growth_seqscan"] = metrics_growth(env, sizes, indexed=False)
+    # The indexed table is the one the orphan_tasks collection reads (grown to 1M if quick).
+    out["orphan_collection"] = orphan_collection(env, indexed.pop("dsn"))
+    out["metrics_growth_seqscan"].pop("dsn")
+    out["vs_query_exporter"] = versus_query_exporter(env, env.database())
     return out

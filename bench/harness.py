@@ -358,3 +358,39 @@ def stopping(*procs: Proc) -> Iterator[None]:
     finally:
         for p in procs:
             p.stop()
+
+
+# --- wrk (optional) -------------------------------------------------------------------------
+
+
+def wrk_latency(
+    url: str, *, seconds: int = 5, connections: int = 1, headers: dict[str, str] | None = None
+) -> dict[str, float] | None:
+    """p50/p90/p99 of `wrk --latency` (one thread) against `url`, or None without wrk.
+
+    wrk is optional (`apt-get install wrk`): a C client whose own overhead is negligible, next
+    to the Python client every benchmark uses.
+    """
+    import re
+    import shutil
+
+    exe = shutil.which("wrk")
+    if exe is None:
+        return None
+    argv = [exe, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    for k, v in (headers or {}).items():
+        argv += ["-H", f"{k}: {v}"]
+    proc = subprocess.run(
+        [*argv, url], capture_output=True, text=True, timeout=seconds + 30, check=False
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed: {proc.stderr[-500:]}")
+    units = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+    out: dict[str, float] = {}
+    for pct in ("50", "90", "99"):
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", proc.stdout, re.MULTILINE)
+        if m:
+            out[f"p{pct}_ms"] = float(m.group(1)) * units[m.group(2)]
+    m = re.search(r"(\d+) requests in", proc.stdout)
+    out["n"] = float(m.group(1)) if m else float("nan")
+    return out

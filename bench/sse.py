@@ -60,8 +60,8 @@ async def follow(
             if event == b"end":
                 out.end = data.decode(errors="replace")
                 break
-            if event not in (b"stdout", b"stderr"):
-                continue
+            if event not in (b"stdout", b"stderr") or not data:
+                continue  # a chunk ending in a newline ends with an empty data line
             out.lines += 1
             out.bytes += len(data) + 1
             m = STAMP.match(data)
