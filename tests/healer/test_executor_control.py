@@ -263,3 +263,42 @@ async def test_stop_past_grace_fails_an_action_without_retry(
     assert row["finished_at"] is not None and row["lease_expires_at"] is None
     (step,) = await steps(journal, action_id)
     assert step["state"] == "interrupted" and "stopped before the action finished" in step["error"]
+
+
+async def test_a_step_longer_than_the_lease_keeps_its_lease_by_renewing(
+    journal: str, executors
+) -> None:
+    """Lease 1 s, step 3 s, a second executor sweeping: renewals keep the action its own."""
+    await executors(lease=1.0)
+    await executors(lease=1.0)
+    action_id = await insert_action(journal, plan(sh("slow", "sleep 3"), on_interrupt="retry"))
+    row = await state_in(journal, action_id, "succeeded", "failed", "pending", timeout=30)
+    assert (row["state"], row["attempt"]) == ("succeeded", 1)
+    assert "interrupted" not in [e["to_state"] for e in await events(journal, action_id)]
+
+
+async def test_an_action_interrupted_too_often_is_not_retried_again(
+    journal: str, executors
+) -> None:
+    """A retry loop (a step that kills its healer every time) ends after MAX_ATTEMPTS claims."""
+    ex = await executors()
+    await ex.stop(grace=0)
+    action_id = await insert_action(
+        journal, plan(sh("x", "true"), on_interrupt="retry"), state="running"
+    )
+    await fetch(
+        journal,
+        "UPDATE actions SET attempt = 3, lease_owner = 'gone',"
+        " lease_expires_at = now() - interval '1 second' WHERE id = %s RETURNING id",
+        action_id,
+    )
+    sweeper = await executors()
+    await state_in(journal, action_id, "failed")
+    row = await action(journal, action_id)
+    assert row["reason"].startswith("interrupted 3 times, not retrying")
+    assert (
+        sweeper.metrics.registry.get_sample_value(
+            "taskmedic_actions_total", {"rule": "test-rule", "outcome": "failed"}
+        )
+        == 1.0
+    )
