@@ -7,6 +7,7 @@ injects the fault the demo tells users to inject, and stops it the way a user do
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -280,3 +282,47 @@ def test_demo_prometheus_and_alertmanager_configs_pass_their_own_checks(tmp_path
         ["/usr/bin/amtool", "check-config", str(am)], capture_output=True, text=True
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.timeout(240)
+def test_demo_with_healer_routes_its_orphan_record_to_an_approval_and_stops_clean(
+    tmp_path: Path, demos: list[DemoRun]
+) -> None:
+    """`--healer`: the seeded orphan record fires TaskmedicOrphanRows in the real Prometheus,
+    Alertmanager hands it to the healer, and the action waits for a person's approval; Ctrl-C
+    then stops the healer, Prometheus and Alertmanager with the rest."""
+    need_or_skip(Path("/usr/bin/prometheus").exists(), "prometheus")
+    need_or_skip(Path("/usr/bin/prometheus-alertmanager").exists(), "prometheus-alertmanager")
+    run = start_demo(
+        tmp_path,
+        "--healer",
+        "--listen",
+        f"127.0.0.1:{free_port()}",
+        "--healer-listen",
+        f"127.0.0.1:{free_port()}",
+        "--run-for",
+        "220",
+    )
+    demos.append(run)
+    info = wait_for(run.ready, timeout=150, interval=0.2, what="the demo's ready line")
+    pids = {k: int(v) for k, v in info.items() if k.endswith("_pid")}
+    assert {"healer_pid", "prometheus_pid", "alertmanager_pid"} <= set(pids)
+    token = (run.dir / "healer-token").read_text().strip()
+
+    def awaiting_approval() -> list[dict[str, Any]]:
+        req = urllib.request.Request(  # noqa: S310 - the demo's own healer
+            f"{info['healer']}api/actions?rule=demo-cancel-records-without-action",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310
+            items: list[dict[str, Any]] = json.load(resp)["items"]
+        return [i for i in items if i["state"] == "awaiting_approval"]
+
+    (action,) = wait_for(awaiting_approval, timeout=90, interval=1, what="an action to approve")
+    assert action["alert"]["labels"]["check"] == "records_without_action"
+
+    os.kill(run.proc.pid, signal.SIGINT)
+    assert run.proc.wait(timeout=90) == 0, run.output()
+    left = [name for name, pid in pids.items() if alive(pid)]
+    assert not left, f"still running after Ctrl-C: {left}\n{run.output()}"
+    assert not processes_using(run.dir)
