@@ -265,6 +265,7 @@ def test_demo_healer_config_and_rules_load_with_every_reference_resolved(tmp_pat
     assert {r.name for r in rules} == {r["name"] for r in healing.RULES["rules"]}
 
 
+@pytest.mark.prometheus
 def test_demo_prometheus_and_alertmanager_configs_pass_their_own_checks(tmp_path: Path) -> None:
     """What `--healer` hands to Prometheus and Alertmanager is valid for the real tools."""
     from exporter.demo import healing
@@ -284,6 +285,7 @@ def test_demo_prometheus_and_alertmanager_configs_pass_their_own_checks(tmp_path
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+@pytest.mark.prometheus
 @pytest.mark.timeout(240)
 def test_demo_with_healer_routes_its_orphan_record_to_an_approval_and_stops_clean(
     tmp_path: Path, demos: list[DemoRun]
