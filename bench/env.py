@@ -57,6 +57,11 @@ class BenchEnv:
         self._stack.callback(p.stop)
         return p
 
+    def adopt(self, proc: Proc) -> Proc:
+        """Stop `proc` with everything else at the end of the run."""
+        self._stack.callback(proc.stop)
+        return proc
+
     def path(self, name: str) -> Path:
         return self.workdir / name
 

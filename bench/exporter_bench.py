@@ -27,13 +27,12 @@ from bench.env import BenchEnv
 from bench.harness import (
     Proc,
     Table,
-    free_port,
     http_get,
-    http_ok,
     latency_summary,
     log,
     mib,
     ratio,
+    serve_on_free_port,
     timed_gets,
     wait_until,
     wrk_latency,
@@ -67,8 +66,15 @@ def write_config(
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-def start_exporter(env: BenchEnv, config: Path, name: str) -> Proc:
-    return env.proc([sys.executable, "-m", "healer.cli", "exporter", "--config", str(config)], name)
+def launch_exporter(env: BenchEnv, config: Path, name: str, **settings: Any) -> tuple[Proc, int]:
+    """Write `config` (see write_config) on a free port, start `taskmedic exporter` on it."""
+
+    def start(port: int) -> Proc:
+        write_config(config, port=port, **settings)
+        argv = [sys.executable, "-m", "healer.cli", "exporter", "--config", str(config)]
+        return env.proc(argv, name)
+
+    return serve_on_free_port(start, "/metrics", name)
 
 
 def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -134,12 +140,11 @@ def idle_control(env: BenchEnv, dsn: str, checks: int = 100) -> dict[str, Any]:
     running: what rendering the page alone costs."""
     data.grow_jobs(dsn, 1_000)
     defs = _hundred_checks(checks)
-    port = free_port()
     cfg = env.path("exporter-100-checks-idle.yaml")
-    write_config(cfg, dsn=dsn, port=port, interval=3600, checks=defs)
-    proc = start_exporter(env, cfg, "exporter-100-checks-idle")
+    proc, port = launch_exporter(
+        env, cfg, "exporter-100-checks-idle", dsn=dsn, interval=3600, checks=defs
+    )
     url = f"http://127.0.0.1:{port}/metrics"
-    wait_until(lambda: http_ok(url, proc=proc), 30, "the idle exporter to serve /metrics")
     done = wait_collected(port, [d["name"] for d in defs], 0.0, timeout=60)
     lat, wrk = _scrape_figures(url)
     out = {
@@ -170,13 +175,12 @@ def metrics_growth(
         data.add_processing_index(dsn)
     defs = _hundred_checks(checks)
     names = [d["name"] for d in defs]
-    port = free_port()
     kind = "indexed" if indexed else "seqscan"
     cfg = env.path(f"exporter-100-checks-{kind}.yaml")
-    write_config(cfg, dsn=dsn, port=port, interval=interval, checks=defs)
-    proc = start_exporter(env, cfg, f"exporter-100-checks-{kind}")
+    proc, port = launch_exporter(
+        env, cfg, f"exporter-100-checks-{kind}", dsn=dsn, interval=interval, checks=defs
+    )
     url = f"http://127.0.0.1:{port}/metrics"
-    wait_until(lambda: http_ok(url, proc=proc), 30, "the exporter to serve /metrics")
 
     what = (
         "partial index on the processing rows (each query reads ~0.1% of the table)"
@@ -364,16 +368,13 @@ def orphan_collection(env: BenchEnv, dsn: str, *, collections: int = 8) -> dict[
     log("exporter: starting a Celery worker for the orphan_tasks collection")
     worker = env.worker(concurrency=2, name="bench-orphans")
     app = make_app(broker)
-    port = free_port()
     cfg = env.path("exporter-orphans.yaml")
     interval = 3.0
-    write_config(
-        cfg,
-        dsn=dsn,
-        port=port,
-        interval=interval,
-        broker=broker,
-        checks=[
+    settings: dict[str, Any] = {
+        "dsn": dsn,
+        "interval": interval,
+        "broker": broker,
+        "checks": [
             {
                 "name": "timelines",
                 "type": "orphan_tasks",
@@ -383,7 +384,8 @@ def orphan_collection(env: BenchEnv, dsn: str, *, collections: int = 8) -> dict[
                 "query": ORPHAN_QUERY,
             }
         ],
-    )
+    }
+    write_config(cfg, port=0, **settings)  # read in process first; the port comes later
     try:
         finished = [app.send_task("tests.add", args=[1, i]) for i in range(10)]
         for r in finished:
@@ -420,9 +422,7 @@ def orphan_collection(env: BenchEnv, dsn: str, *, collections: int = 8) -> dict[
             monitor.stop()
 
         # The exporter process, collecting on its own.
-        proc = start_exporter(env, cfg, "exporter-orphans")
-        url = f"http://127.0.0.1:{port}/metrics"
-        wait_until(lambda: http_ok(url, proc=proc), 30, "the orphan exporter")
+        proc, port = launch_exporter(env, cfg, "exporter-orphans", **settings)
         durations: list[float] = []
         seen: set[float] = set()
         last_values: dict[Any, float] = {}
@@ -518,12 +518,13 @@ def versus_query_exporter(
         return {"skipped": "query-exporter is not installed in .venv-peer"}
     data.fill_status_cache(dsn, agents)
     interval = 15.0
-    port_tm = free_port()
     cfg = env.path("exporter-status-cache.yaml")
-    write_config(
+    targets: dict[str, tuple[Proc, int]] = {}
+    targets["taskmedic (interval 15s)"] = launch_exporter(
+        env,
         cfg,
+        "exporter-peer-cmp",
         dsn=dsn,
-        port=port_tm,
         interval=interval,
         checks=[
             {
@@ -535,21 +536,19 @@ def versus_query_exporter(
             }
         ],
     )
-    targets: dict[str, tuple[Proc, int]] = {}
-    targets["taskmedic (interval 15s)"] = (start_exporter(env, cfg, "exporter-peer-cmp"), port_tm)
     for label, iv in (
         ("query-exporter (interval 15s)", interval),
         ("query-exporter (on scrape)", None),
     ):
-        port = free_port()
-        pcfg = env.path(f"query-exporter-{'interval' if iv else 'scrape'}.yaml")
+        mode = "interval" if iv else "scrape"
+        pcfg = env.path(f"query-exporter-{mode}.yaml")
         peer.write_config(pcfg, dsn, STATUS_QUERY, 600, iv)
-        p = peer.start(pcfg, port, env.path(f"query-exporter-{'interval' if iv else 'scrape'}.log"))
-        env._stack.callback(p.stop)
-        targets[label] = (p, port)
-    for label, (p, port) in targets.items():
-        wait_until(
-            lambda p=p, port=port: http_ok(f"http://127.0.0.1:{port}/metrics", proc=p), 30, label
+        targets[label] = serve_on_free_port(
+            lambda port, pcfg=pcfg, mode=mode: env.adopt(
+                peer.start(pcfg, port, env.path(f"query-exporter-{mode}.log"))
+            ),
+            "/metrics",
+            label,
         )
 
     def stale_value(label: str, port: int) -> float | None:

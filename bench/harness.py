@@ -198,6 +198,31 @@ def http_ok(url: str, headers: dict[str, str] | None = None, proc: Proc | None =
         return False
 
 
+def serve_on_free_port(
+    start: Callable[[int], Proc], ready_path: str, what: str, timeout: float = 60.0
+) -> tuple[Proc, int]:
+    """Start a server on a free port and wait until `ready_path` answers 200.
+
+    A port found free can be taken as an ephemeral port by another connection before the
+    server binds it: a server that exits with "address already in use" is started again on
+    another port (three tries).
+    """
+    for attempt in range(3):
+        port = free_port()
+        proc = start(port)
+        url = f"http://127.0.0.1:{port}{ready_path}"
+        try:
+            wait_until(lambda url=url, proc=proc: http_ok(url, proc=proc), timeout, what)
+            return proc, port
+        except RuntimeError:
+            proc.stop()
+            if attempt < 2 and "in use" in proc.output():
+                log(f"{what}: port {port} was taken meanwhile; trying another")
+                continue
+            raise
+    raise AssertionError("unreachable")
+
+
 def http_get(url: str, headers: dict[str, str] | None = None) -> str:
     import urllib.request
 

@@ -26,12 +26,11 @@ from bench.harness import (
     PostRun,
     RssSampler,
     Table,
-    free_port,
-    http_ok,
     latency_summary,
     log,
     post_bodies,
     ratio,
+    serve_on_free_port,
     wait_until,
 )
 from bench.healer_proc import Healer, start_healer
@@ -151,9 +150,11 @@ def _pct(values: list[float]) -> list[float]:
 
 
 def bare_ceiling(env: BenchEnv, count: int) -> dict[str, Any]:
-    port = free_port()
-    proc = env.proc([sys.executable, "-m", bare_app.__name__, str(port)], "bare-aiohttp")
-    wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/healthz", proc=proc), 20, "bare app")
+    proc, port = serve_on_free_port(
+        lambda port: env.proc([sys.executable, "-m", bare_app.__name__, str(port)], "bare-aiohttp"),
+        "/healthz",
+        "bare aiohttp app",
+    )
     bodies = [alerts.body(i, run="bare-") for i in range(count)]
     cpu0, me0 = _cpu(proc.pid), _cpu(psutil.Process().pid)
     run = _post(f"http://127.0.0.1:{port}/alerts", bodies, {"Authorization": "Bearer x"})

@@ -12,7 +12,7 @@ import psycopg
 import yaml
 
 from bench.env import BenchEnv
-from bench.harness import Proc, free_port, http_ok, log, wait_until
+from bench.harness import Proc, log, serve_on_free_port
 
 
 @dataclass
@@ -52,23 +52,26 @@ def start_healer(
 
     dsn = dsn or env.database()
     asyncio.run(upgrade(dsn))
-    port = free_port()
     token = secrets.token_urlsafe(24)
     rules_path = env.path(f"{name}-rules.yaml")
     rules_path.write_text(yaml.safe_dump({"rules": rules}, sort_keys=False))
-    config = {
-        "healer": {
-            "listen": f"127.0.0.1:{port}",
-            "journal": {"dsn": dsn},
-            "data_dir": str(env.path(f"{name}-data")),
-            "auth": {"bearer_token": token},
-            "rules": [str(rules_path)],
-            **(healer or {}),
-        }
-    }
     cfg = env.path(f"{name}.yaml")
-    cfg.write_text(yaml.safe_dump(config, sort_keys=False))
-    proc = env.proc([sys.executable, "-m", "healer.cli", "healer", "--config", str(cfg)], name)
-    wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/readyz", proc=proc), 60, f"{name} /readyz")
+
+    def start(port: int) -> Proc:
+        config = {
+            "healer": {
+                "listen": f"127.0.0.1:{port}",
+                "journal": {"dsn": dsn},
+                "data_dir": str(env.path(f"{name}-data")),
+                "auth": {"bearer_token": token},
+                "rules": [str(rules_path)],
+                **(healer or {}),
+            }
+        }
+        cfg.write_text(yaml.safe_dump(config, sort_keys=False))
+        argv = [sys.executable, "-m", "healer.cli", "healer", "--config", str(cfg)]
+        return env.proc(argv, name)
+
+    proc, port = serve_on_free_port(start, "/readyz", f"{name} /readyz")
     log(f"{name}: healer pid {proc.pid} on 127.0.0.1:{port}")
     return Healer(proc, port, dsn, token)
