@@ -243,12 +243,16 @@ async def serve(config: HealerConfig, *, listen: str | None = None) -> int:
     """Run the healer until SIGTERM or SIGINT; drain, then return the exit code 0."""
     address = listen or config.healer.listen
     app = create_app(config, listen=address)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    # In-flight requests get a few seconds once the listener closes: alerts were refused
+    # while draining, and a log follower reconnects to another replica.
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     host, port = split_listen(address)
     site = web.TCPSite(runner, host, port)
     await site.start()
     log.info("healer listening on http://%s (%d rules)", address, len(app[appkeys.RULES]))
+    if not len(app[appkeys.RULES]):
+        log.warning("no rules loaded (healer.rules): alerts are recorded but start nothing")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
