@@ -56,8 +56,21 @@ def _action_id(request: web.Request) -> int:
     return int(raw)
 
 
+def _storable(value: str) -> bool:
+    """A text the journal accepts as a parameter (no NUL, valid UTF-8)."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 async def list_handler(request: web.Request) -> web.Response:
     query = request.query
+    if not all(_storable(v) for v in query.values()):
+        return _error(400, "query parameters may not contain NUL characters or invalid Unicode")
     states = [s for v in query.getall("state", []) for s in v.split(",") if s]
     bad = [s for s in states if s not in STATES]
     if bad:

@@ -196,7 +196,16 @@ async def test_list_filters_by_state_and_rule_and_pages_with_a_cursor(client: Cl
 
 
 @pytest.mark.parametrize(
-    "query", ["state=bogus", "limit=0", "limit=x", "since=soon", "cursor=abc", "since=2024-01-01"]
+    "query",
+    [
+        "state=bogus",
+        "limit=0",
+        "limit=x",
+        "since=soon",
+        "cursor=abc",
+        "since=2024-01-01",
+        "rule=a%00b",
+    ],
 )
 async def test_bad_list_parameters_are_400(client: Client, query: str) -> None:
     assert (await client.get(f"/api/actions?{query}", headers=AUTH)).status == 400
