@@ -323,3 +323,17 @@ async def test_journal_gone_mid_request_answers_503_and_writes_nothing(
     status, _ = await post(client, payload("firing_stale_rows"))
     assert status == 200
     assert journal_counts(pg_dsn)["actions"] == 1
+
+
+async def test_a_pending_action_wakes_executors_with_notify_on_commit(
+    make_client: MakeClient, pg_dsn: str
+) -> None:
+    """Executors LISTEN on taskmedic_actions; the id arrives once the transaction committed."""
+    client = await make_client()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("LISTEN taskmedic_actions")
+        conn.execute("LISTEN taskmedic_state")
+        _, body = await post(client, payload("firing_stale_rows"))
+        got = {(n.channel, n.payload) for n in conn.notifies(timeout=2, stop_after=2)}
+    action_id = str(body["actions"][0]["id"])
+    assert got == {("taskmedic_actions", action_id), ("taskmedic_state", action_id)}
