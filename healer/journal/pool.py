@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from healer.errors import JournalUnavailable
@@ -102,7 +103,9 @@ async def journal_dsn(config: HealerConfig) -> AsyncIterator[str]:
     """The configured journal DSN, or an embedded server's for as long as the block runs."""
     journal = config.healer.journal
     if journal is not None:
-        yield journal.secret_dsn()
+        dsn = journal.secret_dsn()
+        password = journal.password()
+        yield make_conninfo(dsn, password=password) if password is not None else dsn
         return
     dsn, close = await embedded_dsn(config.data_dir())
     try:

@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from exporter.errors import ConfigError
 from healer.app import create_app
 from healer.auth import Authenticator
 from healer.config import AuthSettings, check_serving_auth, load_healer_config
+from healer.journal.pool import journal_dsn
 from tests.healer.ingest_helpers import TOKEN, config_for
 
 
@@ -92,3 +94,21 @@ def test_sessions_are_signed_expire_and_end_when_the_token_changes() -> None:
     assert auth.verify_credentials(token=TOKEN)
     assert not auth.verify_credentials(token=TOKEN + "x")
     assert not auth.verify_credentials()
+
+
+async def test_journal_password_file_is_applied_to_the_journal_dsn(tmp_path: Path) -> None:
+    secret = tmp_path / "journal-password"
+    secret.write_text("s3cr3t\n")
+    config = config_for(
+        tmp_path,
+        None,
+        healer={
+            "journal": {
+                "dsn": "postgresql://healer@db.internal/journal",
+                "password_file": str(secret),
+            }
+        },
+    )
+    async with journal_dsn(config) as dsn:
+        info = conninfo_to_dict(dsn)
+    assert (info["user"], info["host"], info["password"]) == ("healer", "db.internal", "s3cr3t")
