@@ -268,10 +268,10 @@ async def test_stop_past_grace_fails_an_action_without_retry(
 async def test_a_step_longer_than_the_lease_keeps_its_lease_by_renewing(
     journal: str, executors
 ) -> None:
-    """Lease 1 s, step 3 s, a second executor sweeping: renewals keep the action its own."""
-    await executors(lease=1.0)
-    await executors(lease=1.0)
-    action_id = await insert_action(journal, plan(sh("slow", "sleep 3"), on_interrupt="retry"))
+    """Lease 2 s, step 5 s, a second executor sweeping: renewals keep the action its own."""
+    await executors(lease=2.0)
+    await executors(lease=2.0)
+    action_id = await insert_action(journal, plan(sh("slow", "sleep 5"), on_interrupt="retry"))
     row = await state_in(journal, action_id, "succeeded", "failed", "pending", timeout=30)
     assert (row["state"], row["attempt"]) == ("succeeded", 1)
     assert "interrupted" not in [e["to_state"] for e in await events(journal, action_id)]
