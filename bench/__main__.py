@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": {},
         "errors": {},
     }
+    report["load_average"] = {"start": os.getloadavg()}
     for name in chosen:
         log(f"=== {name} ===")
         t0 = time.monotonic()
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 report["errors"][name] = f"{type(e).__name__}: {e}"
         log(f"=== {name} done in {time.monotonic() - t0:.0f}s ===")
     report["elapsed_s"] = round(time.time() - started, 1)
+    report["load_average"]["end"] = os.getloadavg()
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(report, indent=2, default=str))
@@ -110,7 +112,10 @@ def markdown(report: dict[str, Any]) -> str:
         f"### Run of {report['date']}",
         "",
         f"`{report['command']}` on {m['cpus']} cores ({m['cpu_model']}), "
-        f"{m['memory_gib']} GiB, Python {m['python']}; took {report['elapsed_s']:.0f} s.",
+        f"{m['memory_gib']} GiB, Python {m['python']}; took {report['elapsed_s']:.0f} s; "
+        "load average (1 min) "
+        f"{report['load_average']['start'][0]:.2f} at the start, "
+        f"{report['load_average']['end'][0]:.2f} at the end.",
         "",
     ]
     for name, result in report["results"].items():
