@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine(),
         "results": {},
         "errors": {},
