@@ -14,18 +14,10 @@ from aiohttp import web
 from jinja2 import PackageLoader, StrictUndefined, select_autoescape
 from jinja2.sandbox import SandboxedEnvironment
 
+from healer.actions import STATES
+
 __all__ = ["STATES", "render", "static_url"]
 
-STATES = (
-    "pending",
-    "awaiting_approval",
-    "running",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "interrupted",
-    "skipped",
-)
 FINAL = frozenset({"succeeded", "failed", "cancelled", "skipped"})
 
 # The console loads nothing from elsewhere: scripts, styles and data all come from this server.
