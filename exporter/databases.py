@@ -27,11 +27,10 @@ import contextlib
 import logging
 import math
 import threading
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 import pymysql
@@ -40,7 +39,7 @@ from psycopg import errors as pg_errors
 from exporter.config import DatabaseConfig, parse_mysql_dsn
 from exporter.errors import CheckUnknown
 
-__all__ = ["Database", "Databases", "QueryResult"]
+__all__ = ["Database", "Databases", "QueryResult", "discard_result", "in_daemon_thread"]
 
 log = logging.getLogger(__name__)
 
@@ -265,10 +264,6 @@ class Database:
         self._lock = threading.Lock()
         self._hung = 0
         self._slots = asyncio.Semaphore(config.max_connections)
-        self._executor = ThreadPoolExecutor(
-            max_workers=config.max_connections + MAX_HUNG + 1,
-            thread_name_prefix=f"taskmedic-db-{name}",
-        )
 
     async def fetch(self, query: str, statement_timeout: float) -> QueryResult:
         """Run `query` read-only, stopped by the server after `statement_timeout` seconds;
@@ -281,8 +276,7 @@ class Database:
                         f"database {self.name}: {self._hung} earlier queries still hang"
                     )
             call = _Call()
-            loop = asyncio.get_running_loop()
-            future = loop.run_in_executor(self._executor, self._run, query, timeout, call)
+            future = in_daemon_thread(self._run, query, timeout, call)
             deadline = timeout + CLIENT_SLACK + self.config.connect_timeout
             try:
                 return await asyncio.wait_for(asyncio.shield(future), deadline)
@@ -296,17 +290,16 @@ class Database:
                 raise
 
     def _abandon(self, call: _Call, future: asyncio.Future[QueryResult]) -> None:
+        future.add_done_callback(discard_result)
         with self._lock:
             if call.finished:
                 return
             call.abandoned = True
             self._hung += 1
             session = call.session
-        future.add_done_callback(_consume)
         if session is not None:
             # Best effort and off the event loop: a hung server may not answer the cancel.
-            cancel = asyncio.get_running_loop().run_in_executor(self._executor, session.cancel)
-            cancel.add_done_callback(_consume)
+            in_daemon_thread(session.cancel).add_done_callback(discard_result)
 
     def _run(self, query: str, timeout: float, call: _Call) -> QueryResult:
         read_timeout = timeout + CLIENT_SLACK
@@ -361,10 +354,44 @@ class Database:
             idle, self._idle = self._idle, []
         for session in idle:
             session.close()
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _consume(future: asyncio.Future[Any]) -> None:
+T = TypeVar("T")
+
+
+def in_daemon_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    """Run a blocking call in a new daemon thread; its result arrives as an asyncio future.
+
+    Why not an executor: a call abandoned at its deadline may hang for as long as the server
+    does, and executor threads are joined at interpreter exit, so one hung database would keep
+    a stopped exporter from exiting. A daemon thread is simply left behind.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(ok: bool, outcome: Any) -> None:
+        if future.cancelled():
+            return
+        if ok:
+            future.set_result(outcome)
+        else:
+            future.set_exception(outcome)
+
+    def run() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # handed to the awaiting coroutine, not swallowed
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(settle, False, exc)
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, True, result)
+
+    threading.Thread(target=run, name=f"taskmedic-{fn.__name__}", daemon=True).start()
+    return future
+
+
+def discard_result(future: asyncio.Future[Any]) -> None:
     """Retrieve the outcome of a call nobody awaits any more (no 'never retrieved' warning)."""
     if not future.cancelled():
         future.exception()

@@ -31,6 +31,7 @@ from exporter.checks.base import (
     to_utc,
 )
 from exporter.config import Config, OrphanTasksCheck
+from exporter.databases import discard_result, in_daemon_thread
 from exporter.errors import CheckUnknown
 
 __all__ = ["OrphanTasks"]
@@ -86,8 +87,13 @@ class OrphanTasks(Check):
     ) -> dict[str, str]:
         budget = max(remaining, self._min_trace_budget)
         try:
-            traces = await asyncio.wait_for(asyncio.to_thread(monitor.task_traces, ids), budget)
+            call = in_daemon_thread(monitor.task_traces, ids)
+            traces = await asyncio.wait_for(asyncio.shield(call), budget)
+        except asyncio.CancelledError:
+            call.add_done_callback(discard_result)
+            raise
         except TimeoutError:
+            call.add_done_callback(discard_result)
             raise CheckUnknown(
                 f"celery cluster {self.spec.celery!r} did not say where {len(ids)} tasks are "
                 f"within {budget:g}s"

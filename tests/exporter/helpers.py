@@ -4,6 +4,10 @@ prometheus_client itself (never by matching text we produced)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import selectors
+import socket
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -82,3 +86,75 @@ async def until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
             return last
         await asyncio.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}: {last!r}")
+
+
+class FreezableLink:
+    """A TCP hop to a real server that can stop passing bytes while keeping every connection
+    open: what a client sees when the server host hangs (no error, no answer, ever)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._upstream = (host, port)
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self._listener.settimeout(0.1)
+        self.port: int = self._listener.getsockname()[1]
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self._closed = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def freeze(self) -> None:
+        self.flowing.clear()
+
+    def thaw(self) -> None:
+        self.flowing.set()
+
+    def close(self) -> None:
+        self._closed.set()
+        self.flowing.set()
+        for t in self._threads:
+            t.join(5)
+        self._listener.close()
+        for s in self._sockets:
+            with contextlib.suppress(OSError):
+                s.close()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            host, port = self._upstream
+            if host.startswith("/"):  # a unix socket directory, as libpq names it
+                upstream = socket.socket(socket.AF_UNIX)
+                upstream.connect(f"{host}/.s.PGSQL.{port}")
+            else:
+                upstream = socket.create_connection((host, port))
+            self._sockets += [client, upstream]
+            t = threading.Thread(target=self._pump, args=(client, upstream), daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+        peer = {a: b, b: a}
+        with selectors.DefaultSelector() as sel:
+            sel.register(a, selectors.EVENT_READ)
+            sel.register(b, selectors.EVENT_READ)
+            while not self._closed.is_set():
+                if not self.flowing.wait(0.1):
+                    continue
+                for key, _ in sel.select(timeout=0.1):
+                    if not self.flowing.is_set():
+                        break
+                    src: socket.socket = key.fileobj  # type: ignore[assignment]
+                    try:
+                        data = src.recv(65536)
+                        if not data:
+                            return
+                        peer[src].sendall(data)
+                    except OSError:
+                        return

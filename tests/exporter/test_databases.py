@@ -10,12 +10,14 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from exporter.config import DatabaseConfig
 from exporter.databases import Database
 from exporter.errors import CheckUnknown
-from tests.exporter.helpers import mysql_exec, pg_exec
+from tests.exporter.conftest import MARIADB
+from tests.exporter.helpers import FreezableLink, mysql_exec, pg_exec
 
 PG_WRITES = [
     "INSERT INTO jobs VALUES (2, 'new')",
@@ -252,3 +254,42 @@ async def test_unreachable_database_names_it_without_the_password() -> None:
         db.close()
     assert "cannot connect to database app (postgresql://app:***@127.0.0.1" in str(caught.value)
     assert "pw-secret-9911" not in str(caught.value)
+
+
+def upstream_of(dsn: str) -> tuple[str, int, str]:
+    """(host, port, database) of a test DSN; host may be a unix socket directory (pgserver)."""
+    if dsn.startswith("mysql://"):
+        return MARIADB[0], MARIADB[1], dsn.rsplit("/", 1)[1]
+    info = psycopg.conninfo.conninfo_to_dict(dsn)
+    return str(info.get("host", "127.0.0.1")), int(info.get("port", 5432)), str(info["dbname"])
+
+
+@pytest.mark.parametrize(
+    ("fixture", "expected"),
+    [
+        ("pg_dsn", "did not answer within"),  # psycopg has no read timeout: our deadline
+        ("mysql_dsn", r"Lost connection .* \(timed out\)"),  # pymysql's read timeout
+    ],
+)
+async def test_a_server_that_hangs_mid_query_is_given_up_on(
+    fixture: str, expected: str, request: pytest.FixtureRequest
+) -> None:
+    """The server stops answering in the middle of a query (no error, the connection stays
+    open), so its statement timeout cannot help: the client gives up on its own, and the
+    database is usable again once the server answers."""
+    dsn = request.getfixturevalue(fixture)
+    host, port, name = upstream_of(dsn)
+    link = FreezableLink(host, port)
+    user = "root" if fixture == "mysql_dsn" else "postgres"
+    scheme = "mysql" if fixture == "mysql_dsn" else "postgresql"
+    db = database(f"{scheme}://{user}@127.0.0.1:{link.port}/{name}", connect_timeout=1)
+    try:
+        assert (await db.fetch("SELECT 1", 0.5)).rows == [(1,)]
+        link.freeze()
+        with pytest.raises(CheckUnknown, match=expected):
+            await db.fetch("SELECT 2", 0.5)
+        link.thaw()
+        assert (await db.fetch("SELECT 3", 0.5)).rows == [(3,)]
+    finally:
+        db.close()
+        link.close()

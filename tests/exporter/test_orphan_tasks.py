@@ -295,5 +295,6 @@ async def test_broker_down_gives_check_up_0_and_no_count_while_other_checks_expo
 
         link.restore()
         await until(counted, 30, "the count to come back with the broker")
+        await client.close()  # stop the exporter while its broker is reachable
     finally:
         link.cut()
