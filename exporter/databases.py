@@ -13,7 +13,8 @@ server's statement timeout set per query (PostgreSQL `statement_timeout`, MySQL
 driver call, which runs in a thread. A call that misses its deadline is abandoned: the check
 reports it at once, a cancel is sent (PostgreSQL cancel request, MySQL `KILL QUERY`), and the
 connection is closed when the thread returns. Connections are kept between collections and
-dropped after any error, so the next query reconnects.
+dropped after any error; one that broke while idle (a server restart between collections) is
+replaced and the query retried once, so a restart does not cost a collection.
 
 Every query also reads the server's clock (`now()`, `UTC_TIMESTAMP(6)`) in the same
 transaction, so ages are computed against the database's time, not the exporter's. Sessions
@@ -24,24 +25,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import math
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
-import psycopg
-import pymysql
-from psycopg import errors as pg_errors
-
-from exporter.config import DatabaseConfig, parse_mysql_dsn
+from exporter.config import DatabaseConfig
+from exporter.database_sessions import (
+    ConnectionLost,
+    MySqlSession,
+    PgSession,
+    QueryResult,
+    Session,
+)
 from exporter.errors import CheckUnknown
 
 __all__ = ["Database", "Databases", "QueryResult", "discard_result", "in_daemon_thread"]
-
-log = logging.getLogger(__name__)
 
 # The client-side deadline is the statement timeout plus this much, so that a statement the
 # server stops on time reports the server's own message rather than ours.
@@ -51,205 +50,11 @@ CLIENT_SLACK = 1.0
 MAX_HUNG = 4
 
 
-# Server gone away, connection lost (not by our read timeout), killed, dropped when idle.
-_MYSQL_LOST = frozenset({2006, 2013, 1927, 4031})
-
-
-class ConnectionLost(CheckUnknown):
-    """The connection broke (server restarted, connection killed): worth one retry when the
-    connection had been sitting idle since an earlier collection."""
-
-
-@dataclass(frozen=True)
-class QueryResult:
-    """What a check's query returned, and the database's clock when it ran."""
-
-    columns: tuple[str, ...]
-    rows: list[tuple[Any, ...]]
-    now: datetime  # timezone-aware, UTC
-
-
-class _Session(Protocol):
-    def run(self, query: str, timeout: float) -> QueryResult: ...
-    def cancel(self) -> None: ...
-    def close(self) -> None: ...
-
-
-def _scrub(message: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        if secret:
-            message = message.replace(secret, "***")
-    return message
-
-
-class _PgSession:
-    """One psycopg connection, read-only by default and per transaction."""
-
-    def __init__(self, config: DatabaseConfig, name: str) -> None:
-        self._label = name
-        kwargs: dict[str, Any] = {
-            "connect_timeout": max(1, math.ceil(config.connect_timeout)),
-            "autocommit": False,
-        }
-        dsn = config.secret_dsn()
-        if "application_name" not in psycopg.conninfo.conninfo_to_dict(dsn):
-            kwargs["application_name"] = "taskmedic-exporter"
-        password = config.password()
-        if password is not None:
-            kwargs["password"] = password
-        try:
-            self._conn = psycopg.connect(dsn, **kwargs)
-            with self._conn.cursor() as cur:
-                cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
-                cur.execute("SET TIME ZONE 'UTC'")
-            self._conn.commit()
-        except psycopg.Error as exc:
-            raise CheckUnknown(
-                f"cannot connect to database {name} ({config.display()}): {_pg_message(exc)}"
-            ) from None
-
-    def run(self, query: str, timeout: float) -> QueryResult:
-        ms = max(1, int(timeout * 1000))
-        try:
-            with self._conn.cursor() as cur:
-                # The first statement of the transaction: it fixes the access mode.
-                cur.execute("SET TRANSACTION READ ONLY")
-                cur.execute(
-                    "SELECT set_config('statement_timeout', %s, true),"
-                    " set_config('TimeZone', 'UTC', true), now()",
-                    (str(ms),),
-                )
-                head = cur.fetchone()
-                assert head is not None
-                now = head[2]
-                # The query is the operator's own, from the config file; it runs read-only.
-                cur.execute(query)
-                if cur.description is None:
-                    raise CheckUnknown("the query returned no result set (is it a SELECT?)")
-                columns = tuple(d.name for d in cur.description)
-                rows = [tuple(r) for r in cur.fetchall()]
-        except pg_errors.QueryCanceled as exc:
-            raise CheckUnknown(
-                f"query on database {self._label} timed out after {timeout:g}s: {_pg_message(exc)}"
-            ) from None
-        except psycopg.Error as exc:
-            kind = ConnectionLost if self._conn.broken or self._conn.closed else CheckUnknown
-            raise kind(f"query on database {self._label} failed: {_pg_message(exc)}") from None
-        finally:
-            with contextlib.suppress(psycopg.Error):
-                self._conn.rollback()
-        return QueryResult(columns, rows, now.astimezone(UTC))
-
-    def cancel(self) -> None:
-        with contextlib.suppress(psycopg.Error):
-            self._conn.cancel_safe(timeout=5.0)
-
-    def close(self) -> None:
-        with contextlib.suppress(psycopg.Error):
-            self._conn.close()
-
-
-def _pg_message(exc: psycopg.Error) -> str:
-    primary = exc.diag.message_primary if exc.diag is not None else None
-    return (primary or str(exc).strip() or type(exc).__name__).strip()
-
-
-class _MySqlSession:
-    """One pymysql connection in a read-only, UTC session; knows MySQL from MariaDB."""
-
-    def __init__(self, config: DatabaseConfig, name: str, read_timeout: float) -> None:
-        self._label = name
-        self._args = parse_mysql_dsn(config.secret_dsn())
-        password = config.password()
-        if password is not None:
-            self._args["password"] = password
-        self._secrets = [str(self._args.get("password") or "")]
-        self._connect_timeout = max(1.0, config.connect_timeout)
-        self.read_timeout = read_timeout
-        try:
-            self._conn = self._connect(read_timeout)
-            with self._conn.cursor() as cur:
-                cur.execute("SELECT VERSION(), CONNECTION_ID()")
-                version, self._thread_id = cur.fetchone()
-                self.mariadb = "mariadb" in str(version).lower()
-                cur.execute("SET SESSION time_zone = '+00:00'")
-                cur.execute("SET SESSION TRANSACTION READ ONLY")
-        except pymysql.MySQLError as exc:
-            raise CheckUnknown(
-                f"cannot connect to database {name} ({config.display()}): {self._message(exc)}"
-            ) from None
-
-    def _connect(self, read_timeout: float) -> Any:
-        args = {"charset": "utf8mb4", **self._args}
-        return pymysql.connect(
-            **args,
-            connect_timeout=self._connect_timeout,
-            read_timeout=read_timeout,
-            write_timeout=read_timeout,
-            autocommit=True,
-        )
-
-    def _message(self, exc: BaseException) -> str:
-        if isinstance(exc, pymysql.MySQLError) and len(exc.args) >= 2:
-            text = f"({exc.args[0]}) {exc.args[1]}"
-        else:
-            text = str(exc) or type(exc).__name__
-        return _scrub(text, self._secrets)
-
-    def run(self, query: str, timeout: float) -> QueryResult:
-        try:
-            with self._conn.cursor() as cur:
-                if self.mariadb:
-                    cur.execute("SET SESSION max_statement_time = %s", (round(timeout, 3),))
-                else:
-                    cur.execute(
-                        "SET SESSION max_execution_time = %s", (max(1, int(timeout * 1000)),)
-                    )
-                cur.execute("START TRANSACTION READ ONLY")
-                try:
-                    cur.execute("SELECT UTC_TIMESTAMP(6)")
-                    (now,) = cur.fetchone()
-                    cur.execute(query)
-                    if cur.description is None:
-                        raise CheckUnknown("the query returned no result set (is it a SELECT?)")
-                    columns = tuple(d[0] for d in cur.description)
-                    rows = [tuple(r) for r in cur.fetchall()]
-                finally:
-                    with contextlib.suppress(pymysql.MySQLError, OSError):
-                        self._conn.rollback()
-        except pymysql.MySQLError as exc:
-            code = exc.args[0] if exc.args else None
-            if code in (1969, 3024):  # MariaDB max_statement_time, MySQL max_execution_time
-                what = f"timed out after {timeout:g}s"
-                raise CheckUnknown(
-                    f"query on database {self._label} {what}: {self._message(exc)}"
-                ) from None
-            message = self._message(exc)
-            lost = code in _MYSQL_LOST and "timed out" not in message
-            kind = ConnectionLost if lost else CheckUnknown
-            raise kind(f"query on database {self._label} failed: {message}") from None
-        return QueryResult(columns, rows, now.replace(tzinfo=UTC))
-
-    def cancel(self) -> None:
-        """`KILL QUERY` from a second connection: the hung one cannot be used to stop itself."""
-        with contextlib.suppress(pymysql.MySQLError, OSError):
-            killer = self._connect(self._connect_timeout)
-            try:
-                with killer.cursor() as cur:
-                    cur.execute("KILL QUERY %s", (self._thread_id,))
-            finally:
-                killer.close()
-
-    def close(self) -> None:
-        with contextlib.suppress(pymysql.MySQLError, OSError):
-            self._conn.close()
-
-
 @dataclass
 class _Call:
     """One driver call, shared by the waiting coroutine and the thread (under Database._lock)."""
 
-    session: _Session | None = None
+    session: Session | None = None
     abandoned: bool = False
     finished: bool = False
 
@@ -260,7 +65,7 @@ class Database:
     def __init__(self, name: str, config: DatabaseConfig) -> None:
         self.name = name
         self.config = config
-        self._idle: list[_Session] = []
+        self._idle: list[Session] = []
         self._lock = threading.Lock()
         self._hung = 0
         self._slots = asyncio.Semaphore(config.max_connections)
@@ -335,18 +140,18 @@ class Database:
             if not keep and session is not None:
                 session.close()
 
-    def _take(self, read_timeout: float) -> _Session | None:
+    def _take(self, read_timeout: float) -> Session | None:
         """An idle connection, if one fits: a MySQL client read timeout is fixed at connect."""
         with self._lock:
             for i, session in enumerate(self._idle):
-                if not isinstance(session, _MySqlSession) or session.read_timeout == read_timeout:
+                if not isinstance(session, MySqlSession) or session.read_timeout == read_timeout:
                     return self._idle.pop(i)
         return None
 
-    def _open(self, read_timeout: float) -> _Session:
+    def _open(self, read_timeout: float) -> Session:
         if self.config.kind == "postgresql":
-            return _PgSession(self.config, self.name)
-        return _MySqlSession(self.config, self.name, read_timeout)
+            return PgSession(self.config, self.name)
+        return MySqlSession(self.config, self.name, read_timeout)
 
     def close(self) -> None:
         """Close idle connections; a thread still running closes its own when it returns."""
