@@ -21,7 +21,7 @@ from enum import StrEnum
 from typing import Any
 
 from celery import Celery, states
-from celery.backends.base import DisabledBackend, KeyValueStoreBackend
+from celery.backends.base import BaseKeyValueStoreBackend, DisabledBackend
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
@@ -257,7 +257,9 @@ class ClusterMonitor:
             *getattr(backend, "channel_errors", ()),
         )
         try:
-            if isinstance(backend, KeyValueStoreBackend):
+            # Redis, memcached, … derive from the base class and implement mget: one round trip
+            # a page of ids instead of one a task.
+            if isinstance(backend, BaseKeyValueStoreBackend) and _has_mget(backend):
                 statuses = self._statuses_by_mget(backend, task_ids)
             else:
                 statuses = {t: backend.get_task_meta(t).get("status") for t in task_ids}
@@ -283,6 +285,10 @@ class ClusterMonitor:
                 meta = backend.decode(value) if value is not None else None
                 statuses[task_id] = meta.get("status") if isinstance(meta, Mapping) else None
         return statuses
+
+
+def _has_mget(backend: Any) -> bool:
+    return type(backend).mget is not BaseKeyValueStoreBackend.mget
 
 
 def _task_id_of(raw: bytes | str) -> str | None:
