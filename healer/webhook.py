@@ -8,12 +8,15 @@ kept in the stored payload and otherwise ignored, so a newer Alertmanager still 
 
 Client mistakes never reach the journal: bad JSON or shape is `BadPayload` (400, naming the
 JSON path of the first problem), another version is `UnsupportedVersion` (422). Strings the
-journal cannot store (NUL characters, unpaired surrogates) are refused here as well.
+journal cannot store (NUL characters, unpaired surrogates) and numbers beyond a double's range
+are refused here as well.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from datetime import datetime
 from typing import Any, Literal
 
@@ -109,14 +112,43 @@ def _unstorable(value: Any, path: tuple[int | str, ...]) -> tuple[str, str] | No
     return None
 
 
+# Only these escapes make a JSON string the journal cannot store: \u0000 and the surrogate
+# range \uD800-\uDFFF. A false match (an escaped backslash before "u0000") only costs the
+# full walk of _unstorable.
+_RISKY_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+
+
+def _may_be_unstorable(body: bytes) -> bool:
+    """False when no string parsed from `body` can hold NUL or a surrogate, so the walk of
+    `_unstorable` can be skipped: the body is UTF-8 (json.loads then decodes it as UTF-8), has
+    no NUL byte and no escape of either kind.
+    """
+    if b"\x00" in body or _RISKY_ESCAPE.search(body) is not None:
+        return True
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return True  # another encoding, or surrogates json.loads would let through
+    return False
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite(text: str) -> float:
+    """A JSON number as a float; one beyond a double's range is refused, not made infinite
+    (infinity is not JSON, and the journal would refuse the payload: a 500 for bad input)."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
 
 
 def parse_notification(body: bytes) -> tuple[Notification, dict[str, Any]]:
     """Validate a webhook body; returns the model and the raw JSON object to store."""
     try:
-        raw = json.loads(body, parse_constant=_no_constant)
+        raw = json.loads(body, parse_constant=_no_constant, parse_float=_finite)
     except (ValueError, RecursionError) as exc:
         raise BadPayload("$", f"not valid JSON: {exc}") from None
     if not isinstance(raw, dict):
@@ -130,7 +162,7 @@ def parse_notification(body: bytes) -> tuple[Notification, dict[str, Any]]:
         raise UnsupportedVersion(
             f'webhook version {version[:20]!r} is not supported; taskmedic accepts version "4"'
         )
-    bad = _unstorable(raw, ())
+    bad = _unstorable(raw, ()) if _may_be_unstorable(body) else None
     if bad is not None:
         raise BadPayload(*bad)
     try:
