@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RETRYABLE",
+    "check_idle_connection",
     "embedded_dsn",
     "journal_dsn",
     "journal_errors",
@@ -61,17 +63,35 @@ def journal_errors(what: str = "journal") -> Iterator[None]:
         raise JournalUnavailable(f"{what} unavailable ({type(exc).__name__})") from exc
 
 
+async def check_idle_connection(conn: psycopg.AsyncConnection[Any]) -> None:
+    """The pool's check on checkout: raise when an idle connection no longer works.
+
+    A pooled connection sits idle with nothing to receive: it sends no LISTEN, and the server
+    speaks to it unasked only to say goodbye (a restart or `pg_terminate_backend` sends an
+    error, then closes the socket). So a readable socket is the sign of trouble, and only
+    then does the check pay for a round trip. Checking every checkout with a query cost a
+    round trip per request; this costs a poll(2). A connection broken while idle is thus
+    replaced before it is handed out, and a restarted journal costs no 503.
+    """
+    if conn.closed:
+        raise psycopg.OperationalError("the connection is closed")
+    poller = select.poll()
+    poller.register(conn.pgconn.socket, select.POLLIN)
+    if poller.poll(0):
+        await AsyncConnectionPool.check_connection(conn)
+
+
 async def open_pool(
     dsn: str, *, min_size: int = 1, max_size: int = 10, wait_timeout: float = 5.0
 ) -> AsyncConnectionPool[Any]:
-    """An opened pool; connections are checked on checkout so a restarted journal heals."""
+    """An opened pool; a connection broken while idle is replaced before it is handed out."""
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         timeout=wait_timeout,
         open=False,
-        check=AsyncConnectionPool.check_connection,
+        check=check_idle_connection,
         kwargs={"autocommit": True, "connect_timeout": max(1, int(wait_timeout))},
         name="taskmedic-journal",
     )

@@ -1,5 +1,5 @@
-"""POST /alerts with bodies at the edge of JSON: never a 5xx the client did not deserve,
-never a half-written notification."""
+"""POST /alerts through a journal restart and bodies at the edge of JSON: never a 5xx the
+client did not deserve, never a half-written notification."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import psycopg
 from aiohttp.test_utils import TestClient
 
 from healer.app import create_app
-from tests.healer.ingest_helpers import AUTH, config_for, journal_counts, payload
+from tests.healer.ingest_helpers import AUTH, config_for, journal_counts, payload, with_alert
+from tests.services import wait_for
 
 Client = TestClient[Any, Any]
 
@@ -20,6 +21,37 @@ async def _client(aiohttp_client: Any, pg_dsn: str, tmp_path: Path) -> Client:
     app = create_app(config_for(tmp_path, pg_dsn), dsn=pg_dsn, run_executor=False)
     client: Client = await aiohttp_client(app)
     return client
+
+
+def _backends(dsn: str) -> list[int]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return [
+            r[0]
+            for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchall()
+        ]
+
+
+async def test_connections_the_journal_dropped_while_idle_cost_no_503(
+    aiohttp_client: Any, pg_dsn: str, tmp_path: Path
+) -> None:
+    """The journal restarts between two alerts (every connection of the pool is terminated
+    while idle): the next alert is recorded at once, on a fresh connection."""
+    client = await _client(aiohttp_client, pg_dsn, tmp_path)
+    resp = await client.post("/alerts", json=payload("firing_stale_rows"), headers=AUTH)
+    assert resp.status == 200
+    idle = _backends(pg_dsn)
+    assert idle, "the pool keeps a connection open"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (idle,))
+    wait_for(lambda: not set(idle) & set(_backends(pg_dsn)), 10, 0.05, "backends to exit")
+
+    again = with_alert(payload("firing_stale_rows"), startsAt="2024-05-14T09:40:00Z")
+    resp = await client.post("/alerts", json=again, headers=AUTH)
+    assert resp.status == 200, await resp.text()
+    assert journal_counts(pg_dsn)["notifications"] == 2
 
 
 async def test_a_number_beyond_a_double_is_400_and_nothing_recorded(
