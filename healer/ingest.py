@@ -7,6 +7,10 @@ other replica of an HA pair never starts a second action. Cooldown, the circuit 
 approval are decided inside that transaction under an advisory lock per rule and target, so
 concurrent requests and several healer processes decide one after another.
 
+That transaction is one statement, one round trip: the locks, then `taskmedic_ingest`
+(migration 0002) writing every row. Ingest used to send a statement per row, each a round
+trip, and spent most of its time waiting on them.
+
 A 5xx means only "not recorded, send again": the journal was unreachable (503) or the healer is
 shutting down (503). A remediation that fails later is recorded as failed; the webhook already
 answered 200 and Alertmanager does not resend.
@@ -14,9 +18,11 @@ answered 200 and Alertmanager does not resend.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, LiteralString
+from typing import Any
 
 from aiohttp import web
 from psycopg import AsyncConnection
@@ -35,7 +41,17 @@ from healer.render import RenderError, empty_plan, render
 from healer.rules import CompiledRule, RuleSet
 from healer.webhook import Alert, BadPayload, Notification, UnsupportedVersion, parse_notification
 
-__all__ = ["IngestResult", "decide", "ingest", "plan_for", "post_alerts", "read_body"]
+__all__ = [
+    "IngestResult",
+    "circuit_reason",
+    "cooldown_reason",
+    "decide",
+    "decision_inputs",
+    "ingest",
+    "plan_for",
+    "post_alerts",
+    "read_body",
+]
 
 log = logging.getLogger(__name__)
 ACTOR = "ingest"
@@ -53,23 +69,50 @@ def decide(
 ) -> tuple[str, str]:
     """The new action's state and reason, from what this rule and target did recently.
 
-    Pure, so `rules replay` decides exactly as ingest does.
+    Pure, so `rules replay` decides exactly as ingest does. The journal's taskmedic_decide
+    (migration 0002), which ingest runs under the rule+target lock, mirrors it line by line
+    with the reasons worded here (tests/healer/test_ingest_function.py compares the two).
     """
     if render_error is not None:
         return "failed", render_error
     if rule.cooldown > 0 and in_cooldown > 0:
-        return "skipped", (
-            f"cooldown: an action of this rule for the same target was created within "
-            f"the last {_duration(rule.cooldown)}"
-        )
+        return "skipped", cooldown_reason(rule)
     if rule.limit is not None and in_limit >= rule.limit.count:
-        return "skipped", (
-            f"circuit open: {in_limit} actions of this rule for the same target within "
-            f"{_duration(rule.limit.per)} (limit {rule.limit.count}); a human should look"
-        )
+        return "skipped", circuit_reason(rule, str(in_limit))
     if rule.approval:
         return "awaiting_approval", "waiting for approval"
     return "pending", ""
+
+
+def cooldown_reason(rule: Rule) -> str:
+    """Why an action of `rule` is skipped inside its cooldown."""
+    return (
+        f"cooldown: an action of this rule for the same target was created within "
+        f"the last {_duration(rule.cooldown)}"
+    )
+
+
+def circuit_reason(rule: Rule, in_limit: str) -> str:
+    """Why an action of `rule` is skipped past its limit, `in_limit` actions in the window."""
+    if rule.limit is None:
+        return ""
+    return (
+        f"circuit open: {in_limit} actions of this rule for the same target within "
+        f"{_duration(rule.limit.per)} (limit {rule.limit.count}); a human should look"
+    )
+
+
+def decision_inputs(rule: Rule, render_error: str | None) -> dict[str, Any]:
+    """What the journal's taskmedic_decide takes besides the two counts, worded as `decide`."""
+    return {
+        "render_error": render_error,
+        "cooldown": rule.cooldown,
+        "per": rule.limit.per if rule.limit else 0.0,
+        "limit_count": rule.limit.count if rule.limit else None,
+        "approval": rule.approval,
+        "cooldown_reason": cooldown_reason(rule),
+        "circuit_reason": circuit_reason(rule, "{in_limit}"),
+    }
 
 
 def plan_for(rule: CompiledRule, alert: Alert, *, dry_run: bool) -> tuple[Plan, str | None]:
@@ -145,19 +188,37 @@ async def ingest(
         for alert in notification.alerts
         for rule in rules.matching(alert.labels, alert.status)
     ]
+
+    params = _params(notification, raw, work, settings)
+
+    async def once() -> IngestResult:
+        with journal_errors():
+            async with pool.connection() as conn:
+                recorded = await _record(conn, params)
+        return _result(notification, work, recorded)
+
+    try:
+        result = await once()
+    except RETRYABLE:
+        # A conflict with a concurrent transaction, which PostgreSQL rolled back whole. The
+        # retries go through tenacity; the first attempt alone does not pay for its machinery.
+        result = await _retried(once)
+    if metrics is not None:
+        _count(metrics, notification, result)
+    return result
+
+
+async def _retried(once: Callable[[], Awaitable[IngestResult]]) -> IngestResult:
     result: IngestResult | None = None
     async for attempt in AsyncRetrying(
         retry=retry_if_exception_type(RETRYABLE),
-        stop=stop_after_attempt(5),
+        stop=stop_after_attempt(4),
         wait=wait_random(0.01, 0.2),
         reraise=True,
     ):
-        with attempt, journal_errors():
-            async with pool.connection() as conn, conn.transaction():
-                result = await _record(conn, notification, raw, work, settings)
+        with attempt:
+            result = await once()
     assert result is not None
-    if metrics is not None:
-        _count(metrics, notification, result)
     return result
 
 
@@ -173,190 +234,100 @@ def _count(metrics: HealerMetrics, notification: Notification, result: IngestRes
             metrics.rule_circuit_open.labels(a.rule).set(1)
 
 
-async def _exec(conn: AsyncConnection[Any], name: str, params: dict[str, Any]) -> Any:
-    query: LiteralString = q(name)
-    cur = await conn.execute(query, params)
-    return cur
+async def _record(conn: AsyncConnection[Any], params: dict[str, Any]) -> dict[str, Any]:
+    """The whole notification as one statement: one round trip, one transaction.
+
+    The connection is in autocommit, so the statement is its own transaction and execute()
+    returns only once it has committed: the caller answers 2xx after that, never before. On
+    any error PostgreSQL has rolled all of it back.
+    """
+    cur = await conn.execute(q("ingest_notification"), params)
+    row = await cur.fetchone()
+    assert row is not None
+    recorded: dict[str, Any] = row[0]
+    return recorded
 
 
-async def _record(
-    conn: AsyncConnection[Any],
-    n: Notification,
-    raw: dict[str, Any],
-    work: list[_Work],
-    settings: HealerSettings,
-) -> IngestResult:
-    cur = await _exec(
-        conn,
-        "insert_notification",
-        {
-            "receiver": n.receiver,
-            "status": n.status,
-            "group_key": n.group_key,
-            "truncated_alerts": n.truncated_for_journal,
-            "payload": Jsonb(raw),
-        },
-    )
-    result = IngestResult(notification_id=(await cur.fetchone())[0], alerts=len(n.alerts))
-    alert_ids: dict[int, int] = {}
-    for alert in n.alerts:
-        cur = await _exec(
-            conn,
-            "insert_alert",
-            {
-                "notification_id": result.notification_id,
-                "status": alert.status,
-                "fingerprint": alert.fingerprint,
-                "starts_at": alert.starts_at,
-                "ends_at": alert.ends_at_or_none,
-                "labels": Jsonb(alert.labels),
-                "annotations": Jsonb(alert.annotations),
-                "generator_url": alert.generator_url,
-            },
-        )
-        alert_ids[id(alert)] = (await cur.fetchone())[0]
-    # Lock every rule+target this notification decides for, in one global order: two
-    # notifications touching the same targets can never wait on each other in a cycle.
-    for rule_name, target in sorted({(w.rule.name, w.target) for w in work}):
-        await _exec(conn, "lock_rule_target", {"rule": rule_name, "target": target})
-    for alert in n.alerts:
-        if alert.status == "resolved":
-            await _cancel_unstarted(conn, alert, result)
+def _params(
+    n: Notification, raw: dict[str, Any], work: list[_Work], settings: HealerSettings
+) -> dict[str, Any]:
+    """The arguments of taskmedic_ingest (migration 0002) and the locks to take first."""
+    index = {id(alert): i for i, alert in enumerate(n.alerts)}
+    plans: list[str] = []
+    items: list[dict[str, Any]] = []
     for w in work:
-        await _start_action(conn, w, alert_ids[id(w.alert)], settings, result)
+        rule = w.rule.rule
+        # One rendering of the plan is both the stored JSON and the text its hash is of.
+        canonical = w.plan.canonical()
+        plans.append(canonical)
+        items.append(
+            {
+                "alert": index[id(w.alert)],
+                "rule": rule.name,
+                "target": w.target,
+                **decision_inputs(rule, w.render_error),
+                "plan_hash": hashlib.sha256(canonical.encode()).hexdigest(),
+                "dry_run": w.plan.dry_run,
+                "on_interrupt": rule.on_interrupt,
+                "rule_source": w.rule.source,
+            }
+        )
+    return {
+        "receiver": n.receiver,
+        "status": n.status,
+        "group_key": n.group_key,
+        "truncated_alerts": n.truncated_for_journal,
+        "payload": Jsonb(raw),
+        "alerts": Jsonb([_alert_row(a) for a in n.alerts]),
+        "work": Jsonb(items),
+        # Canonical plan texts are JSON already: joined, they are the JSON array.
+        "plans": Jsonb("[" + ",".join(plans) + "]", dumps=_verbatim),
+        "approval_timeout": settings.approval_timeout,
+        "actor": ACTOR,
+        # Every rule+target this notification decides for, in one global order.
+        "locks": Jsonb(sorted({(w.rule.name, w.target) for w in work})),
+    }
+
+
+def _result(n: Notification, work: list[_Work], recorded: dict[str, Any]) -> IngestResult:
+    result = IngestResult(
+        notification_id=recorded["notification_id"],
+        alerts=len(n.alerts),
+        cancelled=recorded["cancelled"],
+    )
+    for w, (action_id, state, reason) in zip(work, recorded["actions"], strict=True):
+        if action_id is None:  # the same firing was recorded before: nothing new, by design
+            result.duplicates.append({"rule": w.rule.name, "fingerprint": w.alert.fingerprint})
+            continue
+        result.actions.append(
+            ActionRecord(
+                action_id,
+                w.rule.name,
+                w.alert.fingerprint,
+                state,
+                reason,
+                circuit_open=reason.startswith("circuit open"),
+            )
+        )
     return result
 
 
-async def _cancel_unstarted(conn: AsyncConnection[Any], alert: Alert, result: IngestResult) -> None:
-    reason = "the alert resolved before the action started"
-    cur = await _exec(
-        conn,
-        "cancel_unstarted_for_alert",
-        {"fingerprint": alert.fingerprint, "starts_at": alert.starts_at, "reason": reason},
-    )
-    for action_id, _rule, from_state in await cur.fetchall():
-        await _exec(conn, "cancel_pending_steps", {"action_id": action_id})
-        await _event(conn, action_id, "cancelled", from_state, "cancelled", reason, {})
-        await _exec(conn, "notify_state", {"action_id": action_id})
-        result.cancelled.append(action_id)
+def _verbatim(text: str) -> str:
+    """A Jsonb "dumps" for text that already is JSON."""
+    return text
 
 
-async def _event(
-    conn: AsyncConnection[Any],
-    action_id: int,
-    kind: str,
-    from_state: str | None,
-    to_state: str,
-    message: str,
-    data: dict[str, Any],
-) -> None:
-    await _exec(
-        conn,
-        "insert_event",
-        {
-            "action_id": action_id,
-            "actor": ACTOR,
-            "kind": kind,
-            "from_state": from_state,
-            "to_state": to_state,
-            "message": message,
-            "data": Jsonb(data),
-        },
-    )
-
-
-async def _start_action(
-    conn: AsyncConnection[Any],
-    w: _Work,
-    alert_id: int,
-    settings: HealerSettings,
-    result: IngestResult,
-) -> None:
-    rule = w.rule.rule
-    key = {
-        "rule": rule.name,
-        "fingerprint": w.alert.fingerprint,
-        "starts_at": w.alert.starts_at,
-        "trigger": w.alert.status,
+def _alert_row(alert: Alert) -> dict[str, Any]:
+    ends_at = alert.ends_at_or_none
+    return {
+        "status": alert.status,
+        "fingerprint": alert.fingerprint,
+        "starts_at": alert.starts_at.isoformat(),
+        "ends_at": ends_at.isoformat() if ends_at is not None else None,
+        "labels": alert.labels,
+        "annotations": alert.annotations,
+        "generator_url": alert.generator_url,
     }
-    cur = await _exec(
-        conn,
-        "recent_actions",
-        {
-            **key,
-            "target": w.target,
-            "cooldown": rule.cooldown,
-            "per": rule.limit.per if rule.limit else 0.0,
-        },
-    )
-    in_cooldown, in_limit = await cur.fetchone()
-    state, reason = decide(
-        rule, render_error=w.render_error, in_cooldown=in_cooldown, in_limit=in_limit
-    )
-    cur = await _exec(
-        conn,
-        "insert_action",
-        {
-            **key,
-            "alert_id": alert_id,
-            "labels": Jsonb(w.alert.labels),
-            "target": w.target,
-            "state": state,
-            "reason": reason,
-            "dry_run": w.plan.dry_run,
-            "plan": Jsonb(w.plan.model_dump(mode="json")),
-            "plan_hash": w.plan.hash(),
-            "on_interrupt": rule.on_interrupt,
-            "approval_timeout": settings.approval_timeout,
-        },
-    )
-    row = await cur.fetchone()
-    if row is None:  # the same firing was recorded before: nothing new, by design
-        result.duplicates.append({"rule": rule.name, "fingerprint": w.alert.fingerprint})
-        return
-    action_id = row[0]
-    step_state = "pending" if state in ("pending", "awaiting_approval") else state
-    if step_state == "failed":
-        step_state = "skipped"
-    for idx, step in enumerate(w.plan.steps):
-        await _exec(
-            conn,
-            "insert_step",
-            {
-                "action_id": action_id,
-                "idx": idx,
-                "name": step.name,
-                "kind": step.kind,
-                "state": step_state,
-            },
-        )
-    await _event(
-        conn,
-        action_id,
-        "created",
-        None,
-        state,
-        reason,
-        {
-            "alert_id": alert_id,
-            "plan_hash": w.plan.hash(),
-            "dry_run": w.plan.dry_run,
-            "rule_source": w.rule.source,
-        },
-    )
-    if state == "pending":
-        await _exec(conn, "notify_pending", {"action_id": action_id})
-    await _exec(conn, "notify_state", {"action_id": action_id})
-    result.actions.append(
-        ActionRecord(
-            action_id,
-            rule.name,
-            w.alert.fingerprint,
-            state,
-            reason,
-            circuit_open=reason.startswith("circuit open"),
-        )
-    )
 
 
 # --- HTTP -----------------------------------------------------------------------------------
