@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import logging
 import signal
 import time
@@ -77,16 +78,54 @@ def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+class PageCache:
+    """The encoded `/metrics` page, rendered again only when what it shows can have changed.
+
+    A page changes when a check finishes a collection, or when a Celery worker's liveness or
+    heartbeat changes (liveness is judged at scrape time, so the key takes a fresh snapshot).
+    Between those, scrapes get the same bytes (and the same gzip) without rendering hundreds of
+    samples each time.
+    """
+
+    def __init__(self, runner: Runner, registry: CollectorRegistry) -> None:
+        self._runner = runner
+        self._registry = registry
+        self._key: tuple[object, ...] | None = None
+        self._pages: dict[tuple[str, bool], bytes] = {}
+
+    def _current_key(self) -> tuple[object, ...]:
+        checks = tuple(s.collections for s in self._runner.states)
+        clusters = tuple(
+            (snap.broker_up, tuple((w.hostname, w.online, w.last_heartbeat) for w in snap.workers))
+            for snap in self._runner.clusters()
+        )
+        return checks, clusters
+
+    def page(self, accept: str, gzipped: bool) -> tuple[bytes, str]:
+        """The page for this `Accept` header, gzip-compressed when asked; cached per key."""
+        encoder, content_type = choose_encoder(accept)
+        key = self._current_key()
+        if key != self._key:
+            self._key, self._pages = key, {}
+        body = self._pages.get((content_type, gzipped))
+        if body is None:
+            plain = self._pages.get((content_type, False)) or encoder(self._registry)
+            self._pages[(content_type, False)] = plain
+            body = gzip.compress(plain, compresslevel=6, mtime=0) if gzipped else plain
+            self._pages[(content_type, gzipped)] = body
+        return body, content_type
+
+
+PAGES = web.AppKey("taskmedic_pages", PageCache)
+
+
 async def _metrics(request: web.Request) -> web.Response:
-    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    body = encoder(request.app[REGISTRY])
-    # Compressed inline when the scraper accepts gzip: for a body this size that is cheaper
-    # than aiohttp's default hop to an executor thread above 4 KiB.
-    resp = web.Response(
-        body=body, headers={"Content-Type": content_type}, zlib_executor_size=1 << 22
-    )
-    resp.enable_compression()
-    return resp
+    gzipped = "gzip" in request.headers.get("Accept-Encoding", "").lower()
+    body, content_type = request.app[PAGES].page(request.headers.get("Accept", ""), gzipped)
+    headers = {"Content-Type": content_type, "Vary": "Accept, Accept-Encoding"}
+    if gzipped:
+        headers["Content-Encoding"] = "gzip"
+    return web.Response(body=body, headers=headers)
 
 
 async def _landing(request: web.Request) -> web.Response:
@@ -145,6 +184,7 @@ def create_app(config: Config, *, runner: Runner | None = None) -> web.Applicati
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ExporterCollector(app[RUNNER]))
     app[REGISTRY] = registry
+    app[PAGES] = PageCache(app[RUNNER], registry)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/", _landing)
     app.router.add_get("/healthz", _healthz)
