@@ -352,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"taskmedic {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    exporter_cli.register(sub)
+    # The whole file, healer section included, is validated by every command that reads it.
+    exporter_cli.register(sub, load=load_healer_config)
     subs = register(sub)
     log_cli.register_actions_log(subs["actions"])
     log_cli.register_journal(sub)

@@ -202,3 +202,21 @@ rules:
     code, out, _ = run_cli(capsys, "rules", "replay", "--config", cfg, "--since", "1h")
     assert "would be skipped: cooldown" in out and "recorded then: refresh-tree-status #" in out
     assert rows(pg_dsn, "SELECT count(*) FROM actions") == [(2,)]  # replay wrote nothing
+
+
+def test_config_check_validates_the_healer_section_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One file, one verdict: a mistake in `healer:` fails `taskmedic config check` with its
+    line, exactly like a mistake in the exporter's part."""
+    path = tmp_path / "taskmedic.yaml"
+    path.write_text(
+        "databases: {app: {dsn: 'postgresql://u:hunter2@h/db'}}\n"
+        "healer:\n"
+        "  listen: 9809\n"
+        "  auth: {bearer_token: s3cret}\n"
+    )
+    assert main(["config", "check", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:3: healer.listen: expected host:port" in err
+    assert "hunter2" not in err and "s3cret" not in err
