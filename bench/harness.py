@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,8 @@ from typing import Any
 
 import aiohttp
 import psutil
+
+from tests.services import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -106,12 +107,6 @@ def ratio(a: float, b: float) -> float:
 # --- processes ------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Proc:
     """A real subprocess in its own process group, logged to a file, always stopped."""
 
@@ -172,15 +167,8 @@ class Proc:
 def wait_until(
     predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
 ) -> Any:
-    """Poll `predicate` until truthy; raise naming `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}: {last!r}")
+    """Poll `predicate` until truthy; fail naming `what` at the deadline (the tests' helper)."""
+    return wait_for(predicate, timeout, interval, what)
 
 
 def http_ok(url: str, headers: dict[str, str] | None = None, proc: Proc | None = None) -> bool:

@@ -271,3 +271,56 @@ def start_worker(
     finally:
         app.close()
     return worker
+
+
+# --- Ports and healer processes ---------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start_healer_process(
+    config: Path, log: Path, *, timeout: float = 60.0
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a real `taskmedic healer --config F` on a free loopback port (in its own process
+    group) and wait until its /readyz answers 200; the process is killed if it never does."""
+    import urllib.request
+
+    port = free_port()
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "healer.cli", "healer"),
+                *("--config", str(config), "--listen", f"127.0.0.1:{port}"),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=str(ROOT),
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            start_new_session=True,
+        )
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"healer exited early:\n{log.read_text(errors='replace')}")
+        try:
+            # http://127.0.0.1 only: the URL is built here, never taken from input.
+            url = f"http://127.0.0.1:{port}/readyz"
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    try:
+        wait_for(ready, timeout=timeout, interval=0.1, what=f"healer on port {port} to be ready")
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        raise
+    return proc, port

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,17 +23,11 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.services import ROOT, need_or_skip, wait_for
+from tests.services import ROOT, free_port, need_or_skip, wait_for
 
 READY = re.compile(r"^taskmedic-demo ready (.*)$")
 PIDS = ("worker_pid", "beat_pid", "exporter_pid", "postgres_pid", "redis_pid")
 CHECKS = ("tree_status_cache", "timelines", "records_without_action")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -30,7 +29,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.services import ROOT, PostgresServer, need_or_skip, wait_for
+from tests.services import ROOT, PostgresServer, free_port, need_or_skip, wait_for
 
 pytestmark = pytest.mark.prometheus
 
@@ -38,12 +37,6 @@ PROMETHEUS = Path("/usr/bin/prometheus")
 ALERTMANAGER = Path("/usr/bin/prometheus-alertmanager")
 TOKEN = "e2e-token-3f9c1d7a"
 RULE = "e2e-refresh-tree-status"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from exporter.celery_state import ClusterMonitor, WorkerStatus
 from exporter.config import CeleryConfig
+from tests.services import free_port
 
 
 def status_of(
@@ -21,14 +22,6 @@ def status_of(
         if worker.hostname == hostname:
             return worker
     return None
-
-
-def free_port() -> int:
-    """A local TCP port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class TcpLink:

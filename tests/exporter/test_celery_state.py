@@ -15,8 +15,8 @@ from celery import Celery
 from exporter.celery_state import ClusterMonitor, TaskTrace
 from exporter.errors import CheckUnknown
 from tests.celery_app import make_app
-from tests.exporter.celery_helpers import Monitors, TcpLink, free_port, status_of
-from tests.services import RedisTarget, Worker, start_worker, wait_for
+from tests.exporter.celery_helpers import Monitors, TcpLink, status_of
+from tests.services import RedisTarget, Worker, free_port, start_worker, wait_for
 
 
 @pytest.fixture

@@ -16,9 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.exporter.celery_helpers import free_port
 from tests.exporter.helpers import parse_metrics, pg_exec, value
-from tests.services import ROOT, wait_for
+from tests.services import ROOT, free_port, wait_for
 
 DB_SECRET = "cli-secret-4417"
 BROKER_SECRET = "broker-secret-99"

@@ -10,10 +10,7 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -30,7 +27,7 @@ from psycopg.types.json import Jsonb
 from healer.app import create_app
 from healer.config import HealerConfig
 from healer.plan import Plan, PlanStep, ScriptSpec
-from tests.services import ROOT, wait_for
+from tests.services import start_healer_process
 
 FINAL = ("succeeded", "failed", "cancelled", "skipped")
 TOKEN = "s3cret-token-for-tests"
@@ -242,13 +239,6 @@ class HealerProcess:
                 self.proc.wait(timeout=10)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def write_config(tmp: Path, dsn: str, rules: list[dict[str, Any]], name: str = "healer") -> Path:
     """taskmedic.yaml naming the journal, a bearer token, basic auth, and a rule file."""
     rules_file = tmp / f"{name}-rules.yaml"
@@ -275,44 +265,9 @@ def write_config(tmp: Path, dsn: str, rules: list[dict[str, Any]], name: str = "
 
 def start_healer(config: Path, tmp: Path, name: str = "healer") -> HealerProcess:
     """Start `taskmedic healer --config …` on a free port and wait until /readyz says ready."""
-    port = free_port()
     log = tmp / f"{name}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "healer.cli",
-                "healer",
-                "--config",
-                str(config),
-                "--listen",
-                f"127.0.0.1:{port}",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=str(ROOT),
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            start_new_session=True,
-        )
-    healer = HealerProcess(proc, port, log)
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"healer {name} exited early:\n{healer.output()}")
-        try:
-            # http://127.0.0.1 only: the URL is built here, never taken from input.
-            with urllib.request.urlopen(f"{healer.url}/readyz", timeout=1) as resp:  # noqa: S310
-                return bool(resp.status == 200)
-        except OSError:
-            return False
-
-    try:
-        wait_for(ready, timeout=60, interval=0.1, what=f"healer {name} to be ready")
-    except BaseException:
-        healer.stop()
-        raise
-    return healer
+    proc, port = start_healer_process(config, log)
+    return HealerProcess(proc, port, log)
 
 
 def alert_payload(labels: dict[str, str], fingerprint: str | None = None) -> dict[str, Any]:

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,14 +29,7 @@ from tests.healer.ingest_helpers import (
     rows,
     write_config,
 )
-from tests.services import ROOT, wait_for
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.services import ROOT, start_healer_process, wait_for
 
 
 @dataclass
@@ -76,39 +68,10 @@ def start_healer(tmp_path: Path) -> Iterator[Callable[[Path], Healer]]:
     started: list[Healer] = []
 
     def start(config: Path) -> Healer:
-        port = free_port()
-        log = tmp_path / f"healer-{port}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "healer.cli",
-                    "healer",
-                    "--config",
-                    str(config),
-                    "--listen",
-                    f"127.0.0.1:{port}",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=str(ROOT),
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-                start_new_session=True,
-            )
+        log = tmp_path / f"healer-{len(started)}.log"
+        proc, port = start_healer_process(config, log, timeout=30)
         healer = Healer(proc, port, log)
         started.append(healer)
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"healer exited early:\n{healer.output()}")
-            try:
-                with urllib.request.urlopen(healer.url + "/readyz", timeout=1) as resp:  # noqa: S310
-                    return bool(resp.status == 200)
-            except OSError:
-                return False
-
-        wait_for(ready, timeout=30, interval=0.1, what=f"healer on port {port} to be ready")
         return healer
 
     yield start
