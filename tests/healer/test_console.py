@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
@@ -12,7 +12,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from healer.console.session import CSRF_HEADER
-from healer.journal.migrate import upgrade
 from tests.healer.log_helpers import (
     PASSWORD,
     TOKEN,
@@ -24,13 +23,6 @@ from tests.healer.log_helpers import (
 )
 
 Client = TestClient[web.Request, web.Application]
-
-
-@pytest.fixture
-async def journal(pg_dsn: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    await upgrade(pg_dsn)
-    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
-        yield conn
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from healer import log_api
-from healer.journal.migrate import upgrade
 from tests.healer.log_helpers import (
     Event,
     append_chunk,
@@ -24,13 +23,6 @@ from tests.healer.log_helpers import (
 )
 
 Client = TestClient[web.Request, web.Application]
-
-
-@pytest.fixture
-async def journal(pg_dsn: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    await upgrade(pg_dsn)
-    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
-        yield conn
 
 
 @pytest.fixture

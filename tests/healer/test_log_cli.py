@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,18 +12,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from healer.journal.migrate import upgrade
 from tests.healer.log_helpers import append_chunk, create_action, set_state, write_config
 from tests.services import ROOT
 
 CLI = [sys.executable, "-m", "healer.cli"]
-
-
-@pytest.fixture
-async def journal(pg_dsn: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    await upgrade(pg_dsn)
-    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
-        yield conn
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from healer.journal.migrate import upgrade
 from healer.logstream import ActionNotFound, Chunk, End, LogHub
 from tests.healer.log_helpers import append_chunk, create_action, set_state
 
@@ -22,13 +21,6 @@ async def until(pred: Any, timeout: float = 10.0, what: str = "") -> None:
     async with asyncio.timeout(timeout):
         while not pred():
             await asyncio.sleep(0.01)
-
-
-@pytest.fixture
-async def journal(pg_dsn: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    await upgrade(pg_dsn)
-    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
-        yield conn
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,18 +11,10 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from healer.journal.migrate import upgrade
 from healer.retention import prune_logs, run_periodic
 from tests.healer.log_helpers import append_chunk, create_action, make_app
 
 DAY = 86400.0
-
-
-@pytest.fixture
-async def journal(pg_dsn: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    await upgrade(pg_dsn)
-    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
-        yield conn
 
 
 async def counts(conn: psycopg.AsyncConnection[Any]) -> dict[str, int]:
