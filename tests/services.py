@@ -135,6 +135,28 @@ class RedisTarget:
             self._release()
 
 
+def _drop_dead_lock(admin: redis.Redis, key: str) -> None:
+    """Free a lock whose run was killed (its process is gone from this machine)."""
+    held = admin.get(key)
+    if held is None:
+        return
+    pid = held.decode(errors="replace").split("-", 1)[0]
+    if not pid.isdigit():
+        return
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        # Compare and delete in one step: another run may have just taken it.
+        admin.eval(
+            "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end",
+            1,
+            key,
+            held,
+        )
+    except PermissionError:
+        pass  # alive, under another user
+
+
 def reserve_redis() -> tuple[RedisTarget, Callable[[], None]]:
     """Reserve a Redis database for this run; returns the target and a shutdown function."""
     env = os.environ.get("TASKMEDIC_TEST_REDIS_URL")
@@ -161,6 +183,7 @@ def reserve_redis() -> tuple[RedisTarget, Callable[[], None]]:
     admin = redis.Redis.from_url(f"{base}/0")
     token = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
     for db in range(1, 16):
+        _drop_dead_lock(admin, f"taskmedic:test-lock:{db}")
         if admin.set(f"taskmedic:test-lock:{db}", token, nx=True, ex=3 * 3600):
             target = RedisTarget(f"{base}/{db}", db)
 
