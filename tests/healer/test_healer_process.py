@@ -14,7 +14,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,21 +28,12 @@ from tests.healer.ingest_helpers import (
     rows,
     write_config,
 )
+from tests.healer.log_helpers import HealerProcess
 from tests.services import ROOT, start_healer_process, wait_for
 
 
-@dataclass
-class Healer:
-    proc: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
+class Healer(HealerProcess):
+    """A healer process this module also talks to over its JSON API."""
 
     def request(
         self, method: str, path: str, body: dict[str, Any] | None = None
