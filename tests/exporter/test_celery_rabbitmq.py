@@ -52,13 +52,6 @@ def amqp_workers() -> Iterator[list[Worker]]:
 
 
 @pytest.fixture
-def monitors() -> Iterator[Monitors]:
-    started = Monitors()
-    yield started
-    started.stop_all()
-
-
-@pytest.fixture
 def client(amqp_url: str) -> Iterator[Celery]:
     app = make_app(amqp_url)
     yield app

@@ -20,13 +20,6 @@ from tests.services import RedisTarget, Worker, free_port, start_worker, wait_fo
 
 
 @pytest.fixture
-def monitors() -> Iterator[Monitors]:
-    started = Monitors()
-    yield started
-    started.stop_all()
-
-
-@pytest.fixture
 def client(broker_url: str) -> Iterator[Celery]:
     """The producer side: an app that sends tasks the way the user's application does."""
     app = make_app(broker_url)
