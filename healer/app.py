@@ -32,6 +32,7 @@ from healer.errors import JournalUnavailable
 from healer.executor import Executor
 from healer.ingest import post_alerts
 from healer.journal import migrate
+from healer.journal.ingest_writer import IngestWriter
 from healer.journal.pool import journal_dsn, journal_errors, open_pool
 from healer.journal.queries import q
 from healer.metrics import HealerMetrics
@@ -124,11 +125,14 @@ async def _journal_ctx(app: web.Application) -> AsyncIterator[None]:
         pool = await open_pool(
             dsn, max_size=max(4, config.healer.executor_concurrency + 4), wait_timeout=timeout
         )
+        writer = IngestWriter(pool, metrics=app[appkeys.METRICS])
         app[appkeys.JOURNAL_DSN] = dsn
         app[appkeys.JOURNAL_POOL] = pool
+        app[appkeys.INGEST_WRITER] = writer
         try:
             yield
         finally:
+            await writer.close()
             await pool.close()
 
 

@@ -9,11 +9,14 @@ from psycopg_pool import AsyncConnectionPool
 
 from healer.auth import Authenticator
 from healer.config import HealerConfig
+from healer.journal.ingest_writer import IngestWriter
 from healer.metrics import HealerMetrics
 from healer.rules import RuleSet
 
 # The journal's connection pool; every request handler takes connections from here.
 JOURNAL_POOL = web.AppKey("journal_pool", AsyncConnectionPool)
+# Records POST /alerts notifications, several to a transaction under load (group commit).
+INGEST_WRITER = web.AppKey("ingest_writer", IngestWriter)
 # The journal's DSN, for code that needs a dedicated connection (LISTEN).
 JOURNAL_DSN = web.AppKey("journal_dsn", str)
 # The validated configuration (healer.config.HealerConfig).

@@ -9,7 +9,8 @@ concurrent requests and several healer processes decide one after another.
 
 That transaction is one statement, one round trip: the locks, then `taskmedic_ingest`
 (migration 0002) writing every row. Ingest used to send a statement per row, each a round
-trip, and spent most of its time waiting on them.
+trip, and spent most of its time waiting on them. Notifications that arrive together share
+that statement and its commit (group commit, `healer.journal.ingest_writer`).
 
 A 5xx means only "not recorded, send again": the journal was unreachable (503) or the healer is
 shutting down (503). A remediation that fails later is recorded as failed; the webhook already
@@ -19,22 +20,17 @@ answered 200 and Alertmanager does not resend.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from psycopg import AsyncConnection
-from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random
 
 from healer import appkeys
 from healer.config import HealerSettings, Rule
 from healer.errors import JournalUnavailable
-from healer.journal.pool import RETRYABLE, journal_errors
-from healer.journal.queries import q
+from healer.journal.ingest_writer import IngestWriter, Notice
 from healer.metrics import HealerMetrics
 from healer.plan import Plan
 from healer.render import RenderError, empty_plan, render
@@ -170,7 +166,7 @@ class IngestResult:
 
 
 async def ingest(
-    pool: AsyncConnectionPool[Any],
+    writer: IngestWriter,
     notification: Notification,
     raw: dict[str, Any],
     rules: RuleSet,
@@ -188,37 +184,10 @@ async def ingest(
         for alert in notification.alerts
         for rule in rules.matching(alert.labels, alert.status)
     ]
-
-    params = _params(notification, raw, work, settings)
-
-    async def once() -> IngestResult:
-        with journal_errors():
-            async with pool.connection() as conn:
-                recorded = await _record(conn, params)
-        return _result(notification, work, recorded)
-
-    try:
-        result = await once()
-    except RETRYABLE:
-        # A conflict with a concurrent transaction, which PostgreSQL rolled back whole. The
-        # retries go through tenacity; the first attempt alone does not pay for its machinery.
-        result = await _retried(once)
+    recorded = await writer.record(_notice(notification, raw, work, settings))
+    result = _result(notification, work, recorded)
     if metrics is not None:
         _count(metrics, notification, result)
-    return result
-
-
-async def _retried(once: Callable[[], Awaitable[IngestResult]]) -> IngestResult:
-    result: IngestResult | None = None
-    async for attempt in AsyncRetrying(
-        retry=retry_if_exception_type(RETRYABLE),
-        stop=stop_after_attempt(4),
-        wait=wait_random(0.01, 0.2),
-        reraise=True,
-    ):
-        with attempt:
-            result = await once()
-    assert result is not None
     return result
 
 
@@ -234,24 +203,10 @@ def _count(metrics: HealerMetrics, notification: Notification, result: IngestRes
             metrics.rule_circuit_open.labels(a.rule).set(1)
 
 
-async def _record(conn: AsyncConnection[Any], params: dict[str, Any]) -> dict[str, Any]:
-    """The whole notification as one statement: one round trip, one transaction.
-
-    The connection is in autocommit, so the statement is its own transaction and execute()
-    returns only once it has committed: the caller answers 2xx after that, never before. On
-    any error PostgreSQL has rolled all of it back.
-    """
-    cur = await conn.execute(q("ingest_notification"), params)
-    row = await cur.fetchone()
-    assert row is not None
-    recorded: dict[str, Any] = row[0]
-    return recorded
-
-
-def _params(
+def _notice(
     n: Notification, raw: dict[str, Any], work: list[_Work], settings: HealerSettings
-) -> dict[str, Any]:
-    """The arguments of taskmedic_ingest (migration 0002) and the locks to take first."""
+) -> Notice:
+    """The arguments of taskmedic_ingest (migration 0002) as one JSON object, and its locks."""
     index = {id(alert): i for i, alert in enumerate(n.alerts)}
     plans: list[str] = []
     items: list[dict[str, Any]] = []
@@ -272,21 +227,23 @@ def _params(
                 "rule_source": w.rule.source,
             }
         )
-    return {
-        "receiver": n.receiver,
-        "status": n.status,
-        "group_key": n.group_key,
-        "truncated_alerts": n.truncated_for_journal,
-        "payload": Jsonb(raw),
-        "alerts": Jsonb([_alert_row(a) for a in n.alerts]),
-        "work": Jsonb(items),
-        # Canonical plan texts are JSON already: joined, they are the JSON array.
-        "plans": Jsonb("[" + ",".join(plans) + "]", dumps=_verbatim),
-        "approval_timeout": settings.approval_timeout,
-        "actor": ACTOR,
-        # Every rule+target this notification decides for, in one global order.
-        "locks": Jsonb(sorted({(w.rule.name, w.target) for w in work})),
-    }
+    head = json.dumps(
+        {
+            "receiver": n.receiver,
+            "status": n.status,
+            "group_key": n.group_key,
+            "truncated_alerts": n.truncated_for_journal,
+            "approval_timeout": settings.approval_timeout,
+            "alerts": [_alert_row(a) for a in n.alerts],
+            "work": items,
+        }
+    )
+    # `head` is a JSON object: the payload and the plans go in before its closing brace.
+    # Canonical plan texts are JSON already: joined, they are the JSON array.
+    item = f'{head[:-1]},"payload":{json.dumps(raw)},"plans":[{",".join(plans)}]}}'
+    # Every rule+target this notification decides for.
+    locks = sorted({(w.rule.name, w.target) for w in work})
+    return Notice(item=item, locks=locks, alerts=len(n.alerts))
 
 
 def _result(n: Notification, work: list[_Work], recorded: dict[str, Any]) -> IngestResult:
@@ -310,11 +267,6 @@ def _result(n: Notification, work: list[_Work], recorded: dict[str, Any]) -> Ing
             )
         )
     return result
-
-
-def _verbatim(text: str) -> str:
-    """A Jsonb "dumps" for text that already is JSON."""
-    return text
 
 
 def _alert_row(alert: Alert) -> dict[str, Any]:
@@ -368,7 +320,7 @@ async def post_alerts(request: web.Request) -> web.Response:
         return _error(422, str(exc))
     try:
         result = await ingest(
-            app[appkeys.JOURNAL_POOL],
+            app[appkeys.INGEST_WRITER],
             notification,
             raw,
             app[appkeys.RULES],

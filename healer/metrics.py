@@ -44,3 +44,9 @@ class HealerMetrics:
             ["rule"],
             registry=self.registry,
         )
+        self.ingest_batch = Histogram(
+            "taskmedic_ingest_batch_notifications",
+            "Notifications recorded per journal transaction (POST /alerts group commit).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=self.registry,
+        )

@@ -13,6 +13,7 @@ from healer.cli import main
 from healer.config import HealerConfig
 from healer.ingest import ingest
 from healer.journal import migrate
+from healer.journal.ingest_writer import IngestWriter
 from healer.journal.pool import open_pool
 from healer.rules import load_rules
 from healer.webhook import parse_notification
@@ -44,14 +45,16 @@ def record(config: HealerConfig, dsn: str, *bodies: dict[str, Any]) -> list[dict
     async def run() -> list[dict[str, Any]]:
         await migrate.upgrade(dsn)
         pool = await open_pool(dsn)
+        writer = IngestWriter(pool)
         try:
             out = []
             for body in bodies:
                 n, raw = parse_notification(json.dumps(body).encode())
-                result = await ingest(pool, n, raw, load_rules(config), config.healer)
+                result = await ingest(writer, n, raw, load_rules(config), config.healer)
                 out.append(result.as_json())
             return out
         finally:
+            await writer.close()
             await pool.close()
 
     return asyncio.run(run())

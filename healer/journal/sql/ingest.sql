@@ -1,29 +1,27 @@
--- Recording a webhook notification (healer/ingest.py). Everything one notification records
--- (the notification, its alerts and every action it starts) is ONE statement, so it commits
--- together or not at all: taskmedic_ingest, a function of migration 0002, does the work.
+-- Recording webhook notifications (healer/ingest.py, healer/journal/ingest_writer.py).
+-- Everything one notification records (the notification, its alerts and every action it
+-- starts) is written by ONE statement, so it commits together or not at all, with the other
+-- notifications of its batch: taskmedic_ingest (migration 0002) does the work for each.
 -- insert_event, notify_* and cancel_pending_steps serve healer/actions.py.
 
--- name: ingest_notification
--- First the rule+target advisory locks (`locks`: [[rule, target], ...]), in the order given:
--- the caller sorts them, so two notifications touching the same targets can never wait on
--- each other in a cycle. They serialise cooldown and circuit-breaker decisions for one rule
--- and target across requests and healer processes, and are released at COMMIT. The
--- aggregate takes every lock before its one row reaches taskmedic_ingest, whose statements
--- (it is VOLATILE) then see every action committed before the locks were granted.
-SELECT taskmedic_ingest(
-    p_receiver => %(receiver)s,
-    p_status => %(status)s,
-    p_group_key => %(group_key)s,
-    p_truncated_alerts => %(truncated_alerts)s,
-    p_payload => %(payload)s,
-    p_alerts => %(alerts)s,
-    p_work => %(work)s,
-    p_plans => %(plans)s,
-    p_approval_timeout => %(approval_timeout)s,
-    p_actor => %(actor)s)
+-- name: ingest_batch
+-- Notifications that arrived together, in one statement and one transaction (group commit,
+-- healer/journal/ingest_writer.py; `items` as taskmedic_ingest_batch of migration 0003 takes
+-- them). First the rule+target advisory locks of all of them (`locks`: [[rule, target], ...]),
+-- each once, in the order of their lock keys: two batches touching the same targets take them
+-- in the same order and can never wait on each other in a cycle. The locks serialise
+-- cooldown and circuit-breaker decisions for one rule and target across requests and healer
+-- processes, and are released at COMMIT. The aggregate takes every lock before its one row
+-- reaches taskmedic_ingest_batch, whose statements (it is VOLATILE) then see every action
+-- committed before the locks were granted.
+SELECT taskmedic_ingest_batch(p_items => %(items)s, p_actor => %(actor)s)
 FROM (
-    SELECT count(pg_advisory_xact_lock(hashtext((k.key ->> 0) || chr(31) || (k.key ->> 1))))
-    FROM jsonb_array_elements(%(locks)s) AS k (key)
+    SELECT count(pg_advisory_xact_lock(l.key))
+    FROM (
+        SELECT DISTINCT hashtext((k.key ->> 0) || chr(31) || (k.key ->> 1)) AS key
+        FROM jsonb_array_elements(%(locks)s) AS k (key)
+        ORDER BY 1
+    ) AS l
 ) AS locked
 
 -- name: insert_event
