@@ -227,5 +227,6 @@ async def cancel(conn: AsyncConnection[Any], action_id: int, actor: str) -> dict
                     "running",
                     f"cancel requested by {actor}; the executor stops the running step",
                 )
+                await conn.execute(q("notify_cancel"), {"action_id": action_id})
             return {"id": action_id, "state": "running", "cancel_requested": True}
     raise ActionConflict(f"action {action_id} is {state}: there is nothing left to cancel")

@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +78,20 @@ def _cmd_healer(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    return asyncio.run(serve(config, listen=args.listen))
+    return _serve(serve(config, listen=args.listen))
+
+
+def _serve(main: Coroutine[Any, Any, int]) -> int:
+    """Run a server on uvloop where it is installed (not on Windows), else on asyncio's loop.
+
+    uvloop's event loop spends less of the healer's CPU on each request than asyncio's own,
+    which under an alert storm is most of what the healer does besides the journal.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def _on_journal(

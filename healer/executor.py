@@ -4,7 +4,8 @@ Claiming: `FOR UPDATE SKIP LOCKED` under a short advisory lock, respecting each 
 `max_concurrent`; the claim sets `running`, a lease and a new attempt token (the fencing token,
 see `healer.journal.runs`) in one transaction with its event. Executors are woken by
 `LISTEN taskmedic_actions` on a dedicated connection and also poll every `poll_interval`, so
-a lost notification (or a journal restart) delays an action, never strands it.
+a lost notification (or a journal restart) delays an action, never strands it. Cancel requests
+for running actions arrive the same way, on `taskmedic_cancel`, and by the same polling.
 
 Rescue: every executor also sweeps. A `running` action whose lease expired (its healer was
 killed, or stalled past the lease) becomes `interrupted`, then `pending` again
@@ -249,7 +250,7 @@ class Executor:
             try:
                 async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
                     await conn.execute("LISTEN taskmedic_actions")
-                    await conn.execute("LISTEN taskmedic_state")
+                    await conn.execute("LISTEN taskmedic_cancel")
                     self._wake.set()  # whatever became pending while nobody listened
                     async for note in conn.notifies():
                         if note.channel == "taskmedic_actions":
@@ -269,7 +270,7 @@ class Executor:
             await asyncio.sleep(self.sweep_interval)
 
     async def _cancel_loop(self) -> None:
-        """Cancel requests: on a `taskmedic_state` notification, and every poll_interval."""
+        """Cancel requests: on a `taskmedic_cancel` notification, and every poll_interval."""
         journal = self._need_journal()
         while not self._stopping:
             await wait_event(self._check_cancels, self.poll_interval)

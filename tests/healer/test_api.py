@@ -152,10 +152,12 @@ async def test_cancel_a_running_action_asks_the_executor_to_stop_it(
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute("UPDATE actions SET state = 'running', started_at = now()")
         conn.execute("LISTEN taskmedic_state")
+        conn.execute("LISTEN taskmedic_cancel")
         resp = await client.post(f"/api/actions/{a['id']}/cancel", headers=AUTH)
         assert resp.status == 202
-        notified = [n.payload for n in conn.notifies(timeout=2, stop_after=1)]
-    assert notified == [str(a["id"])]
+        notified = {(n.channel, n.payload) for n in conn.notifies(timeout=2, stop_after=2)}
+    # Followers of the log learn of the state change; the executors, that it should stop.
+    assert notified == {("taskmedic_state", str(a["id"])), ("taskmedic_cancel", str(a["id"]))}
     [(state, requested)] = rows(pg_dsn, "SELECT state, cancel_requested_at FROM actions")
     assert state == "running" and requested is not None
     assert rows(pg_dsn, "SELECT kind FROM events ORDER BY id")[-1] == ("cancel_requested",)

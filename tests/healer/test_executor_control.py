@@ -79,7 +79,7 @@ async def test_cancel_stops_the_step_and_undoes_what_was_done(
         "UPDATE actions SET cancel_requested_at = now() WHERE id = %s RETURNING id",
         action_id,
     )
-    await fetch(journal, "SELECT pg_notify('taskmedic_state', %s)", str(action_id))
+    await fetch(journal, "SELECT pg_notify('taskmedic_cancel', %s)", str(action_id))
     row = await state_in(journal, action_id, "cancelled", "failed", "succeeded")
     assert row["state"] == "cancelled"
     assert "cancelled on request during step 1" in row["reason"]

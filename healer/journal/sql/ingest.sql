@@ -34,5 +34,10 @@ SELECT pg_notify('taskmedic_actions', %(action_id)s::text)
 -- name: notify_state
 SELECT pg_notify('taskmedic_state', %(action_id)s::text)
 
+-- name: notify_cancel
+-- A running action should stop: only the executors listen here (they also poll), so they
+-- are not woken by every state change of every action.
+SELECT pg_notify('taskmedic_cancel', %(action_id)s::text)
+
 -- name: cancel_pending_steps
 UPDATE steps SET state = 'cancelled' WHERE action_id = %(action_id)s AND state = 'pending'
