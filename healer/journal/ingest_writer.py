@@ -60,7 +60,13 @@ def _verbatim(text: str) -> str:
 
 
 class IngestWriter:
-    """Writes notices to the journal, `writers` transactions at a time, each a batch.
+    """Writes notices to the journal in batches, one transaction at a time as a rule.
+
+    One writer makes the largest batches, and the fewest round trips and commits: under a
+    storm that is what the healer's single thread and the journal can afford. A second writer
+    (up to `writers`) starts only when every writer has been in its transaction for more than
+    `spare_after` seconds (a journal that is slow to commit, a lock another healer holds), so
+    one slow transaction never holds up every alert behind it.
 
     `max_alerts` bounds a batch (a notification with more alerts still goes alone); the
     writers bound the journal connections ingest holds, whatever the number of requests.
@@ -72,18 +78,23 @@ class IngestWriter:
         *,
         metrics: HealerMetrics | None = None,
         writers: int = 2,
+        spare_after: float = 0.05,
         max_alerts: int = 256,
     ) -> None:
-        if writers < 1 or max_alerts < 1:
-            raise ValueError("writers and max_alerts must be at least 1")
+        if writers < 1 or max_alerts < 1 or spare_after < 0:
+            raise ValueError("writers and max_alerts must be at least 1, spare_after >= 0")
         self._pool = pool
         self._metrics = metrics
         self._writers = writers
+        self._spare_after = spare_after
         self._max_alerts = max_alerts
         self._queue: deque[Notice] = deque()
         # Counted by the drain loops themselves, not by their tasks' done callbacks (those run
         # a loop turn late, and a notice queued in between would wait for no writer).
         self._active = 0
+        # When each writer's transaction under way began (loop time), by writer.
+        self._writing: dict[int, float] = {}
+        self._spare_check: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -102,16 +113,37 @@ class IngestWriter:
             raise JournalUnavailable("journal unavailable (the healer is stopping)")
         notice.future = asyncio.get_running_loop().create_future()
         self._queue.append(notice)
-        if self._active < self._writers:
-            self._active += 1
-            task = asyncio.create_task(self._drain(), name="ingest-writer")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        self._kick()
         return await notice.future
+
+    def _spare_due(self) -> None:
+        self._spare_check = None
+        self._kick()
+
+    def _kick(self) -> None:
+        """Start a writer for the queue: the first at once, a spare once all are slow."""
+        if self._closed or not self._queue or self._active >= self._writers:
+            return
+        if self._active > 0:
+            loop = asyncio.get_running_loop()
+            # A writer between two batches takes the queue itself.
+            if len(self._writing) < self._active:
+                return
+            due = min(self._writing.values()) + self._spare_after
+            if loop.time() < due:
+                if self._spare_check is None:
+                    self._spare_check = loop.call_at(due, self._spare_due)
+                return
+        self._active += 1
+        task = asyncio.create_task(self._drain(), name="ingest-writer")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
         """Take no more notices; wait for the batches under way."""
         self._closed = True
+        if self._spare_check is not None:
+            self._spare_check.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
@@ -131,8 +163,11 @@ class IngestWriter:
         return batch
 
     async def _drain(self) -> None:
+        me = id(asyncio.current_task())
+        loop = asyncio.get_running_loop()
         try:
             while batch := self._take():
+                self._writing[me] = loop.time()
                 try:
                     await self._write(batch)
                 except asyncio.CancelledError:
@@ -140,6 +175,8 @@ class IngestWriter:
                     raise
                 except Exception as exc:  # a bug here: loud, in every request it concerns
                     _settle_all(batch, exc)
+                finally:
+                    del self._writing[me]
         finally:
             self._active -= 1
 
