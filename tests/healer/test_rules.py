@@ -8,12 +8,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exporter.errors import ConfigError
 from healer.cli import main
 from healer.config import Rule
 from healer.render import RenderError, render
-from healer.rules import load_rule_files
+from healer.rules import CompiledRule, load_rule_files
 from healer.webhook import Alert
 from tests.healer.ingest_helpers import config_for
 
@@ -253,3 +255,31 @@ def test_the_sandbox_refuses_reaching_into_python_objects() -> None:
     )
     with pytest.raises(RenderError):
         render(rule, alert(x="a"))
+
+
+RULE = CompiledRule(
+    Rule.model_validate(
+        {
+            "name": "r",
+            "match": {"alertname": "X"},
+            "steps": [{"name": "s", "script": {"argv": ["true"]}}],
+        }
+    ),
+    "rules.yaml",
+    1,
+)
+
+
+# Any character, with those where JSON encoders differ made common.
+LABEL_TEXT = st.text(
+    st.sampled_from(["a", "\x7f", "\x1f", "\xe9", "\u2028", '"']) | st.characters()
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(LABEL_TEXT, LABEL_TEXT, max_size=6))
+def test_a_target_is_always_the_same_text_as_recorded_targets(labels: dict[str, str]) -> None:
+    """Cooldown and the circuit breaker compare targets with those of recorded actions, so
+    the text is exactly `json.dumps(sort_keys=True, separators=(",", ":"))`, whatever the
+    labels hold (non-ASCII, control characters, DEL)."""
+    assert RULE.target_of(labels) == json.dumps(labels, sort_keys=True, separators=(",", ":"))
