@@ -407,3 +407,53 @@ def wrk_latency(
     m = re.search(r"(\d+) requests in", proc.stdout)
     out["n"] = float(m.group(1)) if m else float("nan")
     return out
+
+
+def wrk_storm(
+    url: str,
+    template: Path,
+    *,
+    seconds: int,
+    connections: int,
+    headers: dict[str, str] | None = None,
+) -> dict[str, float] | None:
+    """POST distinct notifications from `template` (see bench/storm.lua) with wrk for
+    `seconds`; rate, non-2xx count and latency percentiles, or None without wrk.
+
+    A C client costs the 2 cores a fraction of what the Python client does, so more of them
+    are left to the server and its journal.
+    """
+    import re
+    import shutil
+
+    exe = shutil.which("wrk")
+    if exe is None:
+        return None
+    argv = [exe, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    argv += ["-s", str(ROOT / "bench" / "storm.lua")]
+    for k, v in {"Content-Type": "application/json", **(headers or {})}.items():
+        argv += ["-H", f"{k}: {v}"]
+    proc = subprocess.run(
+        [*argv, url, "--", str(template)],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed: {proc.stderr[-500:]}")
+    units = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+    out: dict[str, float] = {}
+    for pct in ("50", "99"):
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", proc.stdout, re.MULTILINE)
+        if m:
+            out[f"p{pct}_ms"] = float(m.group(1)) * units[m.group(2)]
+    m = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s)", proc.stdout)
+    if not m:
+        raise RuntimeError(f"cannot read wrk's output:\n{proc.stdout[-1000:]}")
+    out["sent"] = float(m.group(1))
+    out["elapsed_s"] = float(m.group(2)) * units[m.group(3)] / 1000
+    out["rate"] = out["sent"] / out["elapsed_s"]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", proc.stdout)
+    out["non_2xx"] = float(bad.group(1)) if bad else 0.0
+    return out
