@@ -7,6 +7,7 @@ and the JSON Schema. The `healer:` section is validated by `healer.config`, whic
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -43,6 +44,8 @@ def parse_duration(value: Any) -> float:
         raise ValueError("expected a duration such as 30s, 10m or 1h")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
+    if not math.isfinite(seconds):
+        raise ValueError("a duration must be finite")
     return seconds
 
 

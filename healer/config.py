@@ -9,12 +9,20 @@ this module; `healer.rules` loads them and adds the checks a model alone cannot 
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, PrivateAttr, SecretStr, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    model_validator,
+)
 
 from exporter.config import (
     Config,
@@ -217,6 +225,26 @@ def load_healer_config(path: str | Path, env: Mapping[str, str] | None = None) -
 
 # A template is a string; the rule loader checks it references only declared `params`.
 Template = str
+
+
+def _finite(value: Any) -> Any:
+    """Refuse NaN and infinity anywhere in a step's values: JSON has neither, so the journal
+    could not store the plan (and the plan's hash is of JSON)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"{v} is not a JSON number: use a finite number or a string")
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list | tuple):
+            stack.extend(v)
+    return value
+
+
+# A value a step passes on (SQL parameters, task arguments): anything YAML gives but NaN or
+# infinity.
+StepValue = Annotated[Any, AfterValidator(_finite)]
 LabelName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 ParamName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)]
 
@@ -255,15 +283,15 @@ class ScriptStep(Model):
 class SqlStep(Model):
     database: Name
     query: str = Field(min_length=1)
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, StepValue] = Field(default_factory=dict)
     timeout: Duration = 30.0
 
 
 class CeleryStep(Model):
     app: Name
     task: str = Field(min_length=1)
-    args: list[Any] = Field(default_factory=list)
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    args: list[StepValue] = Field(default_factory=list)
+    kwargs: dict[str, StepValue] = Field(default_factory=dict)
     queue: str | None = None
     wait: Duration | None = None
 
@@ -271,7 +299,7 @@ class CeleryStep(Model):
 class RepairStep(Model):
     check: Name
     sql: str = Field(min_length=1)
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, StepValue] = Field(default_factory=dict)
     timeout: Duration = 30.0
 
 

@@ -14,6 +14,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+__all__ = ["Plan", "PlanStep", "canonical_json"]
+
+
+def canonical_json(data: Any) -> str:
+    """The text plan hashes and rule targets are of: sorted keys, no spaces.
+
+    It never changes between versions: an approval, the executor's check of a stored plan
+    and the cooldown of recorded actions compare it.
+    """
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -92,7 +103,7 @@ class Plan(_Frozen):
     alert: dict[str, Any] = Field(default_factory=dict)  # the alert as received (labels, …)
 
     def canonical(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return canonical_json(self.model_dump(mode="json"))
 
     def hash(self) -> str:
         return hashlib.sha256(self.canonical().encode()).hexdigest()

@@ -9,20 +9,19 @@ across files, and, given the config, that named databases, Celery apps and check
 from __future__ import annotations
 
 import glob
-import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 from jinja2 import TemplateSyntaxError, nodes
 from pydantic import ValidationError
 
 from exporter.configfile import Located, Path_, load_yaml, validate
 from exporter.errors import ConfigError, Problem
 from healer.config import HealerConfig, Rule, RulesFile, StepRule
+from healer.plan import canonical_json
 from healer.render import ENV
 
 __all__ = ["CompiledRule", "RuleSet", "load_rule_files", "load_rules"]
@@ -60,20 +59,11 @@ class CompiledRule:
     def target_of(self, labels: Mapping[str, str]) -> str:
         """What cooldown and the circuit breaker count per: the target labels as sorted JSON.
 
-        The text is compared with the targets of recorded actions, so it never changes: that
-        of `json.dumps(sort_keys=True, separators=(",", ":"))`. orjson writes the same for
-        strings when all it writes is ASCII without DEL (json escapes DEL, orjson does not),
-        for a fraction of the time; anything else takes json's own path.
+        Compared with the targets of recorded actions, so always the same text for the same
+        labels (canonical_json).
         """
         names = self.rule.target if self.rule.target is not None else sorted(labels)
-        chosen = {n: labels.get(n, "") for n in names}
-        try:
-            fast = orjson.dumps(chosen, option=orjson.OPT_SORT_KEYS)
-        except TypeError:  # an unpaired surrogate, which json escapes
-            fast = b"\x7f"
-        if fast.isascii() and b"\x7f" not in fast:
-            return fast.decode()
-        return json.dumps(chosen, sort_keys=True, separators=(",", ":"))
+        return canonical_json({n: labels.get(n, "") for n in names})
 
 
 @dataclass(frozen=True)
