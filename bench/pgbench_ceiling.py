@@ -35,41 +35,48 @@ def _lit(value: Any) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def ingest_script(payload: dict[str, Any], plan: dict[str, Any], steps: int, notify: bool) -> str:
-    """One transaction per alert: notification, alert, action, its steps, its event row.
+def ingest_script(
+    payload: dict[str, Any],
+    plan: dict[str, Any],
+    steps: int,
+    notify: bool,
+    per_transaction: int = 1,
+) -> str:
+    """One transaction of `per_transaction` alerts: notification, alert, action, its steps,
+    its event row (and notify) for each.
 
-    The fingerprint is unique per transaction (the actions_once constraint is checked for
-    real). Statements are on one line each: pgbench ends a statement at the newline.
+    Every fingerprint is unique (the actions_once constraint is checked for real). Statements
+    are on one line each: pgbench ends a statement at the newline.
     """
     alert = payload["alerts"][0]
     labels = _lit(alert["labels"])
-    fingerprint = "'bench-' || :client_id || '-' || :r"
-    lines = [
-        "\\set r random(1, 4000000000000000000)",
-        "BEGIN;",
-        "INSERT INTO notifications (receiver, status, group_key, truncated_alerts, payload) "
-        f"VALUES ({_lit(payload['receiver'])}, 'firing', {_lit(payload['groupKey'])}, 0, "
-        f"{_lit(payload)}::jsonb);",
-        "INSERT INTO alerts (notification_id, status, fingerprint, starts_at, labels, "
-        f"annotations, generator_url) VALUES (currval('notifications_id_seq'), 'firing', "
-        f"{fingerprint}, now(), {labels}::jsonb, {_lit(alert['annotations'])}::jsonb, "
-        f"{_lit(alert['generatorURL'])});",
-        "INSERT INTO actions (rule, fingerprint, starts_at, alert_id, labels, target, state, "
-        f"plan, plan_hash) VALUES ('bench', {fingerprint}, now(), currval('alerts_id_seq'), "
-        f"{labels}::jsonb, {labels}, 'awaiting_approval', {_lit(plan)}::jsonb, "
-        f"md5({fingerprint}));",
-    ]
-    lines += [
-        "INSERT INTO steps (action_id, idx, name, kind) "
-        f"VALUES (currval('actions_id_seq'), {i}, 'step {i}', 'script');"
-        for i in range(steps)
-    ]
-    lines.append(
-        "INSERT INTO events (action_id, actor, kind, to_state, message) "
-        "VALUES (currval('actions_id_seq'), 'ingest', 'created', 'awaiting_approval', 'bench');"
-    )
-    if notify:
-        lines.append("SELECT pg_notify('taskmedic_state', currval('actions_id_seq')::text);")
+    lines = ["\\set r random(1, 4000000000000000000)", "BEGIN;"]
+    for k in range(per_transaction):
+        fingerprint = f"'bench-' || :client_id || '-' || :r || '-{k}'"
+        lines += [
+            "INSERT INTO notifications (receiver, status, group_key, truncated_alerts, payload) "
+            f"VALUES ({_lit(payload['receiver'])}, 'firing', {_lit(payload['groupKey'])}, 0, "
+            f"{_lit(payload)}::jsonb);",
+            "INSERT INTO alerts (notification_id, status, fingerprint, starts_at, labels, "
+            f"annotations, generator_url) VALUES (currval('notifications_id_seq'), 'firing', "
+            f"{fingerprint}, now(), {labels}::jsonb, {_lit(alert['annotations'])}::jsonb, "
+            f"{_lit(alert['generatorURL'])});",
+            "INSERT INTO actions (rule, fingerprint, starts_at, alert_id, labels, target, state, "
+            f"plan, plan_hash) VALUES ('bench', {fingerprint}, now(), currval('alerts_id_seq'), "
+            f"{labels}::jsonb, {labels}, 'awaiting_approval', {_lit(plan)}::jsonb, "
+            f"md5({fingerprint}));",
+        ]
+        lines += [
+            "INSERT INTO steps (action_id, idx, name, kind) "
+            f"VALUES (currval('actions_id_seq'), {i}, 'step {i}', 'script');"
+            for i in range(steps)
+        ]
+        lines.append(
+            "INSERT INTO events (action_id, actor, kind, to_state, message) VALUES "
+            "(currval('actions_id_seq'), 'ingest', 'created', 'awaiting_approval', 'bench');"
+        )
+        if notify:
+            lines.append("SELECT pg_notify('taskmedic_state', currval('actions_id_seq')::text);")
     lines.append("COMMIT;")
     return "\n".join(lines) + "\n"
 
