@@ -10,11 +10,11 @@ neither is ever interpreted by a shell.
 
 from __future__ import annotations
 
-import json
 import re
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from jinja2 import StrictUndefined, Template, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -71,11 +71,17 @@ def resolve_params(rule: Rule, alert: Alert) -> dict[str, str]:
     return out
 
 
+_ODD_IN_NAME = re.compile(r"[^A-Z0-9_]")
+
+
+@lru_cache(maxsize=4096)
+def _env_name(label: str) -> str:
+    return "TASKMEDIC_LABEL_" + _ODD_IN_NAME.sub("_", label.upper())
+
+
 def label_env(labels: dict[str, str]) -> dict[str, str]:
     """`TASKMEDIC_LABEL_<NAME>` for every label (names upper-cased, odd characters as `_`)."""
-    return {
-        "TASKMEDIC_LABEL_" + re.sub(r"[^A-Z0-9_]", "_", k.upper()): v for k, v in labels.items()
-    }
+    return {_env_name(k): v for k, v in labels.items()}
 
 
 @lru_cache(maxsize=1024)
@@ -131,7 +137,9 @@ def render(rule: Rule, alert: Alert, *, dry_run: bool = False) -> Plan:
     """The plan of `rule` for `alert`; raises RenderError (nothing will run) when it cannot."""
     params = resolve_params(rule, alert)
     alert_data = alert.as_json()
-    stdin = json.dumps(alert_data, sort_keys=True) + "\n"
+    # The alert as a script reads it: JSON with sorted keys (orjson: the request path renders
+    # a plan for every alert).
+    stdin = orjson.dumps(alert_data, option=orjson.OPT_SORT_KEYS).decode() + "\n"
     steps: list[PlanStep] = []
     for s in rule.steps:
         undo = None
@@ -140,14 +148,14 @@ def render(rule: Rule, alert: Alert, *, dry_run: bool = False) -> Plan:
                 script=_script(s.undo.script, params, alert, stdin) if s.undo.script else None,
                 sql=_sql(s.undo.sql, params) if s.undo.sql else None,
             )
-        step = PlanStep(name=s.name, kind=s.kind, undo=undo)
+        spec: dict[str, Any] = {}
         if s.script is not None:
-            step = step.model_copy(update={"script": _script(s.script, params, alert, stdin)})
+            spec["script"] = _script(s.script, params, alert, stdin)
         elif s.sql is not None:
-            step = step.model_copy(update={"sql": _sql(s.sql, params)})
+            spec["sql"] = _sql(s.sql, params)
         elif s.celery is not None:
             c = s.celery
-            spec = CelerySpec(
+            spec["celery"] = CelerySpec(
                 app=c.app,
                 task=c.task,
                 args=_render_value(c.args, params),
@@ -155,17 +163,15 @@ def render(rule: Rule, alert: Alert, *, dry_run: bool = False) -> Plan:
                 queue=c.queue,
                 wait=c.wait,
             )
-            step = step.model_copy(update={"celery": spec})
         elif s.repair is not None:
             r = s.repair
-            repair = RepairSpec(
+            spec["repair"] = RepairSpec(
                 check=r.check,
                 query=r.sql,
                 params=_render_value(r.params, params),
                 timeout=r.timeout,
             )
-            step = step.model_copy(update={"repair": repair})
-        steps.append(step)
+        steps.append(PlanStep(name=s.name, kind=s.kind, undo=undo, **spec))
     return Plan(
         rule=rule.name,
         steps=steps,
