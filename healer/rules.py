@@ -63,7 +63,7 @@ class CompiledRule:
         labels (canonical_json).
         """
         names = self.rule.target if self.rule.target is not None else sorted(labels)
-        return canonical_json({n: labels.get(n, "") for n in names})
+        return canonical_json({n: labels.get(n, "") for n in names}, plain_numbers=True)
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,17 @@ import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exporter.errors import ConfigError
 from healer.cli import main
 from healer.config import Rule
+from healer.plan import canonical_json, plain_numbers
 from healer.render import RenderError, render
-from healer.rules import load_rule_files
+from healer.rules import CompiledRule, load_rule_files
 from healer.webhook import Alert
 from tests.healer.ingest_helpers import config_for
 
@@ -279,3 +283,77 @@ def test_the_sandbox_refuses_reaching_into_python_objects() -> None:
     )
     with pytest.raises(RenderError):
         render(rule, alert(x="a"))
+
+
+# Any text, with the characters where JSON encoders differ made common: half of it ASCII
+# (DEL is ASCII, and only all-ASCII text shows an encoder that leaves it unescaped).
+TEXT = st.text(
+    st.sampled_from(["a", "\x7f", "\x1f", '"', "\\", "1", "e", ":"])
+    | st.characters(max_codepoint=0x7F),
+    max_size=12,
+) | st.text(st.sampled_from(["\xe9", "\u2028", "\x7f"]) | st.characters(), max_size=12)
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    # Numbers json writes in exponent form, or near where its form changes, made common.
+    | st.sampled_from([1e-7, 2.5e-05, 0.0001, 0.1, 5.0, -0.0, 1e15, 1e16, 1.5e300, 5e-324])
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | TEXT,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(TEXT | st.integers(0, 3), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(JSON)
+def test_canonical_json_is_always_json_dumps_text(data: object) -> None:
+    """Plan hashes and rule targets are of this text, compared across versions (an
+    approval, the executor's check, the cooldown of recorded actions): it is json.dumps' own,
+    whatever numbers, keys or characters the data holds (no NaN or infinity: rules refuse
+    them)."""
+    try:
+        expected = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    except TypeError:  # keys of mixed types json cannot sort: no plan holds them either
+        return
+    assert canonical_json(data, plain_numbers=plain_numbers(data)) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(TEXT, TEXT, max_size=6))
+def test_a_target_is_always_the_same_text_as_recorded_targets(labels: dict[str, str]) -> None:
+    rule = CompiledRule(
+        Rule.model_validate(
+            {"name": "r", "match": {"a": "b"}, "steps": [{"name": "s", "script": {"argv": ["x"]}}]}
+        ),
+        "rules.yaml",
+        1,
+    )
+    assert rule.target_of(labels) == json.dumps(labels, sort_keys=True, separators=(",", ":"))
+
+
+@pytest.mark.parametrize("odd", [1e-7, 2.5e-05, 1e16, 1.5e300])
+def test_a_plan_with_numbers_json_writes_otherwise_still_hashes_json_text(odd: float) -> None:
+    """A timeout or parameter that json writes in exponent form: the plan's text is json's."""
+    steps = [
+        {"name": "q", "sql": {"database": "app", "query": "SELECT 1", "params": {"x": [odd]}}},
+        {"name": "s", "script": {"argv": ["/bin/true"], "timeout": odd}},
+    ]
+    rule = Rule.model_validate({"name": "odd", "match": {"alertname": "A"}, "steps": steps})
+    data = render(rule, alert()).model_dump(mode="json")
+    assert render(rule, alert()).canonical() == json.dumps(
+        data, sort_keys=True, separators=(",", ":")
+    )
+
+
+def test_a_rendered_plan_takes_the_fast_path_and_hashes_json_dumps_text() -> None:
+    """The plans of ordinary rules are written by orjson, and are json's text."""
+    rule = Rule.model_validate(
+        {"name": "r", "match": {"a": "b"}, "steps": [{"name": "s", "script": {"argv": ["x"]}}]}
+    )
+    plan = render(rule, alert(worker="celery@app-1"))
+    data = plan.model_dump(mode="json")
+    assert orjson.dumps(data, option=orjson.OPT_SORT_KEYS).decode() == plan.canonical()
+    assert plan.canonical() == json.dumps(data, sort_keys=True, separators=(",", ":"))
