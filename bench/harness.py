@@ -376,6 +376,51 @@ def stopping(*procs: Proc) -> Iterator[None]:
 # --- wrk (optional) -------------------------------------------------------------------------
 
 
+_WRK_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def _wrk(
+    url: str,
+    *,
+    seconds: int,
+    connections: int,
+    headers: dict[str, str] | None,
+    script: list[str] | None = None,
+) -> str | None:
+    """wrk's report of one run (one thread, latency percentiles), or None without wrk.
+
+    `script`: a Lua script and its arguments (`[path, arg, ...]`).
+    """
+    import shutil
+
+    exe = shutil.which("wrk")
+    if exe is None:
+        return None
+    argv = [exe, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if script:
+        argv += ["-s", script[0]]
+    for k, v in (headers or {}).items():
+        argv += ["-H", f"{k}: {v}"]
+    argv.append(url)
+    if script and len(script) > 1:
+        argv += ["--", *script[1:]]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed: {proc.stderr[-500:]}")
+    return proc.stdout
+
+
+def _wrk_percentiles(report: str, pcts: Sequence[str]) -> dict[str, float]:
+    import re
+
+    out: dict[str, float] = {}
+    for pct in pcts:
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", report, re.MULTILINE)
+        if m:
+            out[f"p{pct}_ms"] = float(m.group(1)) * _WRK_UNITS[m.group(2)]
+    return out
+
+
 def wrk_latency(
     url: str, *, seconds: int = 5, connections: int = 1, headers: dict[str, str] | None = None
 ) -> dict[str, float] | None:
@@ -385,26 +430,12 @@ def wrk_latency(
     to the Python client every benchmark uses.
     """
     import re
-    import shutil
 
-    exe = shutil.which("wrk")
-    if exe is None:
+    report = _wrk(url, seconds=seconds, connections=connections, headers=headers)
+    if report is None:
         return None
-    argv = [exe, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
-    for k, v in (headers or {}).items():
-        argv += ["-H", f"{k}: {v}"]
-    proc = subprocess.run(
-        [*argv, url], capture_output=True, text=True, timeout=seconds + 30, check=False
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"wrk failed: {proc.stderr[-500:]}")
-    units = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
-    out: dict[str, float] = {}
-    for pct in ("50", "90", "99"):
-        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", proc.stdout, re.MULTILINE)
-        if m:
-            out[f"p{pct}_ms"] = float(m.group(1)) * units[m.group(2)]
-    m = re.search(r"(\d+) requests in", proc.stdout)
+    out = _wrk_percentiles(report, ("50", "90", "99"))
+    m = re.search(r"(\d+) requests in", report)
     out["n"] = float(m.group(1)) if m else float("nan")
     return out
 
@@ -424,36 +455,23 @@ def wrk_storm(
     are left to the server and its journal.
     """
     import re
-    import shutil
 
-    exe = shutil.which("wrk")
-    if exe is None:
-        return None
-    argv = [exe, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
-    argv += ["-s", str(ROOT / "bench" / "storm.lua")]
-    for k, v in {"Content-Type": "application/json", **(headers or {})}.items():
-        argv += ["-H", f"{k}: {v}"]
-    proc = subprocess.run(
-        [*argv, url, "--", str(template)],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 30,
-        check=False,
+    report = _wrk(
+        url,
+        seconds=seconds,
+        connections=connections,
+        headers={"Content-Type": "application/json", **(headers or {})},
+        script=[str(ROOT / "bench" / "storm.lua"), str(template)],
     )
-    if proc.returncode != 0:
-        raise RuntimeError(f"wrk failed: {proc.stderr[-500:]}")
-    units = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
-    out: dict[str, float] = {}
-    for pct in ("50", "99"):
-        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", proc.stdout, re.MULTILINE)
-        if m:
-            out[f"p{pct}_ms"] = float(m.group(1)) * units[m.group(2)]
-    m = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s)", proc.stdout)
+    if report is None:
+        return None
+    out = _wrk_percentiles(report, ("50", "99"))
+    m = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s)", report)
     if not m:
-        raise RuntimeError(f"cannot read wrk's output:\n{proc.stdout[-1000:]}")
+        raise RuntimeError(f"cannot read wrk's output:\n{report[-1000:]}")
     out["sent"] = float(m.group(1))
-    out["elapsed_s"] = float(m.group(2)) * units[m.group(3)] / 1000
+    out["elapsed_s"] = float(m.group(2)) * _WRK_UNITS[m.group(3)] / 1000
     out["rate"] = out["sent"] / out["elapsed_s"]
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", proc.stdout)
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", report)
     out["non_2xx"] = float(bad.group(1)) if bad else 0.0
     return out
