@@ -50,7 +50,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-ACTOR = "ingest"
 
 
 def _duration(seconds: float) -> str:

@@ -37,6 +37,8 @@ from healer.metrics import HealerMetrics
 __all__ = ["IngestWriter", "Notice"]
 
 log = logging.getLogger(__name__)
+# Who the `created` events of ingested actions name.
+ACTOR = "ingest"
 
 
 @dataclass
@@ -208,7 +210,7 @@ class IngestWriter:
         params = {
             # The items are JSON texts already: joined, they are the JSON array.
             "items": Jsonb("[" + ",".join(n.item for n in batch) + "]", dumps=_verbatim),
-            "actor": "ingest",
+            "actor": ACTOR,
             "locks": Jsonb([list(lock) for n in batch for lock in n.locks]),
         }
 
