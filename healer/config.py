@@ -36,6 +36,7 @@ from exporter.config import (
 )
 from exporter.configfile import Located, load_yaml, validate
 from exporter.errors import ConfigError, Problem
+from healer.plan import floats_in
 
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "kib": 1024, "mib": 1024**2}
 _SIZE = re.compile(r"^\s*(\d+)\s*([kKmM]i?[bB]|[bB])?\s*$")
@@ -230,15 +231,9 @@ Template = str
 def _finite(value: Any) -> Any:
     """Refuse NaN and infinity anywhere in a step's values: JSON has neither, so the journal
     could not store the plan (and the plan's hash is of JSON)."""
-    stack = [value]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, float) and not math.isfinite(v):
+    for v in floats_in(value):
+        if not math.isfinite(v):
             raise ValueError(f"{v} is not a JSON number: use a finite number or a string")
-        if isinstance(v, dict):
-            stack.extend(v.values())
-        elif isinstance(v, list | tuple):
-            stack.extend(v)
     return value
 
 

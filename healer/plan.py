@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Plan", "PlanStep", "canonical_json", "plain_numbers"]
+__all__ = ["Plan", "PlanStep", "canonical_json", "floats_in", "plain_numbers"]
 
 
 def canonical_json(data: Any, *, plain_numbers: bool = False) -> str:
@@ -41,20 +42,23 @@ def canonical_json(data: Any, *, plain_numbers: bool = False) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
-def plain_numbers(*values: Any) -> bool:
-    """True when every float in `values` (through lists and dicts) is one json and orjson
-    write alike: finite, and 0 or between 1e-4 and 1e16 in size."""
+def floats_in(*values: Any) -> Iterator[float]:
+    """Every float in `values`, through lists, tuples and dicts."""
     stack = list(values)
     while stack:
         v = stack.pop()
         if isinstance(v, float):
-            if not (v == 0 or 1e-4 <= abs(v) < 1e16):
-                return False
+            yield v
         elif isinstance(v, dict):
             stack.extend(v.values())
         elif isinstance(v, list | tuple):
             stack.extend(v)
-    return True
+
+
+def plain_numbers(*values: Any) -> bool:
+    """True when every float in `values` is one json and orjson write alike: finite, and 0 or
+    between 1e-4 and 1e16 in size."""
+    return all(v == 0 or 1e-4 <= abs(v) < 1e16 for v in floats_in(*values))
 
 
 class _Frozen(BaseModel):
