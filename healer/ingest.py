@@ -240,8 +240,8 @@ def _notice(
     # `head` is a JSON object: the payload and the plans go in before its closing brace.
     # Canonical plan texts are JSON already: joined, they are the JSON array.
     item = f'{head[:-1]},"payload":{_dumps(raw)},"plans":[{",".join(plans)}]}}'
-    # Every rule+target this notification decides for.
-    locks = sorted({(w.rule.name, w.target) for w in work})
+    # Every rule+target this notification decides for; the journal takes them in its order.
+    locks = list({(w.rule.name, w.target) for w in work})
     return Notice(item=item, locks=locks, alerts=len(n.alerts))
 
 
