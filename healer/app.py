@@ -243,16 +243,43 @@ def create_app(
     return app
 
 
+LISTEN_BACKLOG = 4096
+
+
+def _raise_open_files_limit() -> None:
+    """Raise the soft limit of open files to the hard limit, as Go programs (Alertmanager,
+    Prometheus) do: every connection of a storm is a file, and the usual soft limit of 1024
+    would refuse them long before the listen queue fills."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open files limit from %d to %d: %s", soft, hard, exc)
+
+
 async def serve(config: HealerConfig, *, listen: str | None = None) -> int:
     """Run the healer until SIGTERM or SIGINT; drain, then return the exit code 0."""
     address = listen or config.healer.listen
+    _raise_open_files_limit()
     app = create_app(config, listen=address)
     # In-flight requests get a few seconds once the listener closes: alerts were refused
     # while draining, and a log follower reconnects to another replica.
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     host, port = split_listen(address)
-    site = web.TCPSite(runner, host, port)
+    # Alertmanager sends each aggregation group's notification on its own goroutine, over a
+    # client with no limit of connections per host: a storm opens hundreds of connections at
+    # once. aiohttp's default accept backlog (128) overflows then, and the kernel resets the
+    # connections it cannot queue; Alertmanager counts failures and retries with backoff.
+    # The kernel caps this at net.core.somaxconn.
+    site = web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG)
     await site.start()
     log.info("healer listening on http://%s (%d rules)", address, len(app[appkeys.RULES]))
     if not len(app[appkeys.RULES]):

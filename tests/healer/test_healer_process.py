@@ -26,6 +26,7 @@ from tests.healer.ingest_helpers import (
     config_for,
     payload,
     rows,
+    with_alert,
     write_config,
 )
 from tests.healer.log_helpers import HealerProcess
@@ -239,3 +240,75 @@ def test_without_a_journal_dsn_the_healer_runs_an_embedded_journal_in_data_dir(
     assert [i["rule"] for i in json.loads(listed.stdout)["items"]] == ["slow"]
     healer.proc.send_signal(signal.SIGTERM)
     assert healer.proc.wait(timeout=60) == 0, healer.output()
+
+
+BURST = 1000
+
+
+async def _burst(port: int, pid: int, bodies: list[bytes]) -> list[bytes]:
+    """Open a connection per body while the healer (`pid`) is stopped, so it accepts none,
+    then let it go on, POST each body on its connection and read the status lines."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        # The kernel completes a handshake only for a connection the listen queue can hold;
+        # the SYNs of the others are dropped and retried for as long as the healer is stopped.
+        conns = await asyncio.wait_for(
+            asyncio.gather(*(asyncio.open_connection("127.0.0.1", port) for _ in bodies)), 20
+        )
+    except TimeoutError:
+        raise AssertionError(f"not all {len(bodies)} connections were queued") from None
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+    async def post(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes
+    ) -> bytes:
+        head = (
+            f"POST /alerts HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {AUTH['Authorization']}"
+            f"\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        writer.write(head.encode() + body)
+        await writer.drain()
+        status = await reader.readline()
+        await reader.read()
+        writer.close()
+        return status
+
+    posts = (post(r, w, b) for (r, w), b in zip(conns, bodies, strict=True))
+    return await asyncio.wait_for(asyncio.gather(*posts), 120)
+
+
+def test_a_burst_of_connections_while_the_healer_is_busy_is_queued_not_reset(
+    pg_dsn: str, tmp_path: Path, start_healer: Callable[[Path], Healer]
+) -> None:
+    """Alertmanager sends each group's notification on a connection of its own: a storm opens
+    hundreds at once, often while the healer is busy. They must wait in the listen queue: an
+    overflowing queue makes the kernel drop them, then reset them, and Alertmanager counts
+    failed notifications and backs off. The healer is stopped (SIGSTOP) while they open.
+
+    It starts with a soft limit of open files below the burst (it inherits this process's), so
+    it also has to raise its own, as Alertmanager and Prometheus do."""
+    import resource
+
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    if somaxconn <= BURST:
+        pytest.skip(f"net.core.somaxconn is {somaxconn}: the kernel caps every listen queue")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 4 * BURST:
+        pytest.skip(f"the hard limit of open files ({hard}) is below {4 * BURST}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (BURST // 4, hard))
+    try:
+        healer = start_healer(write_config(tmp_path, pg_dsn, rules="rules: []\n"))
+    finally:
+        # This process holds the other end of every connection.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4 * BURST), hard))
+    bodies = []
+    for i in range(BURST):
+        p = with_alert(
+            payload("firing_stale_rows"), labels={"shard": str(i)}, fingerprint=f"{i:016x}"
+        )
+        bodies.append(json.dumps(p).encode())
+    statuses = asyncio.run(_burst(healer.port, healer.proc.pid, bodies))
+    assert set(statuses) == {b"HTTP/1.1 200 OK\r\n"}, healer.output()[-2000:]
+    assert rows(pg_dsn, "SELECT count(*) FROM alerts") == [(BURST,)]
