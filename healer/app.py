@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib
 import importlib.util
 import logging
@@ -264,11 +265,33 @@ def _raise_open_files_limit() -> None:
             log.warning("cannot raise the open files limit from %d to %d: %s", soft, hard, exc)
 
 
+# Young-generation collections every 10,000 net allocations instead of 700, and a full one
+# after 100 of the middle generation's instead of 10.
+GC_THRESHOLDS = (10_000, 50, 100)
+
+
+def _tune_gc() -> None:
+    """Collect less often, and never again walk what was built at start.
+
+    A storm from Alertmanager keeps thousands of requests in flight, each with its payload,
+    plan and task, and Python's default thresholds then run a collection every few requests,
+    each walking everything still alive (the rules, the app, every pending request). On a
+    storm of 10,000 notifications from a real Alertmanager this took the healer from about
+    0.5 to 0.7-0.9 ms of CPU per alert. `gc.freeze()` moves what exists at start (config,
+    compiled rules, the app) out of every later collection. Cycles are still collected, in
+    fewer and larger passes: the storms' memory stays flat (bench/README.md).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def serve(config: HealerConfig, *, listen: str | None = None) -> int:
     """Run the healer until SIGTERM or SIGINT; drain, then return the exit code 0."""
     address = listen or config.healer.listen
     _raise_open_files_limit()
     app = create_app(config, listen=address)
+    _tune_gc()
     # In-flight requests get a few seconds once the listener closes: alerts were refused
     # while draining, and a log follower reconnects to another replica.
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
