@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import sys
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ import psycopg
 import yaml
 
 from bench.env import BenchEnv
-from bench.harness import Proc, log, serve_on_free_port
+from bench.harness import Proc, http_get, log, serve_on_free_port
 
 
 @dataclass
@@ -37,6 +38,14 @@ class Healer:
     def one(self, sql: str, params: Any = None) -> Any:
         rows = self.query(sql, params)
         return rows[0][0] if rows else None
+
+    def batches(self) -> tuple[float, float]:
+        """(transactions, notifications) its ingest committed so far (its /metrics)."""
+        sample = re.compile(r"^taskmedic_ingest_batch_notifications_(sum|count) (\S+)$", re.M)
+        got = {
+            m.group(1): float(m.group(2)) for m in sample.finditer(http_get(self.url + "/metrics"))
+        }
+        return got.get("count", 0.0), got.get("sum", 0.0)
 
 
 def start_healer(
