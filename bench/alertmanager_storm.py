@@ -136,10 +136,10 @@ def run(env: BenchEnv, healer: Healer, count: int) -> dict[str, Any]:
     post_s = time.monotonic() - posted
     log(f"alertmanager storm: {count:,} alerts posted to Alertmanager in {post_s:.1f} s")
 
-    def recorded() -> bool:
+    def all_recorded() -> bool:
         return bool(healer.one("SELECT count(*) FROM alerts") >= before + count)
 
-    wait_until(recorded, GROUP_WAIT_S + 180, "the storm's alerts in the journal", 0.2)
+    wait_until(all_recorded, GROUP_WAIT_S + 180, "the storm's alerts in the journal", 0.2)
 
     def answered() -> dict[str, float] | None:
         # Alertmanager counts a notification when it starts sending it; its latency once the
