@@ -25,7 +25,7 @@ import yaml
 
 from bench import alerts
 from bench.env import BenchEnv
-from bench.harness import http_get, log, ratio, serve_on_free_port, wait_until
+from bench.harness import RssSampler, http_get, log, ratio, serve_on_free_port, wait_until
 from bench.healer_proc import Healer
 
 ALERTMANAGER = "prometheus-alertmanager"  # Debian's name for the binary
@@ -93,7 +93,28 @@ def _postgres_pids() -> list[int]:
     ]
 
 
-def run(env: BenchEnv, healer: Healer, count: int) -> dict[str, Any]:
+def _post_alerts(am_url: str, count: int, run: str) -> float:
+    """POST `count` distinct firing alerts to Alertmanager's API; the seconds it took."""
+    posted = time.monotonic()
+    batch: list[dict[str, Any]] = []
+    for i in range(count):
+        a = alerts.payload(i, run=run)["alerts"][0]
+        batch.append({k: a[k] for k in ("labels", "annotations", "startsAt", "generatorURL")})
+        if len(batch) == POST_CHUNK or i == count - 1:
+            req = urllib.request.Request(  # noqa: S310 - 127.0.0.1 only
+                f"{am_url}/api/v2/alerts",
+                data=json.dumps(batch).encode(),
+                headers={"Content-Type": "application/json"},
+                method="POST",
+            )
+            with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310
+                resp.read()
+            batch = []
+    return time.monotonic() - posted
+
+
+def run(env: BenchEnv, healer: Healer, count: int, storms: int = 2) -> dict[str, Any]:
+    """`storms` storms of `count` alerts, one after the other, through one Alertmanager."""
     token = env.path("alertmanager-storm.token")
     token.write_text(healer.token)
     token.chmod(0o600)
@@ -114,43 +135,50 @@ def run(env: BenchEnv, healer: Healer, count: int) -> dict[str, Any]:
 
     am, port = serve_on_free_port(start, "/-/ready", "Alertmanager")
     am_url = f"http://127.0.0.1:{port}"
-    before = healer.one("SELECT count(*) FROM alerts")
-    b0 = healer.batches()
     pg = _postgres_pids()
-    cpu0 = (_cpu([healer.proc.pid]), _cpu([am.pid]), _cpu(pg))
-    posted = time.monotonic()
-    batch: list[dict[str, Any]] = []
-    for i in range(count):
-        a = alerts.payload(i, run="am-")["alerts"][0]
-        batch.append({k: a[k] for k in ("labels", "annotations", "startsAt", "generatorURL")})
-        if len(batch) == POST_CHUNK or i == count - 1:
-            req = urllib.request.Request(  # noqa: S310 - 127.0.0.1 only
-                f"{am_url}/api/v2/alerts",
-                data=json.dumps(batch).encode(),
-                headers={"Content-Type": "application/json"},
-                method="POST",
-            )
-            with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310
-                resp.read()
-            batch = []
-    post_s = time.monotonic() - posted
-    log(f"alertmanager storm: {count:,} alerts posted to Alertmanager in {post_s:.1f} s")
+    out: list[dict[str, Any]] = []
+    with RssSampler(healer.proc.pid, interval=0.1) as rss:
+        rss.phase("before")
+        time.sleep(1)
+        for n in range(1, storms + 1):
+            rss.phase(f"storm {n}")
+            out.append(_storm(healer, am_url, am.pid, pg, count, n))
+            rss.phase(f"after {n}")
+            time.sleep(3)
+    am.stop()
+    phases = rss.by_phase()
+    for n, storm in enumerate(out, 1):
+        storm["rss_max_mib"] = phases[f"storm {n}"]["max_mib"]
+        storm["rss_after_mib"] = phases[f"after {n}"]["last_mib"]
+    return {"storms": out, "rss_before_mib": phases["before"]["last_mib"]}
+
+
+def _storm(
+    healer: Healer, am_url: str, am_pid: int, pg: list[int], count: int, n: int
+) -> dict[str, Any]:
+    before = healer.one("SELECT count(*) FROM alerts")
+    m0 = _webhook_metrics(am_url)
+    b0 = healer.batches()
+    cpu0 = (_cpu([healer.proc.pid]), _cpu([am_pid]), _cpu(pg))
+    post_s = _post_alerts(am_url, count, f"am{n}-")
+    log(f"alertmanager storm {n}: {count:,} alerts posted to Alertmanager in {post_s:.1f} s")
 
     def all_recorded() -> bool:
         return bool(healer.one("SELECT count(*) FROM alerts") >= before + count)
 
     wait_until(all_recorded, GROUP_WAIT_S + 180, "the storm's alerts in the journal", 0.2)
+    latency_n = "alertmanager_notification_latency_seconds_count"
 
     def answered() -> dict[str, float] | None:
         # Alertmanager counts a notification when it starts sending it; its latency once the
         # healer has answered.
         m = _webhook_metrics(am_url)
-        return m if m.get("alertmanager_notification_latency_seconds_count", 0) >= count else None
+        return m if m.get(latency_n, 0) - m0.get(latency_n, 0) >= count else None
 
-    metrics = wait_until(answered, 30, "Alertmanager to have every answer", 0.2)
-    cpu1 = (_cpu([healer.proc.pid]), _cpu([am.pid]), _cpu(pg))
+    m1 = wait_until(answered, 30, "Alertmanager to have every answer", 0.2)
+    cpu1 = (_cpu([healer.proc.pid]), _cpu([am_pid]), _cpu(pg))
     b1 = healer.batches()
-    am.stop()
+    metrics = {k: v - m0.get(k, 0.0) for k, v in m1.items()}
     recorded, span, peak = healer.query(
         "WITH a AS (SELECT received_at FROM alerts ORDER BY id OFFSET %s) "
         "SELECT count(*), extract(epoch FROM max(received_at) - min(received_at)), "
@@ -161,10 +189,11 @@ def run(env: BenchEnv, healer: Healer, count: int) -> dict[str, Any]:
     )[0]
     actions = healer.one(
         "SELECT count(*) FROM actions a JOIN alerts al ON al.id = a.alert_id "
-        "WHERE al.labels ->> 'shard' LIKE 'am-%%'"
+        "WHERE al.labels ->> 'shard' LIKE %s",
+        (f"am{n}-%",),
     )
     span = float(span or 0)
-    latency_n = metrics.get("alertmanager_notification_latency_seconds_count", 0)
+    log(f"alertmanager storm {n}: {ratio(int(recorded), span):,.0f} alerts/s")
     return {
         "alerts": count,
         "recorded": int(recorded),
@@ -179,7 +208,8 @@ def run(env: BenchEnv, healer: Healer, count: int) -> dict[str, Any]:
         "requests": metrics.get("alertmanager_notification_requests_total", 0),
         "failed_requests": metrics.get("alertmanager_notification_requests_failed_total", 0),
         "mean_latency_s": ratio(
-            metrics.get("alertmanager_notification_latency_seconds_sum", 0), latency_n
+            metrics.get("alertmanager_notification_latency_seconds_sum", 0),
+            metrics.get(latency_n, 0),
         ),
         "post_s": post_s,
         "cpu_s": {
