@@ -25,7 +25,15 @@ import yaml
 
 from bench import alerts
 from bench.env import BenchEnv
-from bench.harness import RssSampler, http_get, log, ratio, serve_on_free_port, wait_until
+from bench.harness import (
+    RssSampler,
+    cpu_seconds,
+    http_get,
+    log,
+    ratio,
+    serve_on_free_port,
+    wait_until,
+)
 from bench.healer_proc import Healer
 
 ALERTMANAGER = "prometheus-alertmanager"  # Debian's name for the binary
@@ -72,17 +80,6 @@ def _webhook_metrics(am_url: str) -> dict[str, float]:
             if not name.endswith("_bucket"):
                 out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
     return out
-
-
-def _cpu(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        try:
-            t = psutil.Process(pid).cpu_times()
-        except psutil.Error:
-            continue
-        total += t.user + t.system
-    return total
 
 
 def _postgres_pids() -> list[int]:
@@ -159,7 +156,7 @@ def _storm(
     before = healer.one("SELECT count(*) FROM alerts")
     m0 = _webhook_metrics(am_url)
     b0 = healer.batches()
-    cpu0 = (_cpu([healer.proc.pid]), _cpu([am_pid]), _cpu(pg))
+    cpu0 = (cpu_seconds(healer.proc.pid), cpu_seconds(am_pid), cpu_seconds(*pg))
     post_s = _post_alerts(am_url, count, f"am{n}-")
     log(f"alertmanager storm {n}: {count:,} alerts posted to Alertmanager in {post_s:.1f} s")
 
@@ -176,7 +173,7 @@ def _storm(
         return m if m.get(latency_n, 0) - m0.get(latency_n, 0) >= count else None
 
     m1 = wait_until(answered, 30, "Alertmanager to have every answer", 0.2)
-    cpu1 = (_cpu([healer.proc.pid]), _cpu([am_pid]), _cpu(pg))
+    cpu1 = (cpu_seconds(healer.proc.pid), cpu_seconds(am_pid), cpu_seconds(*pg))
     b1 = healer.batches()
     metrics = {k: v - m0.get(k, 0.0) for k, v in m1.items()}
     recorded, span, peak = healer.query(

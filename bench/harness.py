@@ -219,6 +219,19 @@ def http_get(url: str, headers: dict[str, str] | None = None) -> str:
         return str(resp.read().decode())
 
 
+def cpu_seconds(*pids: int) -> float:
+    """User plus system CPU seconds of the processes `pids` so far (not their children); a
+    process that has exited counts nothing, so a set of PostgreSQL backends can be summed."""
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    return total
+
+
 # --- memory ---------------------------------------------------------------------------------
 
 

@@ -34,6 +34,7 @@ from bench.harness import (
     PostRun,
     RssSampler,
     Table,
+    cpu_seconds,
     latency_summary,
     log,
     post_bodies,
@@ -70,11 +71,6 @@ LATENCY_RULE = {
 }
 
 
-def _cpu(pid: int) -> float:
-    t = psutil.Process(pid).cpu_times()
-    return float(t.user + t.system)
-
-
 def _post(url: str, bodies: list[bytes], headers: dict[str, str]) -> PostRun:
     return asyncio.run(
         post_bodies(url, bodies, concurrency=CONCURRENCY, max_seconds=120, headers=headers)
@@ -94,13 +90,13 @@ def _template(env: BenchEnv) -> Path:
 def _wrk(
     env: BenchEnv, url: str, pid: int, headers: dict[str, str], connections: int = CONCURRENCY
 ) -> dict[str, Any] | None:
-    cpu0 = _cpu(pid)
+    cpu0 = cpu_seconds(pid)
     out = wrk_storm(
         url, _template(env), seconds=WRK_SECONDS, connections=connections, headers=headers
     )
     if out is None:
         return None
-    return {**out, "server_cpu_s": _cpu(pid) - cpu0}
+    return {**out, "server_cpu_s": cpu_seconds(pid) - cpu0}
 
 
 def _per_txn(before: tuple[float, float], after: tuple[float, float]) -> float:
@@ -111,7 +107,6 @@ def _per_txn(before: tuple[float, float], after: tuple[float, float]) -> float:
 
 
 def start_latency(healer: Healer, trials: int) -> dict[str, Any]:
-
     claim: list[float] = []
     step: list[float] = []
     printed: list[float] = []
@@ -195,10 +190,10 @@ def bare_ceiling(env: BenchEnv, count: int) -> dict[str, Any]:
         "bare aiohttp app",
     )
     bodies = [alerts.body(i, run="bare-") for i in range(count)]
-    cpu0, me0 = _cpu(proc.pid), _cpu(psutil.Process().pid)
+    cpu0, me0 = cpu_seconds(proc.pid), cpu_seconds(psutil.Process().pid)
     url = f"http://127.0.0.1:{port}/alerts"
     run = _post(url, bodies, {"Authorization": "Bearer x"})
-    cpu1, me1 = _cpu(proc.pid), _cpu(psutil.Process().pid)
+    cpu1, me1 = cpu_seconds(proc.pid), cpu_seconds(psutil.Process().pid)
     wrk = _wrk(env, url, proc.pid, {"Authorization": "Bearer x"})
     proc.stop()
     return {
@@ -228,9 +223,9 @@ def ingest_storms(env: BenchEnv, healer: Healer, storms: int, count: int) -> dic
             bodies = [alerts.body(i, run=f"storm{n}-") for i in range(count)]
             rss.phase(f"storm {n}")
             b0 = healer.batches()
-            cpu0, me0 = _cpu(healer.proc.pid), _cpu(me)
+            cpu0, me0 = cpu_seconds(healer.proc.pid), cpu_seconds(me)
             run = _post(url, bodies, healer.auth)
-            cpu1, me1 = _cpu(healer.proc.pid), _cpu(me)
+            cpu1, me1 = cpu_seconds(healer.proc.pid), cpu_seconds(me)
             b1 = healer.batches()
             rss.phase(f"after {n}")
             time.sleep(3)

@@ -280,8 +280,9 @@ def _tune_gc() -> None:
     storm of 10,000 notifications from a real Alertmanager that cost the healer 0.6-0.9 ms
     of CPU per alert, against 0.4-0.6 ms with these thresholds. `gc.freeze()` moves what
     exists at start (config, compiled rules, the app) out of every later collection. Cycles
-    are still collected, in fewer and larger passes: the storms' memory stays flat
-    (bench/README.md).
+    are still collected, in fewer and larger passes: RSS stays flat across storms of the
+    same size (bench/README.md); under a burst it follows the requests in flight, as it
+    does with the default thresholds.
     """
     gc.collect()
     gc.freeze()
