@@ -20,8 +20,9 @@ from typing import Any
 
 import yaml
 
+from exporter.base.errors import ConfigError
 from exporter.config import Config, load_config
-from exporter.errors import CheckUnknown, ConfigError
+from exporter.errors import CheckUnknown
 
 __all__ = ["register"]
 

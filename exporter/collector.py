@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from exporter import __version__
+from exporter.base import __version__
 from exporter.checks.orphan_tasks import REASONS
 from exporter.runner import CheckState, Runner
 

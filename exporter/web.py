@@ -21,9 +21,10 @@ from jinja2.sandbox import SandboxedEnvironment
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from exporter import __version__
+from exporter.base import __version__
+from exporter.base.types import split_listen
 from exporter.collector import ExporterCollector
-from exporter.config import Config, split_listen
+from exporter.config import Config
 from exporter.runner import Runner
 
 __all__ = ["REGISTRY", "RUNNER", "create_app", "serve"]

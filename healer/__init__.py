@@ -1,5 +1,5 @@
 """taskmedic healer: an Alertmanager webhook that runs declared remediation with a journal."""
 
-from exporter import __version__
+from exporter.base import __version__
 
 __all__ = ["__version__"]

@@ -14,6 +14,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from exporter.base.errors import TaskmedicError
 from healer.journal.queries import q
 
 __all__ = [
@@ -38,11 +39,11 @@ STATES = (
 )
 
 
-class ActionNotFound(LookupError):
+class ActionNotFound(TaskmedicError, LookupError):
     """No action has this id."""
 
 
-class ActionConflict(Exception):
+class ActionConflict(TaskmedicError):
     """The action is not in a state that allows this (HTTP 409); the message says why."""
 
 

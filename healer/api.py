@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from exporter.config import parse_duration
+from exporter.base.types import parse_duration
 from healer import appkeys
 from healer.actions import STATES, ActionConflict, ActionNotFound, get_action, list_actions
 from healer.actions import approve as approve_action

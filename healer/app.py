@@ -1,4 +1,4 @@
-"""The healer's web application (contract 7) and how it starts and stops.
+"""The healer's web application and how it starts and stops.
 
 Resources live in cleanup contexts, opened in order and closed in reverse: the journal (its
 DSN, an embedded server if none is configured, the schema upgrade, the pool), then the
@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from exporter.config import split_listen
+from exporter.base.types import split_listen
 from healer import api, appkeys
 from healer.actions import STATES
 from healer.auth import Authenticator, auth_middleware

@@ -19,9 +19,9 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from exporter import __version__
 from exporter import cli as exporter_cli
-from exporter.errors import ConfigError
+from exporter.base import __version__
+from exporter.base.errors import ConfigError
 from healer import log_cli
 from healer.config import HealerConfig, load_healer_config
 

@@ -24,18 +24,10 @@ from pydantic import (
     model_validator,
 )
 
-from exporter.config import (
-    Config,
-    DatabaseConfig,
-    Duration,
-    Listen,
-    Model,
-    Name,
-    cross_check,
-    split_listen,
-)
-from exporter.configfile import Located, load_yaml, validate
-from exporter.errors import ConfigError, Problem
+from exporter.base.configfile import Located, load_yaml, validate
+from exporter.base.errors import ConfigError, Problem
+from exporter.base.types import Duration, Listen, Model, Name, split_listen
+from exporter.config import Config, DatabaseConfig, cross_check
 from healer.plan import floats_in
 
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "kib": 1024, "mib": 1024**2}
@@ -129,7 +121,7 @@ class AuthSettings(Model):
 
 
 class HealerSettings(Model):
-    """The `healer:` section (contract 3). Durations in seconds, sizes in bytes once loaded."""
+    """The `healer:` section. Durations in seconds, sizes in bytes once loaded."""
 
     listen: Listen = "127.0.0.1:9809"
     journal: DatabaseConfig | None = None  # None: an embedded PostgreSQL under data_dir

@@ -16,8 +16,8 @@ from typing import Any, BinaryIO
 
 import psycopg
 
-from exporter.config import parse_duration
-from exporter.errors import ConfigError
+from exporter.base.errors import ConfigError
+from exporter.base.types import parse_duration
 from healer.errors import JournalUnavailable
 
 __all__ = ["register_actions_log", "register_journal"]

@@ -29,6 +29,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from exporter.base.errors import TaskmedicError
 from healer.errors import JournalUnavailable
 from healer.journal.pool import journal_errors
 from healer.journal.queries import q
@@ -56,7 +57,7 @@ class End:
     state: str
 
 
-class ActionNotFound(LookupError):
+class ActionNotFound(TaskmedicError, LookupError):
     """No action with this id exists in the journal."""
 
 

@@ -18,6 +18,7 @@ import orjson
 from jinja2 import StrictUndefined, Template, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from exporter.base.errors import TaskmedicError
 from healer.plan import (
     CelerySpec,
     Plan,
@@ -39,7 +40,7 @@ ENV = ImmutableSandboxedEnvironment(
 )
 
 
-class RenderError(Exception):
+class RenderError(TaskmedicError):
     """The rule cannot be rendered for this alert; the message says why (recorded as reason)."""
 
 

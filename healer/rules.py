@@ -18,8 +18,8 @@ from typing import Any
 from jinja2 import TemplateSyntaxError, nodes
 from pydantic import ValidationError
 
-from exporter.configfile import Located, Path_, load_yaml, validate
-from exporter.errors import ConfigError, Problem
+from exporter.base.configfile import Located, Path_, load_yaml, validate
+from exporter.base.errors import ConfigError, Problem
 from healer.config import HealerConfig, Rule, RulesFile, StepRule
 from healer.plan import canonical_json
 from healer.render import ENV

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from exporter.base.errors import TaskmedicError
 from exporter.config import Config
 from healer.errors import JournalUnavailable, LeaseLost
 from healer.journal import runs
@@ -78,7 +79,7 @@ def count(metrics: HealerMetrics, settled: runs.Settled) -> None:
         metrics.action_duration.labels(settled.rule).observe(settled.duration)
 
 
-class _Stopped(Exception):
+class _Stopped(TaskmedicError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason

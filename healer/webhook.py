@@ -25,12 +25,14 @@ from typing import Any, Literal
 import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from exporter.base.errors import TaskmedicError
+
 __all__ = ["Alert", "BadPayload", "Notification", "UnsupportedVersion", "parse_notification"]
 
 _INT32_MAX = 2**31 - 1
 
 
-class BadPayload(ValueError):
+class BadPayload(TaskmedicError, ValueError):
     """Not JSON or not the webhook's shape; `path` is the JSON path of the first problem."""
 
     def __init__(self, path: str, message: str) -> None:
@@ -39,7 +41,7 @@ class BadPayload(ValueError):
         super().__init__(f"{path}: {message}")
 
 
-class UnsupportedVersion(ValueError):
+class UnsupportedVersion(TaskmedicError, ValueError):
     """A webhook version other than "4"."""
 
 

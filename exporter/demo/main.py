@@ -25,17 +25,18 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from exporter.base.errors import TaskmedicError
 from exporter.demo import configs, healing, sample, tasks
 from exporter.demo.guide import fault_note, guide, ready_line
 from exporter.demo.processes import Child, spawn, stop_all
 from exporter.demo.services import EmbeddedPostgres, EmbeddedRedis
 
 
-class StartFailed(Exception):
+class StartFailed(TaskmedicError):
     """A part of the demo did not come up; the message says which and where its log is."""
 
 
-class Interrupted(Exception):
+class Interrupted(TaskmedicError):
     """Ctrl-C or SIGTERM arrived while the demo was starting."""
 
 

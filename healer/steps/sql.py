@@ -23,6 +23,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import psycopg
 import pymysql
 
+from exporter.base.errors import TaskmedicError
 from exporter.config import Config, DatabaseConfig
 from healer.output import StepOutput
 from healer.plan import SqlSpec
@@ -37,7 +38,7 @@ class SqlOutcome:
     returned: list[Any] | None  # first column of the rows a RETURNING gave back, if any
 
 
-class CommitFailed(Exception):
+class CommitFailed(TaskmedicError):
     """Committing the shared transaction of `database` failed; later ones were rolled back."""
 
     def __init__(self, database: str, committed: list[str], message: str) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from exporter.errors import ConfigError
+from exporter.base.errors import ConfigError
 from healer.app import create_app
 from healer.auth import Authenticator
 from healer.config import AuthSettings, check_serving_auth, load_healer_config

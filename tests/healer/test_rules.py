@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.errors import ConfigError
+from exporter.base.errors import ConfigError
 from healer.cli import main
 from healer.config import Rule
 from healer.plan import canonical_json, plain_numbers

@@ -19,7 +19,17 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from exporter.errors import ConfigError, Problem
+from exporter.base.errors import ConfigError, Problem
+
+__all__ = [
+    "Located",
+    "Path_",
+    "expand_vars",
+    "format_path",
+    "load_yaml",
+    "parse_yaml",
+    "validate",
+]
 
 Path_ = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)

@@ -1,0 +1,90 @@
+"""The value types of taskmedic's config models, shared by the exporter's and the healer's.
+
+Every model forbids unknown keys (`Model`); durations accept `90s`, `10m`, `1h30m`, `250ms` or
+seconds; names are what may label a metric or appear in a URL; listen addresses are
+`host:port`. `mask_dsn` is how any DSN is shown: with its password hidden.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+__all__ = [
+    "Duration",
+    "Listen",
+    "Model",
+    "Name",
+    "mask_dsn",
+    "parse_duration",
+    "split_listen",
+]
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"^\s*((?:\d+(?:\.\d+)?(?:ms|s|m|h|d)\s*)+)$")
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+
+
+def parse_duration(value: Any) -> float:
+    """`"90s"`, `"10m"`, `"1h30m"`, `"250ms"` or a number of seconds -> seconds as float."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 10m or 1h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and _DURATION.match(value):
+        seconds = sum(float(n) * _UNITS[u] for n, u in _PART.findall(value))
+    else:
+        raise ValueError("expected a duration such as 30s, 10m or 1h")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    if not math.isfinite(seconds):
+        raise ValueError("a duration must be finite")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$", max_length=100)]
+
+
+def _listen(value: Any) -> str:
+    if not isinstance(value, str) or not re.match(r"^(\[[0-9a-fA-F:]+\]|[^:\s]*):\d{1,5}$", value):
+        raise ValueError("expected host:port, for example 127.0.0.1:9808")
+    if int(value.rsplit(":", 1)[1]) > 65535:
+        raise ValueError("port must be at most 65535")
+    return value
+
+
+Listen = Annotated[str, BeforeValidator(_listen)]
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """`"127.0.0.1:9808"` -> `("127.0.0.1", 9808)`; `"[::1]:9808"` -> `("::1", 9808)`."""
+    host, port = listen.rsplit(":", 1)
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - an empty host means all
+
+
+def mask_dsn(dsn: str) -> str:
+    """Hide the password of a URL or libpq key=value DSN; everything else stays readable.
+
+    Errs on the side of hiding: an unescaped `@` or `/` in a URL password cannot reveal part
+    of it, because the user info is taken up to the LAST `@`.
+    """
+    masked = re.sub(
+        r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)", r"\1***", dsn, flags=re.IGNORECASE
+    )
+    m = re.match(r"^([a-z][a-z0-9+.-]*://)(.*)$", masked, flags=re.IGNORECASE | re.DOTALL)
+    if m is None or "@" not in m.group(2):
+        return masked
+    userinfo, _, rest = m.group(2).rpartition("@")
+    if ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":***"
+    return f"{m.group(1)}{userinfo}@{rest}"
+
+
+class Model(BaseModel):
+    """Every section forbids unknown keys: a typo is an error, not a silent default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
