@@ -358,8 +358,8 @@ async def _in_process(
 
 
 def orphan_collection(env: BenchEnv, dsn: str, *, collections: int = 8) -> dict[str, Any]:
+    from exporter.base.connections import CeleryConfig
     from exporter.celery_state import ClusterMonitor
-    from exporter.config import CeleryConfig
     from tests.celery_app import make_app
 
     data.grow_jobs(dsn, 1_000_000)

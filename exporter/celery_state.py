@@ -20,20 +20,19 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from celery import Celery, states
+from celery import states
 from celery.backends.base import BaseKeyValueStoreBackend, DisabledBackend
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
+from exporter.base.connections import CeleryConfig, celery_app
 from exporter.celery_events import EventStream, WorkerStatus, WorkerTable
-from exporter.config import CeleryConfig
 from exporter.errors import CheckUnknown
 
 __all__ = ["ClusterMonitor", "ClusterSnapshot", "TaskTrace", "WorkerStatus"]
 
 log = logging.getLogger(__name__)
 
-_SOCKET_TIMEOUT = 5.0  # seconds a broker or backend may take to answer one command
 _PAGE = 1000  # queue messages read per LRANGE, result keys per MGET
 _FINISHED_STATES = frozenset({states.SUCCESS, states.FAILURE, states.REVOKED})
 
@@ -70,33 +69,6 @@ def _masked(text: str) -> str:
     return re.sub(r"([a-z][a-z0-9+.-]*://[^:/@\s]*):[^@/\s]*@", r"\1:***@", text, flags=re.I)
 
 
-def make_app(name: str, config: CeleryConfig) -> Celery:
-    """A Celery app that only reads: it sends no task and creates no table or queue of its own
-    beyond the reply queues of inspect and the event queue, which the broker auto-deletes."""
-    app = Celery(
-        f"taskmedic-{name}",
-        broker=config.broker.get_secret_value(),
-        backend=config.backend.get_secret_value() if config.backend else None,
-        set_as_current=False,
-    )
-    app.conf.update(
-        database_create_tables_at_setup=False,  # a database result backend is read, not set up
-        result_backend_always_retry=False,  # a backend that is down fails this check now
-        # A broker or Redis backend that accepts the connection but never answers must not
-        # hang a check (or the event thread) for ever: every socket read gives up in time.
-        broker_connection_timeout=_SOCKET_TIMEOUT,
-        broker_heartbeat=10,  # AMQP: a silent broker is noticed in ~20 s, not Celery's 4 min
-        redis_socket_connect_timeout=_SOCKET_TIMEOUT,
-        redis_socket_timeout=_SOCKET_TIMEOUT,
-    )
-    if app.connection_for_read().transport.driver_type == "redis":
-        app.conf.broker_transport_options = {
-            "socket_connect_timeout": _SOCKET_TIMEOUT,
-            "socket_timeout": _SOCKET_TIMEOUT,
-        }
-    return app
-
-
 class ClusterMonitor:
     """Live view of one Celery cluster: worker liveness from its events, task whereabouts on
     demand. `start()` before use, `stop()` at the end."""
@@ -104,7 +76,9 @@ class ClusterMonitor:
     def __init__(self, name: str, config: CeleryConfig) -> None:
         self.name = name
         self.config = config
-        self._app = make_app(name, config)
+        # Reads only: it sends no task and creates nothing beyond the reply queues of inspect
+        # and the event queue, which the broker auto-deletes.
+        self._app = celery_app(config, name=name)
         self._where = _masked(config.broker.get_secret_value())
         self._table = WorkerTable(config.purge_offline_after)
         self._events = EventStream(self._app, self._table, self._where)

@@ -10,158 +10,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qsl, unquote, urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field
 
 from exporter.base.configfile import Located, load_yaml, validate
+from exporter.base.connections import CeleryConfig, DatabaseConfig
 from exporter.base.errors import ConfigError
-from exporter.base.types import Duration, Listen, Model, Name, mask_dsn
-
-
-def _read_secret(path: Path, what: str) -> str:
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ValueError(f"cannot read {what} {path}: {exc.strerror}") from None
-
-
-_MYSQL_OPTIONS = {
-    "unix_socket": str,
-    "charset": str,
-    "ssl_ca": str,
-    "ssl_cert": str,
-    "ssl_key": str,
-    "ssl_verify_cert": bool,
-    "ssl_verify_identity": bool,
-}
-
-
-def dsn_kind(raw: str) -> Literal["postgresql", "mysql"]:
-    """Which driver a DSN needs, from its scheme; the error never echoes the DSN."""
-    scheme = urlsplit(raw).scheme.split("+")[0].lower() if "://" in raw else ""
-    if scheme in ("postgresql", "postgres") or (not scheme and "=" in raw):
-        return "postgresql"
-    if scheme in ("mysql", "mariadb"):
-        parse_mysql_dsn(raw)
-        return "mysql"
-    raise ValueError(
-        "dsn must start with postgresql://, postgres://, mysql:// or mariadb:// "
-        "(or be a libpq key=value string)"
-    )
-
-
-def parse_mysql_dsn(dsn: str) -> dict[str, Any]:
-    """`mysql://user:pass@host:port/db?unix_socket=...` -> pymysql.connect() keyword arguments.
-
-    Percent-escapes in the user, password and database are decoded. Errors name the part that
-    is wrong, never its value (it may be the password).
-    """
-    parts = urlsplit(dsn)
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError("dsn has an invalid port") from None
-    args: dict[str, Any] = {
-        "host": parts.hostname or "localhost",
-        "port": port or 3306,
-        "user": unquote(parts.username) if parts.username else None,
-        "password": unquote(parts.password) if parts.password is not None else "",
-        "database": unquote(parts.path.lstrip("/")) or None,
-    }
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        kind = _MYSQL_OPTIONS.get(key)
-        if kind is None:
-            known = ", ".join(sorted(_MYSQL_OPTIONS))
-            raise ValueError(f"dsn has an unknown MySQL option {key!r} (known: {known})")
-        if kind is bool:
-            if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                raise ValueError(f"dsn option {key} must be true or false")
-            args[key] = value.lower() in ("1", "true", "yes")
-        else:
-            args[key] = value
-    return args
-
-
-class DatabaseConfig(Model):
-    """A user's database, reached read-only. The DSN scheme picks the driver.
-
-    `max_connections` bounds how many checks query it at once (each on its own connection),
-    so a hundred checks never open a hundred connections to a user's database.
-    """
-
-    dsn: SecretStr | None = None
-    dsn_file: Path | None = None
-    password_file: Path | None = None
-    connect_timeout: Duration = 5.0
-    max_connections: int = Field(default=4, ge=1, le=64)
-
-    @field_validator("dsn")
-    @classmethod
-    def _dsn_scheme(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None:
-            dsn_kind(value.get_secret_value())
-        return value
-
-    @field_validator("dsn_file")
-    @classmethod
-    def _dsn_file_readable(cls, value: Path | None) -> Path | None:
-        if value is not None:
-            dsn_kind(_read_secret(value, "dsn_file"))
-        return value
-
-    @field_validator("password_file")
-    @classmethod
-    def _password_file_readable(cls, value: Path | None) -> Path | None:
-        if value is not None:
-            _read_secret(value, "password_file")
-        return value
-
-    @model_validator(mode="after")
-    def _resolve(self) -> DatabaseConfig:
-        if (self.dsn is None) == (self.dsn_file is None):
-            raise ValueError("give exactly one of dsn or dsn_file")
-        if self.dsn_file is not None:
-            object.__setattr__(self, "dsn", SecretStr(_read_secret(self.dsn_file, "dsn_file")))
-        return self
-
-    @property
-    def kind(self) -> Literal["postgresql", "mysql"]:
-        return dsn_kind(self.dsn.get_secret_value() if self.dsn else "")
-
-    def secret_dsn(self) -> str:
-        """The DSN as written (or read from `dsn_file`); never log this value.
-
-        A `password_file` is not merged into it: pass `password()` to the driver separately.
-        """
-        assert self.dsn is not None
-        return self.dsn.get_secret_value()
-
-    def password(self) -> str | None:
-        """The content of `password_file` (read at each call, so a rotated secret is used)."""
-        return _read_secret(self.password_file, "password_file") if self.password_file else None
-
-    def display(self) -> str:
-        return mask_dsn(self.secret_dsn())
-
-
-class CeleryConfig(Model):
-    """A Celery cluster: where its broker and result backend are, and how to judge liveness."""
-
-    broker: SecretStr
-    backend: SecretStr | None = None
-    queues: list[str] = Field(default_factory=lambda: ["celery"])
-    inspect_timeout: Duration = 1.0
-    purge_offline_after: Duration = 300.0
-
-    def display(self) -> dict[str, Any]:
-        return {
-            "broker": mask_dsn(self.broker.get_secret_value()),
-            "backend": mask_dsn(self.backend.get_secret_value()) if self.backend else None,
-            "queues": self.queues,
-            "inspect_timeout": self.inspect_timeout,
-            "purge_offline_after": self.purge_offline_after,
-        }
+from exporter.base.types import Duration, Listen, Model, Name
 
 
 class ExporterSettings(Model):
@@ -234,20 +89,9 @@ class Config(Model):
         for shown, check in zip(out["checks"], self.checks, strict=True):
             shown["interval"] = self.interval_of(check)  # effective values, not null
             shown["timeout"] = self.timeout_of(check)
-        out["databases"] = {n: _display_database(d) for n, d in self.databases.items()}
+        out["databases"] = {n: d.shown() for n, d in self.databases.items()}
         out["celery"] = {n: c.display() for n, c in self.celery.items()}
         return out
-
-
-def _display_database(d: DatabaseConfig) -> dict[str, Any]:
-    out: dict[str, Any] = {"dsn": d.display()}
-    if d.dsn_file is not None:
-        out["dsn_file"] = str(d.dsn_file)
-    if d.password_file is not None:
-        out["password_file"] = str(d.password_file)
-    out["connect_timeout"] = d.connect_timeout
-    out["max_connections"] = d.max_connections
-    return out
 
 
 def cross_check(config: Config, located: Located) -> None:

@@ -18,7 +18,7 @@ import psycopg
 import pymysql
 from psycopg import errors as pg_errors
 
-from exporter.config import DatabaseConfig, parse_mysql_dsn
+from exporter.base.connections import DatabaseConfig, parse_mysql_dsn
 from exporter.errors import CheckUnknown
 
 __all__ = ["ConnectionLost", "MySqlSession", "PgSession", "QueryResult", "Session"]

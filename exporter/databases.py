@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from exporter.config import DatabaseConfig
+from exporter.base.connections import DatabaseConfig
 from exporter.database_sessions import (
     ConnectionLost,
     MySqlSession,

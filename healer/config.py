@@ -25,9 +25,10 @@ from pydantic import (
 )
 
 from exporter.base.configfile import Located, load_yaml, validate
+from exporter.base.connections import DatabaseConfig, read_secret
 from exporter.base.errors import ConfigError, Problem
 from exporter.base.types import Duration, Listen, Model, Name, split_listen
-from exporter.config import Config, DatabaseConfig, cross_check
+from exporter.config import Config, cross_check
 from healer.plan import floats_in
 
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "kib": 1024, "mib": 1024**2}
@@ -52,13 +53,6 @@ def parse_size(value: Any) -> int:
 Size = Annotated[int, BeforeValidator(parse_size)]
 
 
-def _read(path: Path, what: str) -> str:
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ValueError(f"cannot read {what} {path}: {exc.strerror}") from None
-
-
 class BasicAuthSettings(Model):
     username: str = Field(min_length=1)
     password: SecretStr | None = None
@@ -69,7 +63,7 @@ class BasicAuthSettings(Model):
         if (self.password is None) == (self.password_file is None):
             raise ValueError("give exactly one of password or password_file")
         if self.password_file is not None:
-            secret = _read(self.password_file, "password_file")
+            secret = read_secret(self.password_file, "password_file")
             object.__setattr__(self, "password", SecretStr(secret))
         if not self.secret_password():
             raise ValueError("the password is empty")
@@ -102,7 +96,7 @@ class AuthSettings(Model):
         if self.bearer_token is not None and self.bearer_token_file is not None:
             raise ValueError("give at most one of bearer_token or bearer_token_file")
         if self.bearer_token_file is not None:
-            secret = _read(self.bearer_token_file, "bearer_token_file")
+            secret = read_secret(self.bearer_token_file, "bearer_token_file")
             object.__setattr__(self, "bearer_token", SecretStr(secret))
         if self.bearer_token is not None and not self.bearer_token.get_secret_value():
             raise ValueError("bearer_token is empty")

@@ -16,6 +16,7 @@ from typing import Any
 from celery import Celery
 from kombu.exceptions import KombuError
 
+from exporter.base.connections import celery_app
 from exporter.config import Config
 from healer.output import StepOutput
 from healer.plan import CelerySpec
@@ -47,18 +48,7 @@ class CeleryApps:
         cluster = self.config.celery.get(name)
         if cluster is None:
             raise StepError(f"celery cluster {name!r} is not defined under celery")
-        app = Celery(
-            f"taskmedic-{name}",
-            broker=cluster.broker.get_secret_value(),
-            backend=cluster.backend.get_secret_value() if cluster.backend else None,
-            set_as_current=False,
-        )
-        app.conf.update(
-            broker_connection_timeout=5,
-            broker_connection_retry_on_startup=False,
-            task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2},
-        )
-        self._apps[name] = app
+        app = self._apps[name] = celery_app(cluster, name=name)
         return app
 
     def close(self) -> None:

@@ -23,8 +23,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import psycopg
 import pymysql
 
+from exporter.base.connections import DatabaseConfig
 from exporter.base.errors import TaskmedicError
-from exporter.config import Config, DatabaseConfig
+from exporter.config import Config
 from healer.output import StepOutput
 from healer.plan import SqlSpec
 from healer.steps.result import MAX_ITEMS, StepError, StepResult, jsonable

@@ -9,8 +9,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from exporter.base.connections import CeleryConfig
 from exporter.celery_state import ClusterMonitor, WorkerStatus
-from exporter.config import CeleryConfig
 from tests.services import free_port
 
 

@@ -62,7 +62,7 @@ def pg_exec(dsn: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
 
 
 def mysql_exec(dsn: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
-    from exporter.config import parse_mysql_dsn
+    from exporter.base.connections import parse_mysql_dsn
 
     conn = pymysql.connect(**parse_mysql_dsn(dsn), autocommit=True)
     try:

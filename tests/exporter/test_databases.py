@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from exporter.config import DatabaseConfig
+from exporter.base.connections import DatabaseConfig
 from exporter.databases import Database
 from exporter.errors import CheckUnknown
 from tests.exporter.conftest import MARIADB

@@ -10,7 +10,8 @@ import psycopg
 import pymysql
 import pytest
 
-from exporter.config import Config, DatabaseConfig
+from exporter.base.connections import DatabaseConfig
+from exporter.config import Config
 from healer.plan import PlanStep, RepairSpec
 from healer.steps.sql import mysql_connect_args
 from tests.healer.journal_helpers import (
