@@ -18,7 +18,7 @@ import psycopg
 import pymysql
 from psycopg import errors as pg_errors
 
-from exporter.base.connections import DatabaseConfig, parse_mysql_dsn
+from exporter.base.connections import DatabaseConfig, mysql_connect_args
 from exporter.errors import CheckUnknown
 
 __all__ = ["ConnectionLost", "MySqlSession", "PgSession", "QueryResult", "Session"]
@@ -132,12 +132,9 @@ class MySqlSession:
 
     def __init__(self, config: DatabaseConfig, name: str, read_timeout: float) -> None:
         self._label = name
-        self._args = parse_mysql_dsn(config.secret_dsn())
-        password = config.password()
-        if password is not None:
-            self._args["password"] = password
+        self._args = mysql_connect_args(config)
         self._secrets = [str(self._args.get("password") or "")]
-        self._connect_timeout = max(1.0, config.connect_timeout)
+        self._connect_timeout = self._args["connect_timeout"]
         self.read_timeout = read_timeout
         try:
             self._conn = self._connect(read_timeout)
@@ -153,10 +150,8 @@ class MySqlSession:
             ) from None
 
     def _connect(self, read_timeout: float) -> Any:
-        args = {"charset": "utf8mb4", **self._args}
         return pymysql.connect(
-            **args,
-            connect_timeout=self._connect_timeout,
+            **self._args,
             read_timeout=read_timeout,
             write_timeout=read_timeout,
             autocommit=True,

@@ -25,6 +25,7 @@ __all__ = [
     "DatabaseConfig",
     "celery_app",
     "dsn_kind",
+    "mysql_connect_args",
     "parse_mysql_dsn",
     "read_secret",
 ]
@@ -192,6 +193,22 @@ class CeleryConfig(Model):
             "inspect_timeout": self.inspect_timeout,
             "purge_offline_after": self.purge_offline_after,
         }
+
+
+# --- driver arguments -----------------------------------------------------------------------
+
+
+def mysql_connect_args(config: DatabaseConfig) -> dict[str, Any]:
+    """PyMySQL's connect() keyword arguments: the DSN's, TLS options included; never log them.
+
+    A `password_file` replaces the DSN's password. utf8mb4 unless the DSN names a charset.
+    """
+    args: dict[str, Any] = {"charset": "utf8mb4", **parse_mysql_dsn(config.secret_dsn())}
+    password = config.password()
+    if password is not None:
+        args["password"] = password
+    args["connect_timeout"] = max(1.0, config.connect_timeout)
+    return args
 
 
 # --- Celery ---------------------------------------------------------------------------------

@@ -18,19 +18,18 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import psycopg
 import pymysql
 
-from exporter.base.connections import DatabaseConfig
+from exporter.base.connections import DatabaseConfig, mysql_connect_args
 from exporter.base.errors import TaskmedicError
 from exporter.config import Config
 from healer.output import StepOutput
 from healer.plan import SqlSpec
 from healer.steps.result import MAX_ITEMS, StepError, StepResult, jsonable
 
-__all__ = ["CommitFailed", "Sessions", "SqlOutcome", "mysql_connect_args", "run_sql"]
+__all__ = ["CommitFailed", "Sessions", "SqlOutcome", "run_sql"]
 
 
 @dataclass(frozen=True)
@@ -99,27 +98,6 @@ class _PgSession:
         await self.conn.close()
 
 
-def mysql_connect_args(db: DatabaseConfig) -> dict[str, Any]:
-    """PyMySQL's connect() arguments from a `mysql://user:password@host:port/db` DSN."""
-    url = urlsplit(db.secret_dsn())
-    query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-    args: dict[str, Any] = {
-        "host": url.hostname or "127.0.0.1",
-        "port": url.port or 3306,
-        "user": unquote(url.username) if url.username else None,
-        "password": unquote(url.password) if url.password else "",
-        "database": url.path.lstrip("/") or None,
-        "charset": query.get("charset", "utf8mb4"),
-        "connect_timeout": db.connect_timeout,
-        "autocommit": False,
-    }
-    if "unix_socket" in query:
-        args["unix_socket"] = query["unix_socket"]
-    if db.password_file:
-        args["password"] = db.password()
-    return args
-
-
 class _MySqlSession:
     """PyMySQL is blocking: every call runs in a thread, one at a time."""
 
@@ -131,7 +109,9 @@ class _MySqlSession:
     async def open(cls, db: DatabaseConfig, statement_timeout: float) -> _MySqlSession:
         def connect() -> _MySqlSession:
             # The socket timeout backs up the server-side one (MySQL enforces it on SELECT only).
-            conn = pymysql.connect(**mysql_connect_args(db), read_timeout=statement_timeout + 5)
+            conn = pymysql.connect(
+                **mysql_connect_args(db), autocommit=False, read_timeout=statement_timeout + 5
+            )
             return cls(conn, "mariadb" in conn.get_server_info().lower())
 
         return await asyncio.to_thread(connect)

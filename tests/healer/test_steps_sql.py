@@ -10,10 +10,9 @@ import psycopg
 import pymysql
 import pytest
 
-from exporter.base.connections import DatabaseConfig
+from exporter.base.connections import DatabaseConfig, mysql_connect_args
 from exporter.config import Config
 from healer.plan import PlanStep, RepairSpec
-from healer.steps.sql import mysql_connect_args
 from tests.healer.journal_helpers import (
     executors_fixture,  # noqa: F401 - pytest fixture
     insert_action,
