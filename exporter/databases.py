@@ -1,11 +1,12 @@
 """Read-only queries on a user's PostgreSQL or MySQL/MariaDB database.
 
-The exporter never writes to a user's database. Every query runs inside a READ ONLY
-transaction (PostgreSQL: `SET TRANSACTION READ ONLY` on a session whose default is read-only
-too; MySQL/MariaDB: `SET SESSION TRANSACTION READ ONLY` and `START TRANSACTION READ ONLY`) that
-is rolled back afterwards, so a query that tries to write fails with the database's own
-message. Drivers accept one statement per call (psycopg's extended protocol, pymysql without
-MULTI_STATEMENTS), so `COMMIT; DELETE ...` cannot escape the transaction either.
+The exporter never writes to a user's database. Every query runs in a read-only session of
+`exporter.base.sessions`: inside a READ ONLY transaction (PostgreSQL: `SET TRANSACTION READ
+ONLY` on a session whose default is read-only too; MySQL/MariaDB: `SET SESSION TRANSACTION READ
+ONLY` and `START TRANSACTION READ ONLY`) that is rolled back afterwards, so a query that tries
+to write fails with the database's own message. Drivers accept one statement per call
+(psycopg's extended protocol, pymysql without MULTI_STATEMENTS), so `COMMIT; DELETE ...`
+cannot escape the transaction either.
 
 Three timeouts, so that a hung server cannot stall a check: the driver's connect timeout, the
 server's statement timeout set per query (PostgreSQL `statement_timeout`, MySQL
@@ -31,12 +32,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from exporter.base.connections import DatabaseConfig
-from exporter.database_sessions import (
+from exporter.base.sessions import (
     ConnectionLost,
+    DatabaseError,
     MySqlSession,
-    PgSession,
     QueryResult,
     Session,
+    open_session,
 )
 from exporter.errors import CheckUnknown
 
@@ -84,7 +86,9 @@ class Database:
             future = in_daemon_thread(self._run, query, timeout, call)
             deadline = timeout + CLIENT_SLACK + self.config.connect_timeout
             try:
-                return await asyncio.wait_for(asyncio.shield(future), deadline)
+                result = await asyncio.wait_for(asyncio.shield(future), deadline)
+            except DatabaseError as exc:
+                raise CheckUnknown(str(exc)) from None
             except TimeoutError:
                 self._abandon(call, future)
                 raise CheckUnknown(
@@ -93,6 +97,9 @@ class Database:
             except asyncio.CancelledError:
                 self._abandon(call, future)
                 raise
+        if not result.result_set:
+            raise CheckUnknown("the query returned no result set (is it a SELECT?)")
+        return result
 
     def _abandon(self, call: _Call, future: asyncio.Future[QueryResult]) -> None:
         future.add_done_callback(discard_result)
@@ -149,9 +156,13 @@ class Database:
         return None
 
     def _open(self, read_timeout: float) -> Session:
-        if self.config.kind == "postgresql":
-            return PgSession(self.config, self.name)
-        return MySqlSession(self.config, self.name, read_timeout)
+        return open_session(
+            self.config,
+            self.name,
+            read_only=True,
+            read_timeout=read_timeout,
+            application_name="taskmedic-exporter",
+        )
 
     def close(self) -> None:
         """Close idle connections; a thread still running closes its own when it returns."""

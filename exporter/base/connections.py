@@ -1,14 +1,15 @@
 """How to reach a user's database or a Celery cluster: the settings and the driver arguments.
 
 `DatabaseConfig` and `CeleryConfig` are the connection settings of `taskmedic.yaml` that both
-halves use. This module is the only place that turns them into what a driver takes: PyMySQL's
-arguments from a `mysql://` DSN, TLS options included, and the Celery app of a cluster.
-Secrets are read from their files here too, at each use, so a rotated secret is picked up
-without a restart.
+halves use. This module is the only place that turns them into what a driver takes: psycopg's
+connect arguments, PyMySQL's (from a `mysql://` DSN, TLS options included), and the Celery app
+of a cluster. Secrets are read from their files here too, at each use, so a rotated secret is
+picked up without a restart.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -27,6 +28,7 @@ __all__ = [
     "dsn_kind",
     "mysql_connect_args",
     "parse_mysql_dsn",
+    "pg_connect_args",
     "read_secret",
 ]
 
@@ -196,6 +198,28 @@ class CeleryConfig(Model):
 
 
 # --- driver arguments -----------------------------------------------------------------------
+
+
+def pg_connect_args(config: DatabaseConfig, *, application_name: str) -> dict[str, Any]:
+    """psycopg's connect() keyword arguments, the DSN as `conninfo`; never log them.
+
+    `application_name` names taskmedic in `pg_stat_activity` unless the DSN names itself.
+    libpq waits at least 2 seconds to connect whatever it is given.
+    """
+    from psycopg.conninfo import conninfo_to_dict  # here: loading a config needs no driver
+
+    dsn = config.secret_dsn()
+    args: dict[str, Any] = {
+        "conninfo": dsn,
+        "connect_timeout": max(2, math.ceil(config.connect_timeout)),
+        "autocommit": False,
+    }
+    if "application_name" not in conninfo_to_dict(dsn):
+        args["application_name"] = application_name
+    password = config.password()
+    if password is not None:
+        args["password"] = password
+    return args
 
 
 def mysql_connect_args(config: DatabaseConfig) -> dict[str, Any]:

@@ -1,8 +1,9 @@
-"""The `sql` step, and the database sessions `sql`, `repair` and SQL undo steps share.
+"""The `sql` step, and the database connections `sql`, `repair` and SQL undo steps share.
 
 Statements come from the operator's rules and are executed as written, with the plan's
-parameters bound by the driver (never formatted into the text); psycopg for PostgreSQL, PyMySQL
-(in a thread) for MySQL/MariaDB, both with a server-side statement timeout.
+parameters bound by the driver (never formatted into the text), each with a server-side
+statement timeout, through the read-write sessions of `exporter.base.sessions` (blocking: they
+run in threads).
 
 `Sessions` decides the transaction: by default each statement commits on its own. When shared
 (`transaction: single`, or any dry run) every statement on one database runs in one transaction
@@ -14,22 +15,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, TypeVar
 
-import psycopg
-import pymysql
-
-from exporter.base.connections import DatabaseConfig, mysql_connect_args
 from exporter.base.errors import TaskmedicError
+from exporter.base.sessions import ConnectFailed, DatabaseError, Session, open_session
 from exporter.config import Config
 from healer.output import StepOutput
 from healer.plan import SqlSpec
 from healer.steps.result import MAX_ITEMS, StepError, StepResult, jsonable
 
 __all__ = ["CommitFailed", "Sessions", "SqlOutcome", "run_sql"]
+
+T = TypeVar("T")
+# The client's read timeout on MySQL is the first statement's timeout plus this much: the
+# server stops a statement on time and says so, the socket timeout is the backstop.
+READ_SLACK = 5.0
 
 
 @dataclass(frozen=True)
@@ -47,105 +49,76 @@ class CommitFailed(TaskmedicError):
         self.committed = committed
 
 
-class _Session(Protocol):
-    async def execute(
-        self, query: str, params: Mapping[str, Any], statement_timeout: float
-    ) -> SqlOutcome: ...
-    async def commit(self) -> None: ...
-    async def rollback(self) -> None: ...
-    async def close(self) -> None: ...
+def _discard(future: asyncio.Future[Any]) -> None:
+    """Retrieve the outcome of a call nobody awaits any more (no 'never retrieved' warning)."""
+    if not future.cancelled():
+        future.exception()
 
 
-class _PgSession:
-    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        self.conn = conn
+def _close_if_opened(future: asyncio.Future[Session]) -> None:
+    """A connection that opened after its step was cancelled is closed, not left to the GC."""
+    if not future.cancelled() and future.exception() is None:
+        asyncio.get_running_loop().run_in_executor(None, future.result().close)
+
+
+class _Connection:
+    """A read-write session driven from the event loop, each blocking call in a thread.
+
+    A call cancelled while its statement runs (a cancel request, a lost lease, shutdown) asks
+    the server to cancel the statement and waits for the thread to return before letting the
+    cancellation through: the connection is never used by two threads at once, and the
+    rollback that follows does not wait for a statement nobody wants any more.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
 
     @classmethod
-    async def open(cls, db: DatabaseConfig) -> _PgSession:
-        extra: dict[str, Any] = {"password": db.password()} if db.password_file else {}
-        conn = await psycopg.AsyncConnection.connect(
-            db.secret_dsn(),
-            autocommit=False,
-            connect_timeout=max(2, math.ceil(db.connect_timeout)),
-            application_name="taskmedic-healer",
-            **extra,
+    async def open(cls, db_name: str, config: Config, statement_timeout: float) -> _Connection:
+        db = config.databases[db_name]
+        opening = asyncio.ensure_future(
+            asyncio.to_thread(
+                open_session,
+                db,
+                db_name,
+                read_only=False,
+                read_timeout=statement_timeout + READ_SLACK,
+                application_name="taskmedic-healer",
+            )
         )
-        return cls(conn)
+        try:
+            return cls(await asyncio.shield(opening))
+        except asyncio.CancelledError:
+            opening.add_done_callback(_close_if_opened)
+            raise
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        call = asyncio.ensure_future(asyncio.to_thread(fn))
+        try:
+            return await asyncio.shield(call)
+        except asyncio.CancelledError:
+            call.add_done_callback(_discard)
+            await asyncio.to_thread(self.session.cancel)
+            await asyncio.wait({call})
+            raise
 
     async def execute(
         self, query: str, params: Mapping[str, Any], statement_timeout: float
     ) -> SqlOutcome:
-        async with self.conn.cursor() as cur:
-            await cur.execute(
-                "SELECT set_config('statement_timeout', %s, true)",
-                (str(int(statement_timeout * 1000)),),
-            )
-            # The statement is the operator's own (a rule file), never request input; values
-            # reach it only as bound parameters.
-            await cur.execute(query, params)
-            returned = None
-            if cur.description is not None:
-                returned = [row[0] for row in await cur.fetchmany(MAX_ITEMS)]
-            return SqlOutcome(cur.rowcount, returned)
+        res = await self._call(
+            lambda: self.session.run(query, statement_timeout, params, max_rows=MAX_ITEMS)
+        )
+        returned = [row[0] for row in res.rows] if res.result_set else None
+        return SqlOutcome(res.rowcount, returned)
 
     async def commit(self) -> None:
-        await self.conn.commit()
+        await self._call(self.session.commit)
 
     async def rollback(self) -> None:
-        await self.conn.rollback()
+        await self._call(self.session.rollback)
 
     async def close(self) -> None:
-        await self.conn.close()
-
-
-class _MySqlSession:
-    """PyMySQL is blocking: every call runs in a thread, one at a time."""
-
-    def __init__(self, conn: Any, mariadb: bool) -> None:
-        self.conn = conn
-        self.mariadb = mariadb
-
-    @classmethod
-    async def open(cls, db: DatabaseConfig, statement_timeout: float) -> _MySqlSession:
-        def connect() -> _MySqlSession:
-            # The socket timeout backs up the server-side one (MySQL enforces it on SELECT only).
-            conn = pymysql.connect(
-                **mysql_connect_args(db), autocommit=False, read_timeout=statement_timeout + 5
-            )
-            return cls(conn, "mariadb" in conn.get_server_info().lower())
-
-        return await asyncio.to_thread(connect)
-
-    def _execute(
-        self, query: str, params: Mapping[str, Any], statement_timeout: float
-    ) -> SqlOutcome:
-        with self.conn.cursor() as cur:
-            if self.mariadb:
-                cur.execute("SET SESSION max_statement_time = %s", (statement_timeout,))
-            else:
-                cur.execute("SET SESSION max_execution_time = %s", (int(statement_timeout * 1000),))
-            cur.execute(query, dict(params))
-            returned = None
-            if cur.description is not None:
-                returned = [row[0] for row in cur.fetchmany(MAX_ITEMS)]
-            return SqlOutcome(cur.rowcount, returned)
-
-    async def execute(
-        self, query: str, params: Mapping[str, Any], statement_timeout: float
-    ) -> SqlOutcome:
-        return await asyncio.to_thread(self._execute, query, params, statement_timeout)
-
-    async def commit(self) -> None:
-        await asyncio.to_thread(self.conn.commit)
-
-    async def rollback(self) -> None:
-        await asyncio.to_thread(self.conn.rollback)
-
-    async def close(self) -> None:
-        await asyncio.to_thread(self.conn.close)
-
-
-_DB_ERRORS = (psycopg.Error, pymysql.MySQLError, OSError)
+        await self._call(self.session.close)
 
 
 class Sessions:
@@ -155,18 +128,15 @@ class Sessions:
         self.config = config
         self.shared = shared
         self.dry_run = dry_run
-        self._open: dict[str, _Session] = {}
+        self._open: dict[str, _Connection] = {}
 
-    async def _connect(self, database: str, statement_timeout: float) -> _Session:
-        db = self.config.databases.get(database)
-        if db is None:
+    async def _connect(self, database: str, statement_timeout: float) -> _Connection:
+        if database not in self.config.databases:
             raise StepError(f"database {database!r} is not defined under databases")
         try:
-            if db.kind == "mysql":
-                return await _MySqlSession.open(db, statement_timeout)
-            return await _PgSession.open(db)
-        except _DB_ERRORS as exc:
-            raise StepError(f"cannot connect to database {database}: {exc}") from None
+            return await _Connection.open(database, self.config, statement_timeout)
+        except ConnectFailed as exc:
+            raise StepError(f"cannot connect to database {database}: {exc.detail}") from None
 
     def transaction_of(self, own_transaction: bool) -> str:
         """What `steps.result.transaction` says about a statement that just ran."""
@@ -185,28 +155,27 @@ class Sessions:
     ) -> SqlOutcome:
         """Run one statement; commits at once unless shared (dry run: rolls back)."""
         if self.shared and not own_transaction:
-            session = self._open.get(database)
-            if session is None:
-                session = self._open[database] = await self._connect(database, statement_timeout)
+            conn = self._open.get(database)
+            if conn is None:
+                conn = self._open[database] = await self._connect(database, statement_timeout)
             try:
-                return await session.execute(query, params, statement_timeout)
-            except _DB_ERRORS as exc:
-                raise StepError(f"{database}: {exc}") from None
-        session = await self._connect(database, statement_timeout)
+                return await conn.execute(query, params, statement_timeout)
+            except DatabaseError as exc:
+                raise StepError(f"{database}: {exc.detail}") from None
+        conn = await self._connect(database, statement_timeout)
         try:
-            outcome = await session.execute(query, params, statement_timeout)
+            outcome = await conn.execute(query, params, statement_timeout)
             if self.dry_run:
-                await session.rollback()
+                await conn.rollback()
             else:
-                await session.commit()
+                await conn.commit()
             return outcome
-        except _DB_ERRORS as exc:
-            with contextlib.suppress(*_DB_ERRORS):
-                await session.rollback()
-            raise StepError(f"{database}: {exc}") from None
+        except DatabaseError as exc:
+            with contextlib.suppress(DatabaseError):
+                await conn.rollback()
+            raise StepError(f"{database}: {exc.detail}") from None
         finally:
-            with contextlib.suppress(*_DB_ERRORS):
-                await session.close()
+            await conn.close()
 
     @property
     def open_databases(self) -> list[str]:
@@ -222,26 +191,24 @@ class Sessions:
             await self.rollback()
             return []
         committed: list[str] = []
-        for name, session in list(self._open.items()):
+        for name, conn in list(self._open.items()):
             try:
-                await session.commit()
-            except _DB_ERRORS as exc:
+                await conn.commit()
+            except DatabaseError as exc:
                 await self.rollback()
-                raise CommitFailed(name, committed, str(exc)) from None
+                raise CommitFailed(name, committed, exc.detail) from None
             committed.append(name)
             del self._open[name]
-            with contextlib.suppress(*_DB_ERRORS):
-                await session.close()
+            await conn.close()
         return committed
 
     async def rollback(self) -> list[str]:
         """Roll back and close every shared transaction; returns the databases."""
         names = list(self._open)
-        for session in self._open.values():
-            with contextlib.suppress(*_DB_ERRORS):
-                await session.rollback()
-            with contextlib.suppress(*_DB_ERRORS):
-                await session.close()
+        for conn in self._open.values():
+            with contextlib.suppress(DatabaseError):
+                await conn.rollback()
+            await conn.close()
         self._open.clear()
         return names
 

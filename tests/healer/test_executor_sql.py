@@ -10,6 +10,7 @@ import pytest
 from tests.healer.journal_helpers import (
     app_config,
     executors_fixture,  # noqa: F401 - pytest fixture
+    fetch,
     insert_action,
     journal_fixture,  # noqa: F401 - pytest fixture
     plan,
@@ -17,6 +18,7 @@ from tests.healer.journal_helpers import (
     sql,
     state_in,
     steps,
+    until,
 )
 
 
@@ -178,3 +180,30 @@ async def test_an_undefined_database_fails_the_step_with_its_name(journal: str, 
     assert (await state_in(journal, action_id, "succeeded", "failed"))["state"] == "failed"
     (step,) = await steps(journal, action_id)
     assert step["error"] == "database 'nowhere' is not defined under databases"
+
+
+async def test_a_cancel_stops_the_running_statement_on_the_server(jobs: str, executors) -> None:
+    """The statement does not run on to its 30 s timeout behind a cancelled action: the
+    server cancels it at once and the row it would have changed is unchanged."""
+    await executors(app_config(jobs))
+    slow = "UPDATE jobs SET status = 'x' WHERE id = 1 AND pg_sleep(60) IS NOT NULL"
+    action_id = await insert_action(jobs, plan(sql("slow", "app", slow)))
+
+    async def running() -> int:
+        rows = await fetch(
+            jobs,
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE state = 'active'"
+            " AND application_name = 'taskmedic-healer' AND query = %s",
+            slow,
+        )
+        return int(rows[0]["n"])
+
+    await until(running, 20, "the statement to run")
+    await fetch(
+        jobs, "UPDATE actions SET cancel_requested_at = now() WHERE id = %s RETURNING id", action_id
+    )
+    await fetch(jobs, "SELECT pg_notify('taskmedic_cancel', %s)", str(action_id))
+    row = await state_in(jobs, action_id, "cancelled", "failed", "succeeded", timeout=10)
+    assert row["state"] == "cancelled"
+    assert await running() == 0
+    assert (await statuses(jobs))[1] == "processing"
