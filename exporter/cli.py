@@ -32,8 +32,9 @@ Loader = Callable[[str], Config]
 def register(sub: Any, load: Loader | None = None) -> None:
     """Add the exporter's subcommands to the top-level parser's subparsers.
 
-    `load` reads and validates the config file (default `exporter.config.load_config`); the
-    healer passes its own so that `config check` validates the `healer:` section too.
+    `load` reads and validates the config file (default `exporter.config.load_config`). The
+    program that mounts these commands passes the loader of its own model, a subclass of
+    `Config`, so that every command validates (and `config check` shows) the whole file.
     """
     loader: Loader = load or load_config
 
@@ -94,9 +95,6 @@ def _cmd_exporter(config: Config, args: argparse.Namespace) -> int:
 
 def _cmd_config_check(config: Config, args: argparse.Namespace) -> int:
     shown = config.display()
-    healer_display = getattr(getattr(config, "healer", None), "display", None)
-    if callable(healer_display):
-        shown["healer"] = healer_display()
     print(f"# {args.config}: valid")
     print(yaml.safe_dump(shown, sort_keys=False, default_flow_style=False), end="")
     return 0

@@ -1,22 +1,34 @@
-"""The typed models of `taskmedic.yaml` and the one function that loads it.
+"""The exporter's models of `taskmedic.yaml`, and the function that loads it.
 
 One set of pydantic models validates the file, produces the `file:line: key: message` errors
-and the JSON Schema. The `healer:` section is validated by `healer.config`, which extends
-`Config`; the exporter only carries it along.
+and the JSON Schema. `Config` is the file as the exporter sees it: databases, Celery clusters,
+the exporter's settings and its checks. The healer reads the same file with a model of its
+own that extends `Config` with its `healer:` section; the exporter leaves that section unread.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from exporter.base.configfile import Located, load_yaml, validate
+from exporter.base.configfile import Located, load
 from exporter.base.connections import CeleryConfig, DatabaseConfig
 from exporter.base.errors import ConfigError
 from exporter.base.types import Duration, Listen, Model, Name
+
+__all__ = [
+    "Check",
+    "CheckBase",
+    "Config",
+    "ExporterSettings",
+    "OrphanRowsCheck",
+    "OrphanTasksCheck",
+    "StaleStatusCheck",
+    "load_config",
+]
 
 
 class ExporterSettings(Model):
@@ -62,13 +74,27 @@ Check = Annotated[
 
 
 class Config(Model):
-    """The whole `taskmedic.yaml` as the exporter sees it."""
+    """The whole `taskmedic.yaml` as the exporter sees it.
+
+    `OTHER_SECTIONS` are top-level keys another program reads from the same file (the
+    healer's `healer:`). `Config` skips them unread, so the exporter accepts the file the
+    healer accepts; a subclass that declares one of them as a field validates it instead.
+    """
+
+    OTHER_SECTIONS: ClassVar[frozenset[str]] = frozenset({"healer"})
 
     databases: dict[Name, DatabaseConfig] = Field(default_factory=dict)
     celery: dict[Name, CeleryConfig] = Field(default_factory=dict)
     exporter: ExporterSettings = Field(default_factory=ExporterSettings)
     checks: list[Check] = Field(default_factory=list)
-    healer: Any = None  # validated by healer.config
+
+    @model_validator(mode="before")
+    @classmethod
+    def _skip_other_sections(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        skipped = cls.OTHER_SECTIONS - set(cls.model_fields)
+        return {k: v for k, v in data.items() if k not in skipped}
 
     def check(self, name: str) -> StaleStatusCheck | OrphanTasksCheck | OrphanRowsCheck:
         for c in self.checks:
@@ -85,7 +111,7 @@ class Config(Model):
 
     def display(self) -> dict[str, Any]:
         """The effective config as plain data with every secret masked."""
-        out = self.model_dump(mode="json", exclude={"databases", "celery", "healer"})
+        out = self.model_dump(mode="json", include={"exporter", "checks"})
         for shown, check in zip(out["checks"], self.checks, strict=True):
             shown["interval"] = self.interval_of(check)  # effective values, not null
             shown["timeout"] = self.timeout_of(check)
@@ -93,35 +119,33 @@ class Config(Model):
         out["celery"] = {n: c.display() for n, c in self.celery.items()}
         return out
 
-
-def cross_check(config: Config, located: Located) -> None:
-    """References between sections: a check naming an undefined database or cluster."""
-    problems = []
-    seen: set[str] = set()
-    for i, c in enumerate(config.checks):
-        if c.name in seen:
-            problems.append(located.problem(("checks", i, "name"), f"duplicate check {c.name!r}"))
-        seen.add(c.name)
-        if c.database not in config.databases:
-            problems.append(
-                located.problem(
-                    ("checks", i, "database"),
-                    f"database {c.database!r} is not defined under databases",
+    def loaded_from(self, located: Located) -> None:
+        """References between sections: a check naming an undefined database or cluster."""
+        problems = []
+        seen: set[str] = set()
+        for i, c in enumerate(self.checks):
+            if c.name in seen:
+                problems.append(
+                    located.problem(("checks", i, "name"), f"duplicate check {c.name!r}")
                 )
-            )
-        if isinstance(c, OrphanTasksCheck) and c.celery not in config.celery:
-            problems.append(
-                located.problem(
-                    ("checks", i, "celery"), f"celery cluster {c.celery!r} is not defined"
+            seen.add(c.name)
+            if c.database not in self.databases:
+                problems.append(
+                    located.problem(
+                        ("checks", i, "database"),
+                        f"database {c.database!r} is not defined under databases",
+                    )
                 )
-            )
-    if problems:
-        raise ConfigError(problems)
+            if isinstance(c, OrphanTasksCheck) and c.celery not in self.celery:
+                problems.append(
+                    located.problem(
+                        ("checks", i, "celery"), f"celery cluster {c.celery!r} is not defined"
+                    )
+                )
+        if problems:
+            raise ConfigError(problems)
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
     """Load and validate `taskmedic.yaml`; raises ConfigError listing every located problem."""
-    located = load_yaml(path, env)
-    config = validate(Config, located)
-    cross_check(config, located)
-    return config
+    return load(Config, path, env)

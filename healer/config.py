@@ -1,9 +1,9 @@
 """The healer's configuration: the `healer:` section of `taskmedic.yaml` and the rule files.
 
-`HealerConfig` extends the exporter's `Config`, so one file configures both and the `repair`
-step can re-run the exporter's checks. Rule files are validated by the models at the bottom of
-this module; `healer.rules` loads them and adds the checks a model alone cannot express
-(templates, references to databases, clusters and checks).
+`HealerConfig` extends the exporter's `Config` (the model of the shared file), so one file
+configures both and the `repair` step can re-run the exporter's checks. Rule files are
+validated by the models at the bottom of this module; `healer.rules` loads them and adds the
+checks a model alone cannot express (templates, references to databases, clusters and checks).
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ from pydantic import (
     model_validator,
 )
 
-from exporter.base.configfile import Located, load_yaml, validate
+from exporter.base.configfile import Located, load
 from exporter.base.connections import DatabaseConfig, read_secret
 from exporter.base.errors import ConfigError, Problem
 from exporter.base.types import Duration, Listen, Model, Name, split_listen
-from exporter.config import Config, cross_check
+from exporter.config import Config
 from healer.plan import floats_in
 
+_MASK = "***"
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "kib": 1024, "mib": 1024**2}
 _SIZE = re.compile(r"^\s*(\d+)\s*([kKmM]i?[bB]|[bB])?\s*$")
 
@@ -73,6 +74,12 @@ class BasicAuthSettings(Model):
         assert self.password is not None
         return self.password.get_secret_value()
 
+    def display(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"username": self.username, "password": _MASK}
+        if self.password_file is not None:
+            out["password_file"] = str(self.password_file)
+        return out
+
 
 class AuthSettings(Model):
     """Who may post alerts and use the API and console.
@@ -113,6 +120,17 @@ class AuthSettings(Model):
     def secret_token(self) -> str | None:
         return self.bearer_token.get_secret_value() if self.bearer_token else None
 
+    def display(self) -> dict[str, Any]:
+        """The settings as plain data: a secret shows as `***` (set) or null (not set)."""
+        return {
+            "bearer_token": _MASK if self.bearer_token is not None else None,
+            "bearer_token_file": str(self.bearer_token_file) if self.bearer_token_file else None,
+            "basic_auth": self.basic_auth.display() if self.basic_auth is not None else None,
+            "allow_unauthenticated": self.allow_unauthenticated,
+            "session_secret": _MASK if self.session_secret is not None else None,
+            "session_ttl": self.session_ttl,
+        }
+
 
 class HealerSettings(Model):
     """The `healer:` section. Durations in seconds, sizes in bytes once loaded."""
@@ -137,9 +155,17 @@ class HealerSettings(Model):
             raise ValueError("the journal must be a PostgreSQL database")
         return self
 
+    def display(self) -> dict[str, Any]:
+        """The effective settings as plain data with every secret masked."""
+        out = self.model_dump(mode="json")  # then the sections with secrets, in place
+        out["journal"] = self.journal.shown() if self.journal is not None else None
+        out["auth"] = self.auth.display()
+        return out
+
 
 class HealerConfig(Config):
-    """The whole `taskmedic.yaml` as the healer sees it."""
+    """The whole `taskmedic.yaml` as the healer sees it: the exporter's `Config` and the
+    `healer:` section, so one file configures both and a `repair` step can re-run a check."""
 
     healer: HealerSettings = Field(default_factory=HealerSettings)
     _located: Located | None = PrivateAttr(default=None)
@@ -153,6 +179,17 @@ class HealerConfig(Config):
     def data_dir(self) -> Path:
         d = self.healer.data_dir
         return d if d.is_absolute() else self._base_dir / d
+
+    def display(self) -> dict[str, Any]:
+        """The effective config, healer section included, with every secret masked."""
+        return {**super().display(), "healer": self.healer.display()}
+
+    def loaded_from(self, located: Located) -> None:
+        """The exporter's cross-checks; then remember the file, for relative paths and for
+        problems found after loading."""
+        super().loaded_from(located)
+        self._located = located
+        self._base_dir = Path(located.file).resolve().parent
 
     def problem(self, path: tuple[str | int, ...], message: str) -> Problem:
         """A problem located in the config file (used for checks made after loading)."""
@@ -200,12 +237,7 @@ def check_serving_auth(config: HealerConfig, listen: str | None = None) -> None:
 
 def load_healer_config(path: str | Path, env: Mapping[str, str] | None = None) -> HealerConfig:
     """Load and validate `taskmedic.yaml` with its `healer:` section; ConfigError if invalid."""
-    located = load_yaml(path, env)
-    config = validate(HealerConfig, located)
-    cross_check(config, located)
-    config._located = located
-    config._base_dir = Path(path).resolve().parent
-    return config
+    return load(HealerConfig, path, env)
 
 
 # --- Rule files -----------------------------------------------------------------------------

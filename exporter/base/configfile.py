@@ -5,6 +5,9 @@ map from key path to line, so that a pydantic error at ``checks[2].grace`` can b
 ``taskmedic.yaml:14: checks[2].grace: ...``. `${VAR}` and `${VAR:-default}` are expanded in
 string scalars here (``$$`` is a literal dollar), so interpolated values are validated like any
 other. Nothing else in taskmedic parses YAML.
+
+`load` is the whole way from a file to a validated model: any pydantic model, so the exporter
+and the healer load the same file each with its own model.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -22,10 +25,12 @@ from pydantic import BaseModel, ValidationError
 from exporter.base.errors import ConfigError, Problem
 
 __all__ = [
+    "CrossChecked",
     "Located",
     "Path_",
     "expand_vars",
     "format_path",
+    "load",
     "load_yaml",
     "parse_yaml",
     "validate",
@@ -189,3 +194,22 @@ def _data_path(data: Any, loc: tuple[int | str, ...]) -> Path_:
         elif isinstance(cur, dict) and isinstance(part, str) and i < len(loc) - 1:
             continue  # a discriminated-union tag such as "orphan_tasks"
     return tuple(path)
+
+
+@runtime_checkable
+class CrossChecked(Protocol):
+    """A model with checks a model alone cannot express (references between its sections)."""
+
+    def loaded_from(self, located: Located) -> None:
+        """Called once the file validated: raise ConfigError with located problems, or keep
+        what the model needs of its file (where it is, to resolve relative paths)."""
+
+
+def load(model: type[M], path: str | Path, env: Mapping[str, str] | None = None) -> M:
+    """Read `path`, validate it as `model`, then run the model's own `loaded_from` if it has
+    one; raises ConfigError listing every located problem."""
+    located = load_yaml(path, env)
+    loaded = validate(model, located)
+    if isinstance(loaded, CrossChecked):
+        loaded.loaded_from(located)
+    return loaded

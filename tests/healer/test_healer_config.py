@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from psycopg.conninfo import conninfo_to_dict
 
 from exporter.base.errors import ConfigError
+from exporter.config import Config, load_config
 from healer.app import create_app
 from healer.auth import Authenticator
 from healer.config import AuthSettings, check_serving_auth, load_healer_config
@@ -42,6 +44,48 @@ def test_healer_section_errors_are_located(tmp_path: Path) -> None:
     assert f"{path}:2: healer.listen: expected host:port" in text
     assert f"{path}:3: healer.max_body: expected a size such as 1MiB" in text
     assert f"{path}:5: healer.auth.bearer_tokn: unknown key" in text
+
+
+def test_the_exporter_alone_reads_the_shared_file_and_leaves_the_healer_section_to_the_healer(
+    tmp_path: Path,
+) -> None:
+    """One file for both programs: the exporter's model skips `healer:` unread (even a section
+    the healer refuses), still refuses any other unknown key, and the healer's model validates
+    the section with its line."""
+    path = tmp_path / "taskmedic.yaml"
+    path.write_text("databases: {app: {dsn: 'postgresql://u@h/db'}}\nhealer:\n  listen: 9809\n")
+    config = load_config(path)
+    assert type(config) is Config and "healer" not in config.display()
+    with pytest.raises(ConfigError, match=f"{path}:3: healer.listen: expected host:port"):
+        load_healer_config(path)
+    path.write_text("databases: {}\nhealr: {}\n")
+    with pytest.raises(ConfigError, match=f"{path}:2: healr: unknown key"):
+        load_config(path)
+
+
+def test_config_check_shows_the_healer_section_with_every_secret_masked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from healer.cli import main
+
+    path = tmp_path / "taskmedic.yaml"
+    path.write_text(
+        "healer:\n"
+        "  journal: {dsn: 'postgresql://j:journal-secret@h/journal'}\n"
+        "  auth:\n"
+        "    bearer_token: token-secret\n"
+        "    basic_auth: {username: ops, password: basic-secret}\n"
+        "    session_secret: session-secret\n"
+    )
+    assert main(["config", "check", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    shown = yaml.safe_load(out)["healer"]
+    assert shown["listen"] == "127.0.0.1:9809" and shown["lease"] == 30.0
+    assert shown["journal"]["dsn"] == "postgresql://j:***@h/journal"
+    assert shown["auth"]["bearer_token"] == "***"
+    assert shown["auth"]["basic_auth"] == {"username": "ops", "password": "***"}
+    for secret in ("journal-secret", "token-secret", "basic-secret", "session-secret"):
+        assert secret not in out
 
 
 def test_token_file_is_read_and_never_shown(tmp_path: Path) -> None:
