@@ -35,6 +35,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from exporter.checks import TraceSource
 from exporter.config import Config
 from healer.errors import JournalUnavailable
 from healer.journal import runs
@@ -72,7 +73,7 @@ def default_owner() -> str:
 
 
 class Executor:
-    """Runs the journal's pending actions (contract 6); start() it, stop(grace) it."""
+    """Runs the journal's pending actions; start() it, stop(grace) it."""
 
     def __init__(
         self,
@@ -88,7 +89,7 @@ class Executor:
         output_cap: int = 1 << 20,
         approval_timeout: float = 3600.0,
         sweep_interval: float | None = None,
-        monitors: Mapping[str, Any] | None = None,
+        monitors: Mapping[str, TraceSource] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from exporter.base.errors import TaskmedicError
+from exporter.checks import TraceSource
 from exporter.config import Config
 from healer.errors import JournalUnavailable, LeaseLost
 from healer.journal import runs
@@ -67,7 +68,7 @@ class RunSettings:
     lease: float
     dry_run: bool
     output_cap: int
-    monitors: Mapping[str, Any] | None = None
+    monitors: Mapping[str, TraceSource] | None = None
 
 
 def count(metrics: HealerMetrics, settled: runs.Settled) -> None:

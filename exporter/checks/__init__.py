@@ -30,6 +30,7 @@ __all__ = [
     "CheckContext",
     "CheckOutcome",
     "Finding",
+    "TraceSource",
     "build_check",
     "run_once",
 ]

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
+from exporter.checks import TraceSource
 from exporter.config import Config
 from healer.errors import StepFailed
 from healer.output import StepOutput
@@ -44,7 +44,7 @@ class StepContext:
     celery: CeleryApps
     stdin: bytes  # the alert as JSON, unless a script declares its own stdin
     dry_run: bool = False
-    monitors: Mapping[str, Any] | None = field(default=None)
+    monitors: Mapping[str, TraceSource] | None = field(default=None)
 
 
 def _skipped(what: str) -> StepResult:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from exporter.checks import run_once
+from exporter.checks import TraceSource, run_once
 from exporter.config import Config
 from exporter.errors import CheckUnknown
 from healer.output import StepOutput
@@ -31,7 +31,7 @@ async def run_repair(
     config: Config,
     sessions: Sessions,
     output: StepOutput,
-    monitors: Mapping[str, Any] | None = None,
+    monitors: Mapping[str, TraceSource] | None = None,
 ) -> StepResult:
     """Confirm the check's findings now, then apply `spec.query` to those keys only."""
     try:
