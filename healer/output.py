@@ -25,7 +25,7 @@ from types import TracebackType
 from typing import Protocol
 
 from healer.errors import JournalUnavailable, LeaseLost
-from healer.journal import runs
+from healer.journal import executor as journal_executor
 from healer.journal.queries import q
 
 __all__ = ["FLUSH_AFTER", "FLUSH_BYTES", "JournalLogSink", "OutputChunk", "StepOutput"]
@@ -263,7 +263,9 @@ class StepOutput:
 class JournalLogSink:
     """Writes chunks of one step to `log_chunks`, fenced, with `taskmedic_log` notified."""
 
-    def __init__(self, journal: runs.Journal, fence: runs.Fence, step_idx: int) -> None:
+    def __init__(
+        self, journal: journal_executor.Journal, fence: journal_executor.Fence, step_idx: int
+    ) -> None:
         self._journal = journal
         self._fence = fence
         self._step_idx = step_idx
@@ -273,7 +275,7 @@ class JournalLogSink:
             return
         base = {"action_id": self._fence.action_id, "step_idx": self._step_idx}
 
-        async def write(conn: runs.Conn) -> None:
+        async def write(conn: journal_executor.Conn) -> None:
             for c in chunks:
                 await conn.execute(
                     q("log_write_chunk"), {**base, "stream": c.stream, "at": c.at, "data": c.data}
