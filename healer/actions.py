@@ -12,8 +12,8 @@ from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
+from healer.journal import channels, events
 from healer.journal.queries import q
 
 __all__ = [
@@ -149,19 +149,7 @@ async def _event(
     to_state: str,
     message: str,
 ) -> None:
-    await conn.execute(
-        q("insert_event"),
-        {
-            "action_id": action_id,
-            "actor": actor,
-            "kind": kind,
-            "from_state": from_state,
-            "to_state": to_state,
-            "message": message,
-            "data": Jsonb({}),
-        },
-    )
-    await conn.execute(q("notify_state"), {"action_id": action_id})
+    await events.record(conn, action_id, actor, kind, from_state, to_state, message)
 
 
 async def _lock(conn: AsyncConnection[Any], action_id: int) -> dict[str, Any]:
@@ -200,7 +188,7 @@ async def approve(
             "pending",
             f"plan {plan_hash} approved by {actor}",
         )
-        await conn.execute(q("notify_pending"), {"action_id": action_id})
+        await channels.notify(conn, channels.ACTIONS, action_id)
     return {"id": action_id, "state": "pending", "approved_by": actor}
 
 
@@ -227,6 +215,6 @@ async def cancel(conn: AsyncConnection[Any], action_id: int, actor: str) -> dict
                     "running",
                     f"cancel requested by {actor}; the executor stops the running step",
                 )
-                await conn.execute(q("notify_cancel"), {"action_id": action_id})
+                await channels.notify(conn, channels.CANCEL, action_id)
             return {"id": action_id, "state": "running", "cancel_requested": True}
     raise ActionConflict(f"action {action_id} is {state}: there is nothing left to cancel")

@@ -37,6 +37,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from exporter.config import Config
 from healer.errors import JournalUnavailable
+from healer.journal import channels
 from healer.journal import executor as journal_executor
 from healer.metrics import HealerMetrics
 from healer.runner import MAX_ATTEMPTS, ActionRun, RunSettings, count
@@ -253,11 +254,10 @@ class Executor:
         while not self._stopping:
             try:
                 async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
-                    await conn.execute("LISTEN taskmedic_actions")
-                    await conn.execute("LISTEN taskmedic_cancel")
+                    await channels.listen(conn, channels.ACTIONS, channels.CANCEL)
                     self._wake.set()  # whatever became pending while nobody listened
                     async for note in conn.notifies():
-                        if note.channel == "taskmedic_actions":
+                        if note.channel == channels.ACTIONS:
                             self._wake.set()
                         elif note.payload.isdigit() and int(note.payload) in self._runs:
                             self._check_cancels.set()

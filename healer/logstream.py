@@ -30,6 +30,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from healer.errors import JournalUnavailable
+from healer.journal import channels
 from healer.journal.pool import journal_errors
 from healer.journal.queries import q
 
@@ -334,8 +335,7 @@ class LogHub:
                 async with await psycopg.AsyncConnection.connect(
                     self._dsn, autocommit=True
                 ) as conn:
-                    await conn.execute("LISTEN taskmedic_log")
-                    await conn.execute("LISTEN taskmedic_state")
+                    await channels.listen(conn, channels.LOG, channels.STATE)
                     self.stats.listen_connects += 1
                     self.listening.set()
                     while not self._closed:
@@ -345,7 +345,7 @@ class LogHub:
                             self._poke(feed)
                         async for n in conn.notifies(timeout=self.poll_interval):
                             self._notified(n.payload)
-                        await conn.execute("SELECT 1")  # the connection is still alive
+                        await channels.ping(conn)  # the connection is still alive
             except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as e:
                 self.listening.clear()
                 log.warning("log hub: LISTEN connection lost (%s); reconnecting", e)

@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Protocol
 
 from healer.errors import JournalUnavailable, LeaseLost
+from healer.journal import channels
 from healer.journal import executor as journal_executor
 from healer.journal.queries import q
 
@@ -285,6 +286,6 @@ class JournalLogSink:
                     q("log_write_output_bytes"), {**base, "output_bytes": output_bytes}
                 )
             if chunks:
-                await conn.execute(q("log_write_notify"), {"action_id": self._fence.action_id})
+                await channels.notify(conn, channels.LOG, self._fence.action_id)
 
         await self._journal.run(write, fence=self._fence)

@@ -54,6 +54,9 @@ UPDATE actions
 SET state = 'cancelled', reason = %(reason)s, finished_at = now()
 WHERE id = %(id)s AND state IN ('pending', 'awaiting_approval')
 
+-- name: cancel_pending_steps
+UPDATE steps SET state = 'cancelled' WHERE action_id = %(action_id)s AND state = 'pending'
+
 -- name: request_cancel
 UPDATE actions
 SET cancel_requested_at = now()

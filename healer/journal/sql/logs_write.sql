@@ -9,6 +9,3 @@ VALUES (%(action_id)s, %(step_idx)s, %(stream)s, %(at)s, %(data)s)
 -- name: log_write_output_bytes
 UPDATE steps SET output_bytes = %(output_bytes)s
 WHERE action_id = %(action_id)s AND idx = %(step_idx)s
-
--- name: log_write_notify
-SELECT pg_notify('taskmedic_log', %(action_id)s::text)
