@@ -25,9 +25,8 @@ from types import TracebackType
 from typing import Protocol
 
 from healer.errors import JournalUnavailable, LeaseLost
-from healer.journal import channels
 from healer.journal import executor as journal_executor
-from healer.journal.queries import q
+from healer.journal import logs
 
 __all__ = ["FLUSH_AFTER", "FLUSH_BYTES", "JournalLogSink", "OutputChunk", "StepOutput"]
 
@@ -274,18 +273,9 @@ class JournalLogSink:
     async def __call__(self, chunks: Sequence[OutputChunk], output_bytes: int | None) -> None:
         if not chunks and output_bytes is None:
             return
-        base = {"action_id": self._fence.action_id, "step_idx": self._step_idx}
+        action_id = self._fence.action_id
 
         async def write(conn: journal_executor.Conn) -> None:
-            for c in chunks:
-                await conn.execute(
-                    q("log_write_chunk"), {**base, "stream": c.stream, "at": c.at, "data": c.data}
-                )
-            if output_bytes is not None:
-                await conn.execute(
-                    q("log_write_output_bytes"), {**base, "output_bytes": output_bytes}
-                )
-            if chunks:
-                await channels.notify(conn, channels.LOG, self._fence.action_id)
+            await logs.append(conn, action_id, self._step_idx, chunks, output_bytes)
 
         await self._journal.run(write, fence=self._fence)
