@@ -11,3 +11,13 @@ SELECT al.id, al.received_at, al.status, al.fingerprint, al.starts_at, al.ends_a
 FROM alerts AS al
 WHERE al.received_at >= %(since)s
 ORDER BY al.id
+
+-- name: decide
+-- The decision ingest makes for each action (taskmedic_decide, migration 0002), alone: the
+-- counts are the caller's, nothing is read or written.
+SELECT state, reason
+FROM taskmedic_decide(
+    render_error => %(render_error)s, cooldown => %(cooldown)s,
+    in_cooldown => %(in_cooldown)s, limit_count => %(limit_count)s, in_limit => %(in_limit)s,
+    approval => %(approval)s, cooldown_reason => %(cooldown_reason)s,
+    circuit_reason => %(circuit_reason)s)
