@@ -3,7 +3,7 @@ which records the state change with its event (`healer.journal.actions`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, LiteralString
 
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
@@ -17,9 +17,11 @@ Row = dict[str, Any]
 ActionPage = tuple[Row | None, list[Row], list[Row]]
 
 
-async def _rows(conn: AsyncConnection[Any], name: str, params: dict[str, Any]) -> list[Row]:
+async def _rows(
+    conn: AsyncConnection[Any], query: LiteralString, params: dict[str, Any]
+) -> list[Row]:
     cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(q(name), params)
+    await cur.execute(query, params)
     return await cur.fetchall()
 
 
@@ -34,18 +36,18 @@ async def actions(
     """Recent actions, newest first, optionally of one state and/or one rule, older than the
     id `before`."""
     params = {"state": state, "rule": rule, "before": before, "limit": limit}
-    return await _rows(conn, "console_actions", params)
+    return await _rows(conn, q("console_actions"), params)
 
 
 async def rules(conn: AsyncConnection[Any]) -> list[str]:
     """The rules that have actions, for the filter."""
-    return [r["rule"] for r in await _rows(conn, "console_rules", {})]
+    return [r["rule"] for r in await _rows(conn, q("console_rules"), {})]
 
 
 async def action_page(conn: AsyncConnection[Any], action_id: int) -> ActionPage:
     """One action with its alert, its steps and its events."""
     p = {"id": action_id}
-    found = await _rows(conn, "console_action", p)
-    steps = await _rows(conn, "console_steps", p)
-    events = await _rows(conn, "console_events", p)
+    found = await _rows(conn, q("console_action"), p)
+    steps = await _rows(conn, q("console_steps"), p)
+    events = await _rows(conn, q("console_events"), p)
     return (found[0] if found else None), steps, events
