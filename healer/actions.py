@@ -1,8 +1,7 @@
-"""Reading and steering actions in the journal: list, show, approve, cancel.
+"""Actions as the HTTP API and the `taskmedic actions` CLI show them: list, show, approve, cancel.
 
-Shared by the HTTP API and the `taskmedic actions` CLI, so both obey the same rules: an
-approval names the plan hash it approves (a plan that changed is not approved), and every
-state change is one transaction with its event row and its notifications.
+The journal (`healer.journal.actions`) reads the rows and makes the state changes, under the
+rules both share; this module turns rows into the JSON both print.
 """
 
 from __future__ import annotations
@@ -11,11 +10,9 @@ from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection
-from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
-from exporter.base.errors import TaskmedicError
-from healer.journal.queries import q
+from healer.journal import actions as journal_actions
+from healer.journal.actions import STATES, ActionConflict, ActionNotFound, approve, cancel
 
 __all__ = [
     "STATES",
@@ -26,25 +23,6 @@ __all__ = [
     "get_action",
     "list_actions",
 ]
-
-STATES = (
-    "pending",
-    "awaiting_approval",
-    "running",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "interrupted",
-    "skipped",
-)
-
-
-class ActionNotFound(TaskmedicError, LookupError):
-    """No action has this id."""
-
-
-class ActionConflict(TaskmedicError):
-    """The action is not in a state that allows this (HTTP 409); the message says why."""
 
 
 def _iso(value: Any) -> Any:
@@ -90,18 +68,9 @@ async def list_actions(
     limit: int = 50,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """A page of actions, newest first, and the cursor of the next page (None at the end)."""
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            q("list_actions"),
-            {
-                "before": before,
-                "states": states or None,
-                "rule": rule,
-                "since": since,
-                "limit": limit + 1,
-            },
-        )
-        rows = await cur.fetchall()
+    rows = await journal_actions.list_rows(
+        conn, states=states or None, rule=rule, since=since, before=before, limit=limit + 1
+    )
     items = [_item(r) for r in rows[:limit]]
     more = len(rows) > limit
     return items, (str(items[-1]["id"]) if more and items else None)
@@ -109,125 +78,29 @@ async def list_actions(
 
 async def get_action(conn: AsyncConnection[Any], action_id: int) -> dict[str, Any]:
     """One action with its alert, plan, steps (outcomes, timings) and audit events."""
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(q("get_action"), {"id": action_id})
-        row = await cur.fetchone()
-        if row is None:
-            raise ActionNotFound(action_id)
-        out = _item(row)
-        out["alert"].update(
-            {
-                "ends_at": _iso(row["ends_at"]),
-                "generator_url": row["generator_url"],
-                "alert_id": row["alert_id"],
-                "notification_id": row["notification_id"],
-            }
-        )
-        out.update(
-            {
-                "plan": row["plan"],
-                "attempt": row["attempt"],
-                "lease_owner": row["lease_owner"],
-                "lease_expires_at": _iso(row["lease_expires_at"]),
-                "approved_by": row["approved_by"],
-                "approved_at": _iso(row["approved_at"]),
-                "on_interrupt": row["on_interrupt"],
-            }
-        )
-        await cur.execute(q("get_steps"), {"id": action_id})
-        out["steps"] = [{k: _iso(v) for k, v in s.items()} for s in await cur.fetchall()]
-        await cur.execute(q("get_events"), {"id": action_id})
-        out["events"] = [{k: _iso(v) for k, v in e.items()} for e in await cur.fetchall()]
-    return out
-
-
-async def _event(
-    conn: AsyncConnection[Any],
-    action_id: int,
-    actor: str,
-    kind: str,
-    from_state: str,
-    to_state: str,
-    message: str,
-) -> None:
-    await conn.execute(
-        q("insert_event"),
+    row = await journal_actions.action_row(conn, action_id)
+    out = _item(row)
+    out["alert"].update(
         {
-            "action_id": action_id,
-            "actor": actor,
-            "kind": kind,
-            "from_state": from_state,
-            "to_state": to_state,
-            "message": message,
-            "data": Jsonb({}),
-        },
+            "ends_at": _iso(row["ends_at"]),
+            "generator_url": row["generator_url"],
+            "alert_id": row["alert_id"],
+            "notification_id": row["notification_id"],
+        }
     )
-    await conn.execute(q("notify_state"), {"action_id": action_id})
-
-
-async def _lock(conn: AsyncConnection[Any], action_id: int) -> dict[str, Any]:
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(q("lock_action"), {"id": action_id})
-        row = await cur.fetchone()
-    if row is None:
-        raise ActionNotFound(action_id)
-    return row
-
-
-async def approve(
-    conn: AsyncConnection[Any], action_id: int, plan_hash: str, actor: str
-) -> dict[str, Any]:
-    """Approve the plan with this hash: the action becomes pending and an executor claims it."""
-    async with conn.transaction():
-        row = await _lock(conn, action_id)
-        if row["state"] != "awaiting_approval":
-            raise ActionConflict(f"action {action_id} is {row['state']}, not awaiting_approval")
-        if row["expired"]:
-            raise ActionConflict(
-                f"the approval of action {action_id} expired at {_iso(row['approval_expires_at'])}"
-            )
-        if plan_hash != row["plan_hash"]:
-            raise ActionConflict(
-                "plan_hash does not match the action's plan: review the plan again "
-                "(GET /api/actions/ID) and approve its current hash"
-            )
-        await conn.execute(q("approve_action"), {"id": action_id, "actor": actor})
-        await _event(
-            conn,
-            action_id,
-            actor,
-            "approved",
-            "awaiting_approval",
-            "pending",
-            f"plan {plan_hash} approved by {actor}",
-        )
-        await conn.execute(q("notify_pending"), {"action_id": action_id})
-    return {"id": action_id, "state": "pending", "approved_by": actor}
-
-
-async def cancel(conn: AsyncConnection[Any], action_id: int, actor: str) -> dict[str, Any]:
-    """Cancel an action not started yet; ask the executor to stop a running one."""
-    async with conn.transaction():
-        row = await _lock(conn, action_id)
-        state = row["state"]
-        if state in ("pending", "awaiting_approval"):
-            reason = f"cancelled by {actor}"
-            await conn.execute(q("cancel_action"), {"id": action_id, "reason": reason})
-            await conn.execute(q("cancel_pending_steps"), {"action_id": action_id})
-            await _event(conn, action_id, actor, "cancelled", state, "cancelled", reason)
-            return {"id": action_id, "state": "cancelled"}
-        if state == "running":
-            if row["cancel_requested_at"] is None:
-                await conn.execute(q("request_cancel"), {"id": action_id})
-                await _event(
-                    conn,
-                    action_id,
-                    actor,
-                    "cancel_requested",
-                    "running",
-                    "running",
-                    f"cancel requested by {actor}; the executor stops the running step",
-                )
-                await conn.execute(q("notify_cancel"), {"action_id": action_id})
-            return {"id": action_id, "state": "running", "cancel_requested": True}
-    raise ActionConflict(f"action {action_id} is {state}: there is nothing left to cancel")
+    out.update(
+        {
+            "plan": row["plan"],
+            "attempt": row["attempt"],
+            "lease_owner": row["lease_owner"],
+            "lease_expires_at": _iso(row["lease_expires_at"]),
+            "approved_by": row["approved_by"],
+            "approved_at": _iso(row["approved_at"]),
+            "on_interrupt": row["on_interrupt"],
+        }
+    )
+    steps = await journal_actions.step_rows(conn, action_id)
+    out["steps"] = [{k: _iso(v) for k, v in s.items()} for s in steps]
+    events = await journal_actions.event_rows(conn, action_id)
+    out["events"] = [{k: _iso(v) for k, v in e.items()} for e in events]
+    return out

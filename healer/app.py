@@ -32,10 +32,9 @@ from healer.config import HealerConfig, check_serving_auth
 from healer.errors import JournalUnavailable
 from healer.executor import Executor
 from healer.ingest import post_alerts
-from healer.journal import migrate
+from healer.journal import migrate, stats
 from healer.journal.ingest_writer import IngestWriter
 from healer.journal.pool import journal_dsn, journal_errors, open_pool
-from healer.journal.queries import q
 from healer.metrics import HealerMetrics
 from healer.rules import RuleSet, load_rules
 
@@ -76,17 +75,10 @@ class JournalGauges(Collector):
             try:
                 with journal_errors():
                     async with self._app[appkeys.JOURNAL_POOL].connection() as conn:
-                        cur = await conn.execute(q("count_by_state"))
-                        counts = {state: int(n) for state, n in await cur.fetchall()}
-                        cur = await conn.execute(
-                            q("open_circuits"),
-                            {
-                                "rules": [r.name for r in limited],
-                                "counts": [r.limit.count for r in limited if r.limit],
-                                "pers": [r.limit.per for r in limited if r.limit],
-                            },
+                        counts = await stats.actions_by_state(conn)
+                        open_rules = await stats.open_circuits(
+                            conn, [(r.name, r.limit.count, r.limit.per) for r in limited if r.limit]
                         )
-                        open_rules = {row[0] for row in await cur.fetchall()}
             except JournalUnavailable as exc:
                 log.warning("cannot read action counts: %s", exc)
                 self.counts = None

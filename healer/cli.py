@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 
 from exporter import cli as exporter_cli
 from exporter.base import __version__
@@ -265,7 +264,7 @@ def _cmd_rules_test(args: argparse.Namespace) -> int:
 
 def _cmd_rules_replay(args: argparse.Namespace) -> int:
     from healer.api import parse_since
-    from healer.journal.queries import q
+    from healer.journal import replay as journal_replay
     from healer.rules import load_rules
     from healer.rules_tools import format_outcomes, replay
 
@@ -278,10 +277,8 @@ def _cmd_rules_replay(args: argparse.Namespace) -> int:
         return 2
 
     async def body(conn: psycopg.AsyncConnection[Any]) -> int:
-        async with conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(q("alerts_since"), {"since": since})
-            rows = await cur.fetchall()
-        outcomes = replay(config, rules, rows)
+        rows = await journal_replay.alerts_since(conn, since)
+        outcomes = await replay(conn, config, rules, rows)
         if args.json:
             print(json.dumps([o.as_json() for o in outcomes], indent=2))
         else:

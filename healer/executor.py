@@ -2,7 +2,7 @@
 
 Claiming: `FOR UPDATE SKIP LOCKED` under a short advisory lock, respecting each rule's
 `max_concurrent`; the claim sets `running`, a lease and a new attempt token (the fencing token,
-see `healer.journal.runs`) in one transaction with its event. Executors are woken by
+see `healer.journal.executor`) in one transaction with its event. Executors are woken by
 `LISTEN taskmedic_actions` on a dedicated connection and also poll every `poll_interval`, so
 a lost notification (or a journal restart) delays an action, never strands it. Cancel requests
 for running actions arrive the same way, on `taskmedic_cancel`, and by the same polling.
@@ -38,7 +38,8 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from exporter.checks import TraceSource
 from exporter.config import Config
 from healer.errors import JournalUnavailable
-from healer.journal import runs
+from healer.journal import channels
+from healer.journal import executor as journal_executor
 from healer.metrics import HealerMetrics
 from healer.runner import MAX_ATTEMPTS, ActionRun, RunSettings, count
 from healer.steps import CeleryApps
@@ -107,8 +108,8 @@ class Executor:
         self.approval_timeout = approval_timeout
         self.sweep_interval = sweep_interval or min(lease / 3, max(poll_interval, 1.0))
         self.monitors = monitors
-        self._pool: AsyncConnectionPool[runs.Conn] | None = None
-        self._journal: runs.Journal | None = None
+        self._pool: AsyncConnectionPool[journal_executor.Conn] | None = None
+        self._journal: journal_executor.Journal | None = None
         self._celery = CeleryApps(config)
         self._runs: dict[int, tuple[ActionRun, asyncio.Task[None]]] = {}
         self._wake = asyncio.Event()
@@ -124,7 +125,7 @@ class Executor:
 
     async def start(self) -> None:
         """Connect to the journal and start claiming, listening and sweeping."""
-        pool: AsyncConnectionPool[runs.Conn] = AsyncConnectionPool(
+        pool: AsyncConnectionPool[journal_executor.Conn] = AsyncConnectionPool(
             self.dsn,
             connection_class=psycopg.AsyncConnection[dict[str, Any]],
             kwargs={"autocommit": True, "row_factory": dict_row},
@@ -141,7 +142,7 @@ class Executor:
             raise JournalUnavailable(f"the journal cannot be reached: {exc}") from exc
         self._pool = pool
         # Writes retry connection problems for half a lease; past that the lease is in doubt.
-        self._journal = runs.Journal(pool, retry_for=self.lease / 2)
+        self._journal = journal_executor.Journal(pool, retry_for=self.lease / 2)
         self._claimer = asyncio.create_task(self._claim_loop(), name="executor-claim")
         self._background = [
             asyncio.create_task(self._listen_loop(), name="executor-listen"),
@@ -183,12 +184,14 @@ class Executor:
         await asyncio.to_thread(self._celery.close)
         log.info("executor %s stopped", self.owner)
 
-    async def sweep(self) -> list[runs.Settled]:
+    async def sweep(self) -> list[journal_executor.Settled]:
         """One sweep now: expired leases and expired approvals. Returns what it settled."""
         journal = self._need_journal()
-        settled = await journal.run(lambda c: runs.sweep_expired(c, self.owner, MAX_ATTEMPTS))
+        settled = await journal.run(
+            lambda c: journal_executor.sweep_expired(c, self.owner, MAX_ATTEMPTS)
+        )
         settled += await journal.run(
-            lambda c: runs.expire_approvals(c, self.approval_timeout, self.owner)
+            lambda c: journal_executor.expire_approvals(c, self.approval_timeout, self.owner)
         )
         for s in settled:
             count(self.metrics, s)
@@ -199,7 +202,7 @@ class Executor:
 
     # -- loops ----------------------------------------------------------------------------
 
-    def _need_journal(self) -> runs.Journal:
+    def _need_journal(self) -> journal_executor.Journal:
         if self._journal is None:
             raise RuntimeError("the executor is not started")
         return self._journal
@@ -221,7 +224,9 @@ class Executor:
             self._wake.clear()
             while not self._stopping and len(self._runs) < self.concurrency:
                 try:
-                    claim = await journal.run(lambda c: runs.claim(c, self.owner, self.lease))
+                    claim = await journal.run(
+                        lambda c: journal_executor.claim(c, self.owner, self.lease)
+                    )
                 except JournalUnavailable as exc:
                     log.warning("executor %s cannot claim: %s", self.owner, exc)
                     break
@@ -250,11 +255,10 @@ class Executor:
         while not self._stopping:
             try:
                 async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
-                    await conn.execute("LISTEN taskmedic_actions")
-                    await conn.execute("LISTEN taskmedic_cancel")
+                    await channels.listen(conn, channels.ACTIONS, channels.CANCEL)
                     self._wake.set()  # whatever became pending while nobody listened
                     async for note in conn.notifies():
-                        if note.channel == "taskmedic_actions":
+                        if note.channel == channels.ACTIONS:
                             self._wake.set()
                         elif note.payload.isdigit() and int(note.payload) in self._runs:
                             self._check_cancels.set()
@@ -280,7 +284,7 @@ class Executor:
             if not ids:
                 continue
             try:
-                wanted = await journal.run(partial(runs.cancel_requested, ids=ids))
+                wanted = await journal.run(partial(journal_executor.cancel_requested, ids=ids))
             except JournalUnavailable as exc:
                 log.warning("executor %s cannot read cancel requests: %s", self.owner, exc)
                 continue

@@ -42,7 +42,6 @@ __all__ = [
     "Prepared",
     "circuit_reason",
     "cooldown_reason",
-    "decide",
     "decision_inputs",
     "ingest",
     "plan_for",
@@ -60,26 +59,6 @@ def _duration(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
     return f"{seconds:g}s"
-
-
-def decide(
-    rule: Rule, *, render_error: str | None, in_cooldown: int, in_limit: int
-) -> tuple[str, str]:
-    """The new action's state and reason, from what this rule and target did recently.
-
-    Pure, so `rules replay` decides exactly as ingest does. The journal's taskmedic_decide
-    (migration 0002), which ingest runs under the rule+target lock, mirrors it line by line
-    with the reasons worded here (tests/healer/test_ingest_function.py compares the two).
-    """
-    if render_error is not None:
-        return "failed", render_error
-    if rule.cooldown > 0 and in_cooldown > 0:
-        return "skipped", cooldown_reason(rule)
-    if rule.limit is not None and in_limit >= rule.limit.count:
-        return "skipped", circuit_reason(rule, str(in_limit))
-    if rule.approval:
-        return "awaiting_approval", "waiting for approval"
-    return "pending", ""
 
 
 def cooldown_reason(rule: Rule) -> str:
@@ -101,7 +80,8 @@ def circuit_reason(rule: Rule, in_limit: str) -> str:
 
 
 def decision_inputs(rule: Rule, render_error: str | None) -> dict[str, Any]:
-    """What the journal's taskmedic_decide takes besides the two counts, worded as `decide`."""
+    """What the journal's taskmedic_decide (migration 0002), the one place an alert's action is
+    decided, takes besides the two counts: the rule's settings and the reasons, worded here."""
     return {
         "render_error": render_error,
         "cooldown": rule.cooldown,

@@ -29,8 +29,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from healer import appkeys
 from healer.errors import JournalUnavailable
+from healer.journal import logs
 from healer.journal.pool import journal_errors
-from healer.journal.queries import q
 from healer.logstream import ActionNotFound, Chunk, End, LogHub
 
 __all__ = ["LOG_HUB", "HubSlot", "hub_of", "iter_log_text", "setup"]
@@ -117,13 +117,12 @@ async def _action_state(pool: AsyncConnectionPool[Any], action_id: int) -> str:
     try:
         with journal_errors(f"action {action_id}"):
             async with pool.connection() as conn:
-                cur = await conn.execute(q("log_action_state"), {"action_id": action_id})
-                row = await cur.fetchone()
+                state = await logs.action_state(conn, action_id)
     except JournalUnavailable as e:
         raise web.HTTPServiceUnavailable(text="the journal is unavailable") from e
-    if row is None:
+    if state is None:
         raise web.HTTPNotFound(text=f"no action {action_id}")
-    return str(row[0])
+    return state
 
 
 # --- the whole log as text ------------------------------------------------------------------
@@ -155,22 +154,14 @@ async def iter_log_text(
     while True:
         with journal_errors(f"log of action {action_id}"):
             async with pool.connection() as conn:
-                cur = await conn.execute(
-                    q("log_text_page"),
-                    {
-                        "action_id": action_id,
-                        "after": after,
-                        "stream": flt.stream,
-                        "step": flt.step,
-                        "limit": PAGE,
-                    },
+                chunks = await logs.text_page(
+                    conn, action_id, after=after, stream=flt.stream, step=flt.step, limit=PAGE
                 )
-                rows = await cur.fetchall()
-        for r in rows:
-            yield Chunk(r[0], r[1], r[2], r[3], bytes(r[4]))
-        if len(rows) < PAGE:
+        for c in chunks:
+            yield c
+        if len(chunks) < PAGE:
             return
-        after = rows[-1][0]
+        after = chunks[-1].id
 
 
 async def _text(request: web.Request, action_id: int, flt: LogFilter) -> web.StreamResponse:

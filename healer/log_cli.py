@@ -61,6 +61,7 @@ def _out(stream: str) -> BinaryIO:
 
 
 def _cmd_log(args: argparse.Namespace) -> int:
+    from healer.journal import logs
     from healer.journal.pool import open_pool
     from healer.log_api import LogFilter, iter_log_text
     from healer.logstream import ActionNotFound, Chunk, End, LogHub
@@ -72,8 +73,7 @@ def _cmd_log(args: argparse.Namespace) -> int:
         try:
             if not args.follow:
                 async with pool.connection() as conn:
-                    cur = await conn.execute("SELECT 1 FROM actions WHERE id = %s", (args.id,))
-                    if await cur.fetchone() is None:
+                    if await logs.action_state(conn, args.id) is None:
                         _err(f"taskmedic: no action {args.id}")
                         return 1
                 async for c in iter_log_text(pool, args.id, flt):

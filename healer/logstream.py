@@ -23,7 +23,6 @@ import logging
 from collections import deque
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -31,23 +30,13 @@ from psycopg_pool import AsyncConnectionPool
 
 from exporter.base.errors import TaskmedicError
 from healer.errors import JournalUnavailable
+from healer.journal import channels, logs
+from healer.journal.logs import Chunk, Page
 from healer.journal.pool import journal_errors
-from healer.journal.queries import q
 
 __all__ = ["ActionNotFound", "Chunk", "End", "HubStats", "LogHub", "read_page"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Chunk:
-    """One flushed piece of a step's output, as the executor wrote it (bytes, not text)."""
-
-    id: int
-    step: int
-    stream: str  # stdout | stderr | system
-    at: datetime
-    data: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,28 +50,11 @@ class ActionNotFound(TaskmedicError, LookupError):
     """No action with this id exists in the journal."""
 
 
-@dataclass(slots=True)
-class Page:
-    """Chunks after a cursor and, from the same snapshot, the action's state."""
-
-    state: str | None  # None: the action does not exist
-    final: bool
-    chunks: list[Chunk]
-    full: bool  # the page hit its limit: more chunks may follow right away
-
-
 async def read_page(pool: AsyncConnectionPool[Any], action_id: int, after: int, limit: int) -> Page:
     """Read the chunks after `after` and the action's state in one statement (one snapshot)."""
     with journal_errors(f"log of action {action_id}"):
         async with pool.connection() as conn:
-            cur = await conn.execute(
-                q("log_follow_page"), {"action_id": action_id, "after": after, "limit": limit}
-            )
-            rows = await cur.fetchall()
-    if not rows:
-        return Page(None, True, [], False)
-    chunks = [Chunk(r[2], r[3], r[4], r[5], bytes(r[6])) for r in rows if r[2] is not None]
-    return Page(rows[0][0], bool(rows[0][1]), chunks, len(chunks) >= limit)
+            return await logs.follow_page(conn, action_id, after, limit)
 
 
 @dataclass(slots=True)
@@ -279,10 +251,9 @@ class LogHub:
         try:
             with journal_errors(f"log of action {feed.action_id}"):
                 async with self._pool.connection() as conn:
-                    cur = await conn.execute(q("log_last_chunk_id"), {"action_id": feed.action_id})
-                    row = await cur.fetchone()
+                    cursor = await logs.last_chunk_id(conn, feed.action_id)
             self.stats.init_queries += 1
-            feed.cursor = int(row[0]) if row else 0
+            feed.cursor = cursor
         except JournalUnavailable as e:
             feed.error = e
             if self._feeds.get(feed.action_id) is feed:
@@ -335,8 +306,7 @@ class LogHub:
                 async with await psycopg.AsyncConnection.connect(
                     self._dsn, autocommit=True
                 ) as conn:
-                    await conn.execute("LISTEN taskmedic_log")
-                    await conn.execute("LISTEN taskmedic_state")
+                    await channels.listen(conn, channels.LOG, channels.STATE)
                     self.stats.listen_connects += 1
                     self.listening.set()
                     while not self._closed:
@@ -346,7 +316,7 @@ class LogHub:
                             self._poke(feed)
                         async for n in conn.notifies(timeout=self.poll_interval):
                             self._notified(n.payload)
-                        await conn.execute("SELECT 1")  # the connection is still alive
+                        await channels.ping(conn)  # the connection is still alive
             except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as e:
                 self.listening.clear()
                 log.warning("log hub: LISTEN connection lost (%s); reconnecting", e)

@@ -25,8 +25,8 @@ from types import TracebackType
 from typing import Protocol
 
 from healer.errors import JournalUnavailable, LeaseLost
-from healer.journal import runs
-from healer.journal.queries import q
+from healer.journal import executor as journal_executor
+from healer.journal import logs
 
 __all__ = ["FLUSH_AFTER", "FLUSH_BYTES", "JournalLogSink", "OutputChunk", "StepOutput"]
 
@@ -263,7 +263,9 @@ class StepOutput:
 class JournalLogSink:
     """Writes chunks of one step to `log_chunks`, fenced, with `taskmedic_log` notified."""
 
-    def __init__(self, journal: runs.Journal, fence: runs.Fence, step_idx: int) -> None:
+    def __init__(
+        self, journal: journal_executor.Journal, fence: journal_executor.Fence, step_idx: int
+    ) -> None:
         self._journal = journal
         self._fence = fence
         self._step_idx = step_idx
@@ -271,18 +273,9 @@ class JournalLogSink:
     async def __call__(self, chunks: Sequence[OutputChunk], output_bytes: int | None) -> None:
         if not chunks and output_bytes is None:
             return
-        base = {"action_id": self._fence.action_id, "step_idx": self._step_idx}
+        action_id = self._fence.action_id
 
-        async def write(conn: runs.Conn) -> None:
-            for c in chunks:
-                await conn.execute(
-                    q("log_write_chunk"), {**base, "stream": c.stream, "at": c.at, "data": c.data}
-                )
-            if output_bytes is not None:
-                await conn.execute(
-                    q("log_write_output_bytes"), {**base, "output_bytes": output_bytes}
-                )
-            if chunks:
-                await conn.execute(q("log_write_notify"), {"action_id": self._fence.action_id})
+        async def write(conn: journal_executor.Conn) -> None:
+            await logs.append(conn, action_id, self._step_idx, chunks, output_bytes)
 
         await self._journal.run(write, fence=self._fence)

@@ -1,9 +1,12 @@
 """`taskmedic rules test` and `rules replay`: what the rules would do, with nothing executed.
 
 `test` renders the rules for the alerts of a payload file exactly as ingest would (the same
-matching, parameters, templates and plan hash). `replay` takes the alerts the journal received
-since a moment and runs them through today's rules in the order they arrived, deciding
-duplicates, cooldown and the circuit breaker as ingest does, next to what really happened.
+matching, parameters, templates and plan hash), with no journal. `replay` takes the alerts the
+journal received since a moment and runs them through today's rules in the order they arrived,
+next to what really happened. Whether an alert becomes an action is decided in one place, the
+journal's `taskmedic_decide`: ingest runs it as it records, replay asks it for each alert with
+the counts of the actions replay itself would have created before (a repeat of the same firing
+is a duplicate; skipped actions do not count, as in the journal).
 """
 
 from __future__ import annotations
@@ -15,13 +18,23 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from healer.config import HealerConfig
-from healer.ingest import decide, plan_for
+from psycopg import AsyncConnection
+
+from healer.config import HealerConfig, Rule
+from healer.ingest import decision_inputs, plan_for
+from healer.journal import replay as journal_replay
 from healer.plan import Plan, PlanStep
 from healer.rules import RuleSet
 from healer.webhook import Alert, BadPayload, UnsupportedVersion, parse_notification
 
-__all__ = ["RuleOutcome", "describe_step", "load_alerts", "replay", "test_alerts"]
+__all__ = [
+    "RuleOutcome",
+    "describe_step",
+    "first_firing",
+    "load_alerts",
+    "replay",
+    "test_alerts",
+]
 
 
 @dataclass
@@ -83,6 +96,20 @@ def load_alerts(path: Path) -> list[Alert]:
     return notification.alerts
 
 
+def first_firing(rule: Rule, render_error: str | None) -> tuple[str, str]:
+    """The state and reason of an action with no recent action of its rule and target.
+
+    `rules test` has no journal to ask. With nothing recent, cooldown and the circuit breaker
+    cannot skip an action, and what remains of `taskmedic_decide` is the rule's own: a plan
+    that cannot be rendered fails, an approval waits. A test holds this to the journal's answer.
+    """
+    if render_error is not None:
+        return "failed", render_error
+    if rule.approval:
+        return "awaiting_approval", "waiting for approval"
+    return "pending", ""
+
+
 def test_alerts(config: HealerConfig, rules: RuleSet, alerts: list[Alert]) -> list[AlertOutcome]:
     """Each alert with the rules it matches and the plan each would run (nothing executed)."""
     out = []
@@ -90,14 +117,16 @@ def test_alerts(config: HealerConfig, rules: RuleSet, alerts: list[Alert]) -> li
         o = AlertOutcome(alert)
         for rule in rules.matching(alert.labels, alert.status):
             plan, error = plan_for(rule, alert, dry_run=config.healer.dry_run)
-            state, reason = decide(rule.rule, render_error=error, in_cooldown=0, in_limit=0)
+            state, reason = first_firing(rule.rule, error)
             o.rules.append(RuleOutcome(rule.name, rule.source, state, reason, plan))
         out.append(o)
     return out
 
 
-def replay(config: HealerConfig, rules: RuleSet, rows: list[dict[str, Any]]) -> list[AlertOutcome]:
-    """Stored alerts (oldest first) through today's rules, deciding as ingest does."""
+async def replay(
+    conn: AsyncConnection[Any], config: HealerConfig, rules: RuleSet, rows: list[dict[str, Any]]
+) -> list[AlertOutcome]:
+    """Stored alerts (oldest first) through today's rules, decided by the journal as ingest's."""
     seen: set[tuple[str, str, datetime, str]] = set()
     history: dict[tuple[str, str], list[datetime]] = defaultdict(list)
     out = []
@@ -135,8 +164,8 @@ def replay(config: HealerConfig, rules: RuleSet, rows: list[dict[str, Any]]) -> 
             in_cooldown = sum(1 for t in past if (at - t).total_seconds() < r.cooldown)
             per = r.limit.per if r.limit else 0.0
             in_limit = sum(1 for t in past if (at - t).total_seconds() < per)
-            state, reason = decide(
-                r, render_error=error, in_cooldown=in_cooldown, in_limit=in_limit
+            state, reason = await journal_replay.decide(
+                conn, decision_inputs(r, error), in_cooldown=in_cooldown, in_limit=in_limit
             )
             if state not in ("skipped", "cancelled"):
                 past.append(at)

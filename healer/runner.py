@@ -31,7 +31,7 @@ from exporter.base.errors import TaskmedicError
 from exporter.checks import TraceSource
 from exporter.config import Config
 from healer.errors import JournalUnavailable, LeaseLost
-from healer.journal import runs
+from healer.journal import executor as journal_executor
 from healer.metrics import HealerMetrics
 from healer.output import JournalLogSink, StepOutput
 from healer.plan import Plan, PlanStep
@@ -60,7 +60,7 @@ _PRIORITY = ("lease_lost", "shutdown", "cancel")
 class RunSettings:
     """What every run of one executor shares."""
 
-    journal: runs.Journal
+    journal: journal_executor.Journal
     config: Config
     metrics: HealerMetrics
     celery: CeleryApps
@@ -71,7 +71,7 @@ class RunSettings:
     monitors: Mapping[str, TraceSource] | None = None
 
 
-def count(metrics: HealerMetrics, settled: runs.Settled) -> None:
+def count(metrics: HealerMetrics, settled: journal_executor.Settled) -> None:
     """Metrics of an action that reached a final state (a requeue is not an outcome)."""
     if settled.state == "pending":
         return
@@ -93,10 +93,10 @@ def _steps_list(idxs: Collection[int]) -> str:
 class ActionRun:
     """One attempt at one action, from claim to outcome (or to losing it)."""
 
-    def __init__(self, claim: runs.Claim, settings: RunSettings) -> None:
+    def __init__(self, claim: journal_executor.Claim, settings: RunSettings) -> None:
         self.claim = claim
         self.s = settings
-        self.fence = runs.Fence(claim.id, claim.attempt, settings.owner)
+        self.fence = journal_executor.Fence(claim.id, claim.attempt, settings.owner)
         self._reasons: set[str] = set()
         self._changed = asyncio.Event()
         self._shared: dict[int, str] = {}  # step idx -> database of its open shared transaction
@@ -153,8 +153,8 @@ class ActionRun:
             self.s.config, shared=plan.transaction == "single" or self._dry, dry_run=self._dry
         )
         names = [(s.name, s.kind) for s in plan.steps]
-        await self._write(lambda c: runs.ensure_steps(c, self.claim.id, names))
-        rows = await self._write(lambda c: runs.step_rows(c, self.claim.id))
+        await self._write(lambda c: journal_executor.ensure_steps(c, self.claim.id, names))
+        rows = await self._write(lambda c: journal_executor.step_rows(c, self.claim.id))
         # A retry never re-runs a step recorded as done (an uncommitted shared one is not).
         done = {
             r["idx"]
@@ -187,7 +187,7 @@ class ActionRun:
         await self._complete(completed, len(done))
 
     async def _step(self, idx: int, step: PlanStep) -> StepResult:
-        await self._write(lambda c: runs.step_started(c, self.fence, idx))
+        await self._write(lambda c: journal_executor.step_started(c, self.fence, idx))
         out = self._output(idx)
         try:
             async with out:
@@ -216,7 +216,7 @@ class ActionRun:
         output_bytes: int,
     ) -> None:
         await self._write(
-            lambda c: runs.step_finished(
+            lambda c: journal_executor.step_finished(
                 c,
                 self.fence,
                 idx,
@@ -265,10 +265,12 @@ class ActionRun:
             lost = [i for i in shared if i not in kept]
             why = str(exc)
             await self._write(
-                lambda c: runs.steps_patch(c, self.claim.id, kept, {"transaction": "committed"})
+                lambda c: journal_executor.steps_patch(
+                    c, self.claim.id, kept, {"transaction": "committed"}
+                )
             )
             await self._write(
-                lambda c: runs.undo_finished(
+                lambda c: journal_executor.undo_finished(
                     c, self.claim.id, lost, ok=True, undo={"by": "rollback", "why": why}
                 )
             )
@@ -306,7 +308,7 @@ class ActionRun:
         self._shared.clear()
         if rolled:
             await self._write(
-                lambda c: runs.undo_finished(
+                lambda c: journal_executor.undo_finished(
                     c, self.claim.id, rolled, ok=True, undo={"by": "rollback", "why": why}
                 )
             )
@@ -326,7 +328,7 @@ class ActionRun:
     async def _undo(self, idx: int, step: PlanStep, why: str) -> bool:
         assert step.undo is not None
         how = "script" if step.undo.script is not None else "sql"
-        await self._write(lambda c: runs.undo_started(c, self.claim.id, idx))
+        await self._write(lambda c: journal_executor.undo_started(c, self.claim.id, idx))
         out = self._output(idx, record_total=False)
         try:
             async with out:
@@ -337,13 +339,15 @@ class ActionRun:
             undo = {"by": how, "why": why, "result": exc.result}
             error = str(exc)
             await self._write(
-                lambda c: runs.undo_finished(
+                lambda c: journal_executor.undo_finished(
                     c, self.claim.id, [idx], ok=False, undo=undo, error=error
                 )
             )
             return False
         undo = {"by": how, "why": why, "result": res.result}
-        await self._write(lambda c: runs.undo_finished(c, self.claim.id, [idx], ok=True, undo=undo))
+        await self._write(
+            lambda c: journal_executor.undo_finished(c, self.claim.id, [idx], ok=True, undo=undo)
+        )
         return True
 
     async def _finish(
@@ -355,10 +359,12 @@ class ActionRun:
         rest_error: str = "",
         committed: list[int] | None = None,
     ) -> None:
-        async def write(c: runs.Conn) -> runs.Settled:
+        async def write(c: journal_executor.Conn) -> journal_executor.Settled:
             if committed:
-                await runs.steps_patch(c, self.claim.id, committed, {"transaction": "committed"})
-            return await runs.finish(
+                await journal_executor.steps_patch(
+                    c, self.claim.id, committed, {"transaction": "committed"}
+                )
+            return await journal_executor.finish(
                 c, self.fence, state, reason, rest_state=rest_state, rest_error=rest_error or reason
             )
 
@@ -371,7 +377,7 @@ class ActionRun:
             await self._sessions.rollback()
         why = f"the healer {self.s.owner} stopped before the action finished"
         settled = await self._write(
-            lambda c: runs.interrupt(
+            lambda c: journal_executor.interrupt(
                 c, self.claim.id, self.claim.attempt, why, self.s.owner, MAX_ATTEMPTS
             )
         )
@@ -380,7 +386,7 @@ class ActionRun:
 
     # -- plumbing -------------------------------------------------------------------------
 
-    async def _write(self, fn: Callable[[runs.Conn], Awaitable[T]]) -> T:
+    async def _write(self, fn: Callable[[journal_executor.Conn], Awaitable[T]]) -> T:
         """One fenced journal transaction."""
         return await self.s.journal.run(fn, fence=self.fence)
 
@@ -410,7 +416,9 @@ class ActionRun:
         while True:
             await asyncio.sleep(self.s.lease / 3)
             try:
-                cancel = await self.s.journal.run(lambda c: runs.renew(c, self.fence, self.s.lease))
+                cancel = await self.s.journal.run(
+                    lambda c: journal_executor.renew(c, self.fence, self.s.lease)
+                )
             except (LeaseLost, JournalUnavailable) as exc:
                 log.warning("action %s: lease not renewed: %s", self.claim.id, exc)
                 self.interrupt("lease_lost")

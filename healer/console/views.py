@@ -1,17 +1,18 @@
 """The console's pages: the list of recent actions and one action with its live log.
 
-Both read the journal directly (healer/journal/sql/console.sql) and are rendered on the server;
+Both read the journal through `healer.journal.console` and are rendered on the server;
 `?fragment=…` returns just the part the page's script refreshes every few seconds.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
-from psycopg.rows import dict_row
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from healer import appkeys
@@ -19,30 +20,25 @@ from healer.auth import public
 from healer.console.render import FINAL, STATES, render
 from healer.console.session import console_page, csrf_token, has_session
 from healer.errors import JournalUnavailable
+from healer.journal import console as journal_console
 from healer.journal.pool import journal_errors
-from healer.journal.queries import q
 
 __all__ = ["action_page", "index", "static_file"]
 
 PAGE = 50
+Conn = AsyncConnection[Any]
+T = TypeVar("T")
 CANCELLABLE = frozenset({"pending", "awaiting_approval", "running"})
 
 
-async def _fetch(
-    pool: AsyncConnectionPool[Any], *queries: tuple[str, dict[str, Any]]
-) -> list[list[dict[str, Any]]]:
-    """Run the named queries on one connection; a journal outage is a 503 page."""
-    out = []
+async def _read(pool: AsyncConnectionPool[Any], read: Callable[[Conn], Awaitable[T]]) -> T:
+    """Run `read` on one connection of the pool; a journal outage is a 503 page."""
     try:
         with journal_errors("console"):
             async with pool.connection() as conn:
-                for name, params in queries:
-                    cur = conn.cursor(row_factory=dict_row)
-                    await cur.execute(q(name), params)
-                    out.append(await cur.fetchall())
+                return await read(conn)
     except JournalUnavailable as e:
         raise web.HTTPServiceUnavailable(text="the journal is unavailable") from e
-    return out
 
 
 def _page_context(request: web.Request) -> dict[str, Any]:
@@ -67,15 +63,21 @@ async def index(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text="before: expected an action id")
     before = int(before_s) if before_s else None
     pool = request.app[appkeys.JOURNAL_POOL]
-    params = {"state": state, "rule": rule, "before": before, "limit": PAGE + 1}
-    actions, rules = await _fetch(pool, ("console_actions", params), ("console_rules", {}))
+
+    async def read(conn: Conn) -> tuple[list[dict[str, Any]], list[str]]:
+        found = await journal_console.actions(
+            conn, state=state, rule=rule, before=before, limit=PAGE + 1
+        )
+        return found, await journal_console.rules(conn)
+
+    actions, rules = await _read(pool, read)
     more = len(actions) > PAGE
     actions = actions[:PAGE]
     for a in actions:
         a["alertname"] = _alertname(a["labels"])
     ctx = {
         "actions": actions,
-        "rules": [r["rule"] for r in rules],
+        "rules": rules,
         "state": state or "",
         "rule": rule or "",
         "before": before,
@@ -95,13 +97,11 @@ async def action_page(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text="no such action")
     action_id = int(id_s)
     pool = request.app[appkeys.JOURNAL_POOL]
-    p = {"id": action_id}
-    found, steps, events = await _fetch(
-        pool, ("console_action", p), ("console_steps", p), ("console_events", p)
+    action, steps, events = await _read(
+        pool, lambda conn: journal_console.action_page(conn, action_id)
     )
-    if not found:
+    if action is None:
         raise web.HTTPNotFound(text=f"no action {action_id}")
-    action = found[0]
     action["alertname"] = _alertname(action["labels"])
     plan: dict[str, Any] = action["plan"] if isinstance(action["plan"], dict) else {}
     raw_steps = plan.get("steps")

@@ -11,7 +11,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from healer.errors import LeaseLost
-from healer.journal import runs
+from healer.journal import executor as journal_executor
 from tests.healer.journal_helpers import (
     action,
     events,
@@ -176,14 +176,19 @@ async def test_fenced_writes_raise_lease_lost(journal: str, executors) -> None:
         action_id,
     )
     async with await psycopg.AsyncConnection.connect(journal, row_factory=dict_row) as conn:
-        assert await runs.hold(conn, runs.Fence(action_id, 2, "me")) is False
-        for stale in (runs.Fence(action_id, 1, "me"), runs.Fence(action_id, 2, "someone")):
+        assert (
+            await journal_executor.hold(conn, journal_executor.Fence(action_id, 2, "me")) is False
+        )
+        for stale in (
+            journal_executor.Fence(action_id, 1, "me"),
+            journal_executor.Fence(action_id, 2, "someone"),
+        ):
             with pytest.raises(LeaseLost):
-                await runs.finish(conn, stale, "succeeded", "stale")
+                await journal_executor.finish(conn, stale, "succeeded", "stale")
             with pytest.raises(LeaseLost):
-                await runs.hold(conn, stale)
+                await journal_executor.hold(conn, stale)
             with pytest.raises(LeaseLost):
-                await runs.renew(conn, stale, 30.0)
+                await journal_executor.renew(conn, stale, 30.0)
     assert (await action(journal, action_id))["state"] == "running"
 
 

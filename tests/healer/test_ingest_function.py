@@ -1,24 +1,20 @@
-"""The journal function that records a notification (migration 0002) decides and writes
-exactly what the healer promises: the same decisions as `healer.ingest.decide`, every action
-tied to its own alert, and the same rows an ingest of one statement per row used to write.
+"""The journal function that records a notification (migration 0002) writes exactly what the
+healer promises: every action tied to its own alert, decided one after another, and the same
+rows an ingest of one statement per row used to write. The decision itself: test_decision.py.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from aiohttp.test_utils import TestClient
 
 from healer.app import create_app
-from healer.config import Rule
-from healer.ingest import decide, decision_inputs
 from healer.plan import Plan
-from tests.healer.ingest_helpers import AUTH, config_for, payload, rows, upgraded, with_alert
+from tests.healer.ingest_helpers import AUTH, config_for, payload, rows, with_alert
 
 Client = TestClient[Any, Any]
 MakeClient = Callable[..., Awaitable[Client]]
@@ -39,55 +35,6 @@ def make_client(aiohttp_client: Any, pg_dsn: str, tmp_path: Path) -> MakeClient:
 async def post(client: Client, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     resp = await client.post("/alerts", json=body, headers=AUTH)
     return resp.status, await resp.json()
-
-
-def _rules() -> list[Rule]:
-    out = []
-    for cooldown, limit, approval in itertools.product(
-        ("0s", "10m"), (None, {"count": 2, "per": "1h"}), (False, True)
-    ):
-        spec: dict[str, Any] = {
-            "name": f"r-{cooldown}-{limit is not None}-{approval}",
-            "match": {"alertname": "X"},
-            "cooldown": cooldown,
-            "approval": approval,
-            "steps": [{"name": "s", "script": {"argv": ["/bin/true"]}}],
-        }
-        if limit is not None:
-            spec["limit"] = limit
-        out.append(Rule.model_validate(spec))
-    return out
-
-
-async def test_the_journal_decides_every_case_exactly_as_decide(pg_dsn: str) -> None:
-    """Cooldown, circuit breaker (with its count in the reason), approval, render failure:
-    taskmedic_decide gives decide's state and reason for every combination."""
-    await upgraded(pg_dsn)
-    cases = list(
-        itertools.product(
-            _rules(), (None, "parameter worker: no label worker"), (0, 1, 3), (0, 1, 2, 5)
-        )
-    )
-    with psycopg.connect(pg_dsn) as conn:
-        for rule, render_error, in_cooldown, in_limit in cases:
-            inputs = decision_inputs(rule, render_error)
-            got = conn.execute(
-                "SELECT state, reason FROM taskmedic_decide("
-                "render_error => %(render_error)s, cooldown => %(cooldown)s, "
-                "in_cooldown => %(in_cooldown)s, limit_count => %(limit_count)s, "
-                "in_limit => %(in_limit)s, approval => %(approval)s, "
-                "cooldown_reason => %(cooldown_reason)s, circuit_reason => %(circuit_reason)s)",
-                {**inputs, "in_cooldown": in_cooldown, "in_limit": in_limit},
-            ).fetchone()
-            want = decide(
-                rule, render_error=render_error, in_cooldown=in_cooldown, in_limit=in_limit
-            )
-            assert got == want, (rule.name, render_error, in_cooldown, in_limit)
-    assert {decide(r, render_error=None, in_cooldown=1, in_limit=5)[0] for r in _rules()} == {
-        "skipped",
-        "pending",
-        "awaiting_approval",
-    }
 
 
 async def test_each_action_of_a_grouped_notification_points_at_its_own_alert(

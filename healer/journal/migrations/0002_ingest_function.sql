@@ -12,9 +12,9 @@
 CREATE INDEX actions_unstarted ON actions (fingerprint, starts_at)
     WHERE state IN ('pending', 'awaiting_approval');
 
--- The new action's state and reason. Mirrors healer.ingest.decide line by line (that pure
--- function stays, for `taskmedic rules replay`); tests/healer/test_ingest_function.py runs both
--- over every combination. The reasons come from the caller, which words them like decide:
+-- The new action's state and reason: the one place this is decided. taskmedic_ingest below
+-- calls it for every action it records, and `taskmedic rules replay` calls it alone
+-- (healer/journal/replay.py). The reasons come from the caller (healer.ingest.decision_inputs):
 -- `circuit_reason` has the placeholder {in_limit} for the count.
 CREATE FUNCTION taskmedic_decide(
     render_error text,

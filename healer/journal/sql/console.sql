@@ -1,5 +1,5 @@
--- The web console's reads (healer/console/). It never writes: approve and cancel go through
--- the API, which records the state change with its event.
+-- The web console's reads (healer/journal/console.py, for healer/console/). It never writes:
+-- approve and cancel go through the API, which records the state change with its event.
 
 -- name: console_actions
 -- Recent actions, newest first, optionally of one state and/or one rule; `before` pages back.

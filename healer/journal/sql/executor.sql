@@ -29,16 +29,6 @@ WHERE a.id = candidate.id
 RETURNING a.id, a.rule, a.attempt, a.plan, a.plan_hash, a.dry_run,
           a.cancel_requested_at IS NOT NULL AS cancel_requested
 
--- name: exec_event
-INSERT INTO events (action_id, actor, kind, from_state, to_state, message, data)
-VALUES (%(action_id)s, %(actor)s, %(kind)s, %(from_state)s, %(to_state)s, %(message)s, %(data)s)
-
--- name: exec_notify_state
-SELECT pg_notify('taskmedic_state', %(action_id)s::text)
-
--- name: exec_notify_pending
-SELECT pg_notify('taskmedic_actions', %(action_id)s::text)
-
 -- name: exec_fence
 -- Held for the rest of the writing transaction: a takeover (sweeper, new claim) waits for it.
 SELECT cancel_requested_at IS NOT NULL AS cancel_requested

@@ -2,7 +2,6 @@
 -- Everything one notification records (the notification, its alerts and every action it
 -- starts) is written by ONE statement, so it commits together or not at all, with the other
 -- notifications of its batch: taskmedic_ingest (migration 0002) does the work for each.
--- insert_event, notify_* and cancel_pending_steps serve healer/actions.py.
 
 -- name: ingest_batch
 -- Notifications that arrived together, in one statement and one transaction (group commit,
@@ -23,21 +22,3 @@ FROM (
         ORDER BY 1
     ) AS l
 ) AS locked
-
--- name: insert_event
-INSERT INTO events (action_id, actor, kind, from_state, to_state, message, data)
-VALUES (%(action_id)s, %(actor)s, %(kind)s, %(from_state)s, %(to_state)s, %(message)s, %(data)s)
-
--- name: notify_pending
-SELECT pg_notify('taskmedic_actions', %(action_id)s::text)
-
--- name: notify_state
-SELECT pg_notify('taskmedic_state', %(action_id)s::text)
-
--- name: notify_cancel
--- A running action should stop: only the executors listen here (they also poll), so they
--- are not woken by every state change of every action.
-SELECT pg_notify('taskmedic_cancel', %(action_id)s::text)
-
--- name: cancel_pending_steps
-UPDATE steps SET state = 'cancelled' WHERE action_id = %(action_id)s AND state = 'pending'

@@ -1,4 +1,4 @@
--- Log retention (healer/retention.py): log chunks older than the cutoff are deleted in
+-- Log retention (healer/journal/retention.py): log chunks older than the cutoff are deleted in
 -- batches; alerts, actions, steps (with their true output byte counts) and events are kept.
 
 -- name: prune_cutoff

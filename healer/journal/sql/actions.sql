@@ -1,4 +1,4 @@
--- Reading and steering actions (healer/actions.py, used by the HTTP API and the CLI).
+-- Reading and steering actions (healer/journal/actions.py, for the HTTP API and the CLI).
 
 -- name: list_actions
 -- Newest first, keyset-paginated on id (`before` is the cursor; NULL for the first page).
@@ -54,36 +54,10 @@ UPDATE actions
 SET state = 'cancelled', reason = %(reason)s, finished_at = now()
 WHERE id = %(id)s AND state IN ('pending', 'awaiting_approval')
 
+-- name: cancel_pending_steps
+UPDATE steps SET state = 'cancelled' WHERE action_id = %(action_id)s AND state = 'pending'
+
 -- name: request_cancel
 UPDATE actions
 SET cancel_requested_at = now()
 WHERE id = %(id)s AND state = 'running' AND cancel_requested_at IS NULL
-
--- name: count_by_state
-SELECT state, count(*) FROM actions GROUP BY state
-
--- name: open_circuits
--- Rules whose circuit breaker is open for at least one target right now.
-SELECT DISTINCT rule
-FROM (
-    SELECT a.rule, a.target
-    FROM actions AS a
-    JOIN unnest(%(rules)s::text[], %(counts)s::int[], %(pers)s::float8[]) AS l(rule, n, per)
-      ON l.rule = a.rule
-    WHERE a.state NOT IN ('skipped', 'cancelled')
-      AND a.created_at > now() - make_interval(secs => l.per)
-    GROUP BY a.rule, a.target, l.n
-    HAVING count(*) >= l.n
-) AS open
-
--- name: alerts_since
--- Alerts the journal received since a moment, oldest first (rules replay).
-SELECT al.id, al.received_at, al.status, al.fingerprint, al.starts_at, al.ends_at, al.labels,
-       al.annotations, al.generator_url,
-       coalesce((SELECT jsonb_agg(jsonb_build_object('id', a.id, 'rule', a.rule,
-                                                     'state', a.state, 'reason', a.reason)
-                                  ORDER BY a.id)
-                 FROM actions AS a WHERE a.alert_id = al.id), '[]'::jsonb) AS actions
-FROM alerts AS al
-WHERE al.received_at >= %(since)s
-ORDER BY al.id

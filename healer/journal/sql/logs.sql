@@ -1,4 +1,5 @@
--- Reading the live output of actions (healer/logstream.py, healer/log_api.py).
+-- The live output of actions (healer/journal/logs.py): appended by the executor's step output
+-- capture, read by the log API, the log hub and the CLI.
 -- A chunk's id orders it within its action: the executor is the only writer of an action's
 -- chunks and commits them one after another, so ids grow in commit order.
 
@@ -43,3 +44,12 @@ WHERE action_id = %(action_id)s
   AND (%(step)s::integer IS NULL OR step_idx = %(step)s::integer)
 ORDER BY id
 LIMIT %(limit)s
+
+-- name: log_write_chunk
+-- The caller holds the action's fence (exec_fence) in the same transaction.
+INSERT INTO log_chunks (action_id, step_idx, stream, at, data)
+VALUES (%(action_id)s, %(step_idx)s, %(stream)s, %(at)s, %(data)s)
+
+-- name: log_write_output_bytes
+UPDATE steps SET output_bytes = %(output_bytes)s
+WHERE action_id = %(action_id)s AND idx = %(step_idx)s

@@ -7,8 +7,8 @@ conditioned on the token. An executor that stalled past its lease and was taken 
 row and gets `LeaseLost`; it can never write an outcome over its successor's. The share lock
 makes a takeover wait for a write already in flight, so the journal's order is the real order.
 
-Every action state change writes its `events` row and `pg_notify('taskmedic_state')` in the
-same transaction (contract 5).
+Every action state change writes its `events` row and notifies `channels.STATE` in the same
+transaction (contract 5).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from tenacity import (
 )
 
 from healer.errors import JournalUnavailable, LeaseLost
+from healer.journal import channels, events
 from healer.journal.queries import q
 
 __all__ = [
@@ -135,19 +136,7 @@ async def event(
     data: dict[str, Any] | None = None,
 ) -> None:
     """The audit row of a state change, and the notification followers wait for."""
-    await conn.execute(
-        q("exec_event"),
-        {
-            "action_id": action_id,
-            "actor": actor,
-            "kind": "state",
-            "from_state": from_state,
-            "to_state": to_state,
-            "message": message,
-            "data": Jsonb(data or {}),
-        },
-    )
-    await conn.execute(q("exec_notify_state"), {"action_id": action_id})
+    await events.record(conn, action_id, actor, "state", from_state, to_state, message, data)
 
 
 async def claim(conn: Conn, owner: str, lease: float) -> Claim | None:
@@ -324,7 +313,7 @@ async def interrupt(
         reason = f"retrying after interruption: {why}"
         await conn.execute(q("exec_requeue"), {"action_id": action_id, "reason": reason})
         await event(conn, action_id, actor, "interrupted", "pending", reason)
-        await conn.execute(q("exec_notify_pending"), {"action_id": action_id})
+        await channels.notify(conn, channels.ACTIONS, action_id)
         return Settled(action_id, rule, "pending", None)
     cur = await conn.execute(
         q("exec_give_up"), {"action_id": action_id, "state": state, "reason": reason}
