@@ -28,8 +28,9 @@ from redis.exceptions import RedisError
 from exporter.celery_events import EventStream, WorkerStatus, WorkerTable
 from exporter.config import CeleryConfig
 from exporter.errors import CheckUnknown
+from exporter.task_schedule import TaskExpectation, TaskStatus, TaskTable
 
-__all__ = ["ClusterMonitor", "ClusterSnapshot", "TaskTrace", "WorkerStatus"]
+__all__ = ["ClusterMonitor", "ClusterSnapshot", "TaskStatus", "TaskTrace", "WorkerStatus"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,9 @@ class ClusterSnapshot:
     cluster: str
     broker_up: bool
     workers: list[WorkerStatus] = field(default_factory=list)
+    # Declared periodic tasks; empty while the event stream is down (nothing can be judged).
+    tasks: list[TaskStatus] = field(default_factory=list)
+    task_events: int = 0  # task events received since start, from any worker
 
 
 def _masked(text: str) -> str:
@@ -106,8 +110,20 @@ class ClusterMonitor:
         self.config = config
         self._app = make_app(name, config)
         self._where = _masked(config.broker.get_secret_value())
-        self._table = WorkerTable(config.purge_offline_after)
-        self._events = EventStream(self._app, self._table, self._where)
+        self._table = WorkerTable(config.purge_offline_after, config.forget_crashed_after)
+        self._tasks = TaskTable(
+            {
+                name: TaskExpectation(t.expect_every, t.effective_grace)
+                for name, t in config.tasks.items()
+            }
+        )
+        self._events = EventStream(
+            self._app,
+            self._table,
+            self._where,
+            tasks=self._tasks,
+            enable_events=config.enable_events,
+        )
         probe = self._app.connection_for_read()  # not connected; only asks for error classes
         self._broker_errors: tuple[type[BaseException], ...] = (
             KombuError,
@@ -136,7 +152,14 @@ class ClusterMonitor:
         broker gone the workers simply age into offline, as they should.
         """
         at = time.time() if now is None else now
-        return ClusterSnapshot(self.name, self._events.up, self._table.statuses(at))
+        since = self._events.connected_since
+        return ClusterSnapshot(
+            self.name,
+            since is not None,
+            self._table.statuses(at),
+            self._tasks.statuses(at, since) if since is not None else [],
+            self._tasks.events,
+        )
 
     # --- task whereabouts -------------------------------------------------------------------
 

@@ -203,6 +203,24 @@ class DatabaseConfig(Model):
         return mask_dsn(self.secret_dsn())
 
 
+class TaskExpectationConfig(Model):
+    """A task that must succeed every `expect_every` (a celery beat schedule, say).
+
+    `grace` absorbs the jitter of the schedule and of the task's run time; by default a tenth
+    of `expect_every`, at least 30 s.
+    """
+
+    expect_every: Duration = Field(gt=0)
+    grace: Duration | None = None
+
+    @property
+    def effective_grace(self) -> float:
+        return self.grace if self.grace is not None else max(self.expect_every / 10, 30.0)
+
+
+TaskName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]*$", max_length=200)]
+
+
 class CeleryConfig(Model):
     """A Celery cluster: where its broker and result backend are, and how to judge liveness."""
 
@@ -211,6 +229,14 @@ class CeleryConfig(Model):
     queues: list[str] = Field(default_factory=lambda: ["celery"])
     inspect_timeout: Duration = 1.0
     purge_offline_after: Duration = 300.0
+    # A worker that crashed (no goodbye) stays listed as crashed until it comes back, or
+    # this long if set; unset, its alert cannot resolve unless a worker of that name returns.
+    forget_crashed_after: Duration | None = None
+    # Periodic tasks by name; only these get per-task series, so labels stay bounded.
+    tasks: dict[TaskName, TaskExpectationConfig] = Field(default_factory=dict)
+    # Ask workers to send task events (Celery's `enable_events` control command), for
+    # workers started without -E. Off by default: it changes the workers' behaviour.
+    enable_events: bool = False
 
     def display(self) -> dict[str, Any]:
         return {
@@ -219,6 +245,12 @@ class CeleryConfig(Model):
             "queues": self.queues,
             "inspect_timeout": self.inspect_timeout,
             "purge_offline_after": self.purge_offline_after,
+            "forget_crashed_after": self.forget_crashed_after,
+            "tasks": {
+                name: {"expect_every": t.expect_every, "grace": t.effective_grace}
+                for name, t in self.tasks.items()
+            },
+            "enable_events": self.enable_events,
         }
 
 

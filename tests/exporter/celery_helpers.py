@@ -128,7 +128,10 @@ class Monitors:
         backend: str | None = None,
         queues: tuple[str, ...] = ("celery",),
         purge_offline_after: float = 300.0,
+        forget_crashed_after: float | None = None,
         inspect_timeout: float = 0.5,
+        tasks: dict[str, dict[str, float]] | None = None,
+        enable_events: bool = False,
     ) -> ClusterMonitor:
         config = CeleryConfig.model_validate(
             {
@@ -137,6 +140,9 @@ class Monitors:
                 "queues": list(queues),
                 "inspect_timeout": inspect_timeout,
                 "purge_offline_after": purge_offline_after,
+                "forget_crashed_after": forget_crashed_after,
+                "tasks": tasks or {},
+                "enable_events": enable_events,
             }
         )
         monitor = ClusterMonitor("main", config)
