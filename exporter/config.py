@@ -292,12 +292,30 @@ class StaleStatusCheck(CheckBase):
     max_age: Duration
 
 
+class TaskMatchConfig(Model):
+    """For apps that store no task id: the query's second column is matched against one
+    argument of these tasks, by `position` (0-based) or `keyword` (either or both: a task
+    may be sent either way)."""
+
+    tasks: list[str] = Field(min_length=1)
+    position: int | None = Field(default=None, ge=0)
+    keyword: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_argument(self) -> TaskMatchConfig:
+        if self.position is None and self.keyword is None:
+            raise ValueError("give position (0-based) or keyword of the argument to match")
+        return self
+
+
 class OrphanTasksCheck(CheckBase):
-    """Rows `(key, task_id, since)` that claim a Celery task is running."""
+    """Rows `(key, task_id, since)` that claim a Celery task is running; with `match`,
+    rows `(key, argument_value, since)` matched to a task by name and argument."""
 
     type: Literal["orphan_tasks"]
     celery: Name
     grace: Duration = 120.0
+    match: TaskMatchConfig | None = None
 
 
 class OrphanRowsCheck(CheckBase):

@@ -59,6 +59,24 @@ def fail(message: str) -> None:
     raise RuntimeError(message)
 
 
+@app.task(name="timesketch.lib.tasks.run_plaso", track_started=True)
+def run_plaso(
+    file_path: str,
+    events: str | None,
+    timeline_name: str,
+    index_name: str,
+    source_type: str,
+    timeline_id: int,
+    plaso_event_filter: str = "",
+) -> str:
+    """A stand-in for Timesketch's import task, with its real name and signature (Timesketch
+    sends all six arguments positionally, timeline_id last). The "import" takes as many
+    seconds as the file at `file_path` says."""
+    with open(file_path, encoding="utf-8") as f:
+        time.sleep(float(f.read().strip() or 0))
+    return index_name
+
+
 @app.task(name="tests.touch")
 def touch(path: str, text: str = "") -> str:
     """Write a file: lets a test see that a task really ran."""
