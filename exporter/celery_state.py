@@ -29,7 +29,7 @@ from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
 from exporter.celery_events import EventStream, WorkerStatus, WorkerTable
-from exporter.config import CeleryConfig
+from exporter.config import CeleryConfig, PeriodicTask
 from exporter.errors import CheckUnknown
 from exporter.task_schedule import TaskExpectation, TaskStatus, TaskTable
 
@@ -115,17 +115,14 @@ class ClusterMonitor:
     """Live view of one Celery cluster: worker liveness from its events, task whereabouts on
     demand. `start()` before use, `stop()` at the end."""
 
-    def __init__(self, name: str, config: CeleryConfig) -> None:
+    def __init__(self, name: str, config: CeleryConfig, tasks: Iterable[PeriodicTask] = ()) -> None:
         self.name = name
         self.config = config
         self._app = make_app(name, config)
         self._where = _masked(config.broker.get_secret_value())
         self._table = WorkerTable(config.purge_offline_after, config.forget_crashed_after)
         self._tasks = TaskTable(
-            {
-                name: TaskExpectation(t.expect_every, t.effective_grace)
-                for name, t in config.tasks.items()
-            }
+            {t.task: TaskExpectation(t.expect_every, t.effective_grace) for t in tasks}
         )
         self._events = EventStream(
             self._app,

@@ -203,22 +203,25 @@ class DatabaseConfig(Model):
         return mask_dsn(self.secret_dsn())
 
 
-class TaskExpectationConfig(Model):
-    """A task that must succeed every `expect_every` (a celery beat schedule, say).
+TaskName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]*$", max_length=200)]
+
+
+class PeriodicTask(Model):
+    """A Celery task that must succeed every `expect_every` (a celery beat schedule, say).
 
     `grace` absorbs the jitter of the schedule and of the task's run time; by default a tenth
-    of `expect_every`, at least 30 s.
+    of `expect_every`, at least 30 s. Only declared tasks get per-task series, so the label set
+    is the config's, never the broker's.
     """
 
+    cluster: Name
+    task: TaskName
     expect_every: Duration = Field(gt=0)
     grace: Duration | None = None
 
     @property
     def effective_grace(self) -> float:
         return self.grace if self.grace is not None else max(self.expect_every / 10, 30.0)
-
-
-TaskName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]*$", max_length=200)]
 
 
 class CeleryConfig(Model):
@@ -232,8 +235,6 @@ class CeleryConfig(Model):
     # A worker that crashed (no goodbye) stays listed as crashed until it comes back, or
     # this long if set; unset, its alert cannot resolve unless a worker of that name returns.
     forget_crashed_after: Duration | None = None
-    # Periodic tasks by name; only these get per-task series, so labels stay bounded.
-    tasks: dict[TaskName, TaskExpectationConfig] = Field(default_factory=dict)
     # Ask workers to send task events (Celery's `enable_events` control command), for
     # workers started without -E. Off by default: it changes the workers' behaviour.
     enable_events: bool = False
@@ -246,10 +247,6 @@ class CeleryConfig(Model):
             "inspect_timeout": self.inspect_timeout,
             "purge_offline_after": self.purge_offline_after,
             "forget_crashed_after": self.forget_crashed_after,
-            "tasks": {
-                name: {"expect_every": t.expect_every, "grace": t.effective_grace}
-                for name, t in self.tasks.items()
-            },
             "enable_events": self.enable_events,
         }
 
@@ -337,6 +334,7 @@ class Config(Model):
     celery: dict[Name, CeleryConfig] = Field(default_factory=dict)
     exporter: ExporterSettings = Field(default_factory=ExporterSettings)
     checks: list[Check] = Field(default_factory=list)
+    periodic_tasks: list[PeriodicTask] = Field(default_factory=list)
     healer: Any = None  # validated by healer.config
 
     def check(self, name: str) -> StaleStatusCheck | OrphanTasksCheck | OrphanRowsCheck:
@@ -395,6 +393,23 @@ def cross_check(config: Config, located: Located) -> None:
                     ("checks", i, "celery"), f"celery cluster {c.celery!r} is not defined"
                 )
             )
+    tasks_seen: set[tuple[str, str]] = set()
+    for i, t in enumerate(config.periodic_tasks):
+        if t.cluster not in config.celery:
+            problems.append(
+                located.problem(
+                    ("periodic_tasks", i, "cluster"),
+                    f"celery cluster {t.cluster!r} is not defined",
+                )
+            )
+        if (t.cluster, t.task) in tasks_seen:
+            problems.append(
+                located.problem(
+                    ("periodic_tasks", i, "task"),
+                    f"task {t.task!r} of cluster {t.cluster!r} is declared twice",
+                )
+            )
+        tasks_seen.add((t.cluster, t.task))
     if problems:
         raise ConfigError(problems)
 

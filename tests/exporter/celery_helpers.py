@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 from exporter.celery_state import ClusterMonitor, WorkerStatus
-from exporter.config import CeleryConfig
+from exporter.config import CeleryConfig, PeriodicTask
 from tests.services import free_port
 
 
@@ -141,11 +141,14 @@ class Monitors:
                 "inspect_timeout": inspect_timeout,
                 "purge_offline_after": purge_offline_after,
                 "forget_crashed_after": forget_crashed_after,
-                "tasks": tasks or {},
                 "enable_events": enable_events,
             }
         )
-        monitor = ClusterMonitor("main", config)
+        periodic = [
+            PeriodicTask.model_validate({"cluster": "main", "task": name, **expectation})
+            for name, expectation in (tasks or {}).items()
+        ]
+        monitor = ClusterMonitor("main", config, periodic)
         monitor.start()
         self._started.append(monitor)
         return monitor

@@ -5,9 +5,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from exporter.celery_state import ClusterMonitor, TaskStatus
+from exporter.errors import ConfigError
+from exporter.web import create_app
+from tests.celery_app import make_app
 from tests.exporter.celery_helpers import Monitors
+from tests.exporter.helpers import config_from, parse_metrics, until, value
 from tests.services import Worker, start_beat, start_worker, wait_for
 
 
@@ -101,3 +108,52 @@ def test_workers_without_task_events_are_asked_to_send_them_when_enabled(
     )
     assert seen.last_succeeded is not None
     assert asking.snapshot().task_events > 0
+
+
+async def test_metrics_and_landing_page_show_declared_tasks_and_only_those(
+    broker_url: str, tmp_path: Path, workers: list[Worker], aiohttp_client: Any
+) -> None:
+    """The exporter over HTTP: a declared task gets its times and overdue 0 while beat runs
+    it; a task nobody declared (tests.fail, sent alongside) gets no series at all."""
+    data = {
+        "celery": {"main": {"broker": broker_url}},
+        "periodic_tasks": [{"cluster": "main", "task": "tests.add", "expect_every": "1m"}],
+    }
+    workers.append(start_worker(broker_url, tmp_path))
+    workers.append(start_beat(broker_url, tmp_path, "tests.add", 0.5))
+    client = await aiohttp_client(create_app(config_from(tmp_path, data)))
+    labels = {"cluster": "main", "task": "tests.add"}
+
+    async def metrics() -> dict[Any, float]:
+        resp = await client.get("/metrics")
+        return parse_metrics(await resp.text())
+
+    async def succeeded() -> bool:
+        m = await metrics()
+        return (
+            value(m, "taskmedic_celery_task_last_succeeded_timestamp_seconds", **labels) or 0
+        ) > 0
+
+    sender = make_app(broker_url)
+    sender.send_task("tests.fail", args=["undeclared"])
+    sender.close()
+    await until(succeeded, 20, "the declared task's last success on /metrics")
+    m = await metrics()
+    assert value(m, "taskmedic_celery_task_overdue", **labels) == 0
+    assert value(m, "taskmedic_celery_task_expected_interval_seconds", **labels) == 60
+    assert (value(m, "taskmedic_celery_task_events_total", cluster="main") or 0) > 0
+    tasks_seen = {dict(k[1]).get("task") for k in m if k[0].startswith("taskmedic_celery_task_")}
+    assert tasks_seen <= {"tests.add", None}
+    page = await (await client.get("/")).text()
+    assert "Periodic tasks" in page and "tests.add" in page and "on time" in page
+
+
+def test_a_periodic_task_of_an_undefined_cluster_is_a_located_config_error(
+    tmp_path: Path,
+) -> None:
+    data = {
+        "celery": {"main": {"broker": "redis://127.0.0.1:6379/0"}},
+        "periodic_tasks": [{"cluster": "trmm", "task": "core.tasks.x", "expect_every": "3m"}],
+    }
+    with pytest.raises(ConfigError, match=r"taskmedic.yaml:\d+: periodic_tasks\[0\]\.cluster"):
+        config_from(tmp_path, data)
