@@ -22,3 +22,21 @@ def create_pg(dsn: str, app: str) -> None:
     """Create the app's tables in a PostgreSQL database."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(ddl(app).encode())
+
+
+def create_mysql(dsn: str, app: str) -> None:
+    """Create the app's tables in a MySQL/MariaDB database (one statement per call, as the
+    driver takes them)."""
+    import pymysql
+
+    from exporter.config import parse_mysql_dsn
+
+    lines = [line for line in ddl(app).splitlines() if not line.lstrip().startswith("--")]
+    statements = [s.strip() for s in "\n".join(lines).split(";\n") if s.strip()]
+    conn = pymysql.connect(**parse_mysql_dsn(dsn), autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement.rstrip(";"))
+    finally:
+        conn.close()
