@@ -28,6 +28,8 @@ from celery import Celery
 from celery.events.state import heartbeat_expires
 from kombu.exceptions import KombuError
 
+from exporter.task_schedule import TaskTable
+
 log = logging.getLogger(__name__)
 
 DEFAULT_FREQ = 2.0  # Celery's default worker heartbeat interval, in seconds
@@ -37,6 +39,10 @@ DRAIN_INTERVAL = 0.5  # how often the consumer loop comes up for air when no eve
 STALL_AFTER = 5.0
 PROBE_EVERY = 2.0  # seconds between two PINGs of a Redis broker from the consumer loop
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 5.0
+# With enable_events, how often workers are asked to send task events: a worker that restarts
+# without -E is back to silence until the next request (Flower asks every 5 s; a periodic
+# task's expectation is minutes, so this need not be as eager).
+ENABLE_EVENTS_EVERY = 30.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,9 @@ class WorkerStatus:
     last_heartbeat: float  # Unix time, our clock, when we last heard from the worker
     freq: float  # the worker's heartbeat interval in seconds
     online: bool
+    # Offline without a goodbye (worker-offline): killed, hung or cut off. A clean stop is
+    # offline but never crashed.
+    crashed: bool = False
 
 
 @dataclass
@@ -67,8 +76,11 @@ def _freq_of(event: Mapping[str, Any], default: float) -> float:
 class WorkerTable:
     """What we heard from each worker; liveness is computed when read, never stored."""
 
-    def __init__(self, purge_offline_after: float) -> None:
+    def __init__(
+        self, purge_offline_after: float, forget_crashed_after: float | None = None
+    ) -> None:
         self._purge_after = purge_offline_after
+        self._forget_crashed_after = forget_crashed_after
         self._lock = threading.Lock()
         self._seen: dict[str, _Seen] = {}
 
@@ -109,21 +121,29 @@ class WorkerTable:
         """Every worker still worth reporting as of `now`, sorted by hostname.
 
         A worker is offline from its goodbye event or from the moment its last heartbeat
-        expired, whichever is first; once offline for longer than purge_offline_after it is
-        forgotten, so its series disappears instead of reading 0 for ever.
+        expired, whichever is first. A worker that said goodbye is forgotten after
+        purge_offline_after, so a clean stop (a deploy, autoscaling) leaves no series behind.
+        A crashed one stays listed until it comes back, or forget_crashed_after if set: an
+        alert on it must not resolve merely because its series went away.
         """
         out = []
         with self._lock:
             for hostname, seen in list(self._seen.items()):
                 expires = heartbeat_expires(seen.last_heartbeat, seen.freq)
-                offline_since = seen.offline_at
-                if offline_since is None and now >= expires:
-                    offline_since = expires
-                if offline_since is not None and now - offline_since > self._purge_after:
+                crashed = seen.offline_at is None and now >= expires
+                offline_since = expires if crashed else seen.offline_at
+                keep_for = self._forget_crashed_after if crashed else self._purge_after
+                if (
+                    offline_since is not None
+                    and keep_for is not None
+                    and now - offline_since > keep_for
+                ):
                     del self._seen[hostname]
                     continue
                 out.append(
-                    WorkerStatus(hostname, seen.last_heartbeat, seen.freq, offline_since is None)
+                    WorkerStatus(
+                        hostname, seen.last_heartbeat, seen.freq, offline_since is None, crashed
+                    )
                 )
         return sorted(out, key=lambda w: w.hostname)
 
@@ -133,10 +153,22 @@ class EventStream:
     bounded backoff while the broker is away."""
 
     def __init__(
-        self, app: Celery, table: WorkerTable, where: str, clock: Callable[[], float] = time.time
+        self,
+        app: Celery,
+        table: WorkerTable,
+        where: str,
+        clock: Callable[[], float] = time.time,
+        *,
+        tasks: TaskTable | None = None,
+        enable_events: bool = False,
     ) -> None:
         self._app = app
         self._table = table
+        self._tasks = tasks
+        self._enable_events = enable_events
+        self._last_enable = 0.0
+        self._conn: Any = None
+        self._connected_since: float | None = None  # our clock, first pass after a connect
         self._where = where  # broker URL with the password masked, for logs
         self._clock = clock
         self._stop = threading.Event()
@@ -159,6 +191,12 @@ class EventStream:
     def up(self) -> bool:
         """True while connected and the consumer loop is alive (passed through recently)."""
         return self._consuming and time.monotonic() - self._last_iteration < STALL_AFTER
+
+    @property
+    def connected_since(self) -> float | None:
+        """Unix time (our clock) since which events have arrived without a gap, or None while
+        the stream is down: an event sent before then may have been missed."""
+        return self._connected_since if self.up else None
 
     def start(self, name: str) -> None:
         if self._thread is not None:
@@ -199,7 +237,9 @@ class EventStream:
                 log.exception("celery events from %s: unexpected error", self._where)
             finally:
                 self._consuming = False
+                self._connected_since = None
                 self._receiver = None
+                self._conn = None
             if not self._stop.is_set():
                 self._stop.wait(min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** max(failures - 1, 0)))
 
@@ -225,6 +265,8 @@ class EventStream:
             is_redis = conn.transport.driver_type == "redis"
             self._probe = conn.default_channel.client.ping if is_redis else None
             self._last_probe = time.monotonic()
+            self._last_enable = 0.0
+            self._conn = conn
             self._receiver = receiver
             if self._stop.is_set():
                 return
@@ -240,7 +282,14 @@ class EventStream:
         if self._probe is not None and now - self._last_probe >= PROBE_EVERY:
             self._probe()  # raises (socket timeout) when the broker no longer answers
             self._last_probe = now = time.monotonic()
+        if self._enable_events and now - self._last_enable >= ENABLE_EVENTS_EVERY:
+            # Celery's public control command, the one `celery control enable_events` sends;
+            # a broadcast with no reply, on the connection we already hold.
+            self._app.control.enable_events(connection=self._conn)
+            self._last_enable = now
         self._last_iteration = now
+        if not self._consuming:
+            self._connected_since = self._clock()
         self._consuming = True
 
     def _received(self, event: Mapping[str, Any]) -> float:
@@ -265,5 +314,10 @@ class EventStream:
         kind, hostname = event.get("type", ""), event.get("hostname")
         # task-sent comes from the client that sent the task, not from a worker.
         is_task_event = isinstance(kind, str) and kind.startswith("task-") and kind != "task-sent"
+        if not is_task_event and kind != "task-sent":
+            return
+        received = self._received(event)
         if is_task_event and isinstance(hostname, str):
-            self._table.task_event(hostname, self._received(event))
+            self._table.task_event(hostname, received)
+        if self._tasks is not None:
+            self._tasks.event(kind, event.get("uuid"), event.get("name"), received)

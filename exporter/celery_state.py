@@ -10,12 +10,15 @@ between two looks.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import json
 import logging
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -27,9 +30,18 @@ from redis.exceptions import RedisError
 
 from exporter.base.connections import CeleryConfig, celery_app
 from exporter.celery_events import EventStream, WorkerStatus, WorkerTable
+from exporter.config import PeriodicTask
 from exporter.errors import CheckUnknown
+from exporter.task_schedule import TaskExpectation, TaskStatus, TaskTable
 
-__all__ = ["ClusterMonitor", "ClusterSnapshot", "TaskTrace", "WorkerStatus"]
+__all__ = [
+    "ClusterMonitor",
+    "ClusterSnapshot",
+    "TaskMatch",
+    "TaskStatus",
+    "TaskTrace",
+    "WorkerStatus",
+]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +75,9 @@ class ClusterSnapshot:
     cluster: str
     broker_up: bool
     workers: list[WorkerStatus] = field(default_factory=list)
+    # Declared periodic tasks; empty while the event stream is down (nothing can be judged).
+    tasks: list[TaskStatus] = field(default_factory=list)
+    task_events: int = 0  # task events received since start, from any worker
 
 
 def _masked(text: str) -> str:
@@ -73,15 +88,24 @@ class ClusterMonitor:
     """Live view of one Celery cluster: worker liveness from its events, task whereabouts on
     demand. `start()` before use, `stop()` at the end."""
 
-    def __init__(self, name: str, config: CeleryConfig) -> None:
+    def __init__(self, name: str, config: CeleryConfig, tasks: Iterable[PeriodicTask] = ()) -> None:
         self.name = name
         self.config = config
         # Reads only: it sends no task and creates nothing beyond the reply queues of inspect
         # and the event queue, which the broker auto-deletes.
         self._app = celery_app(config, name=name)
         self._where = _masked(config.broker.get_secret_value())
-        self._table = WorkerTable(config.purge_offline_after)
-        self._events = EventStream(self._app, self._table, self._where)
+        self._table = WorkerTable(config.purge_offline_after, config.forget_crashed_after)
+        self._tasks = TaskTable(
+            {t.task: TaskExpectation(t.expect_every, t.effective_grace) for t in tasks}
+        )
+        self._events = EventStream(
+            self._app,
+            self._table,
+            self._where,
+            tasks=self._tasks,
+            enable_events=config.enable_events,
+        )
         probe = self._app.connection_for_read()  # not connected; only asks for error classes
         self._broker_errors: tuple[type[BaseException], ...] = (
             KombuError,
@@ -110,7 +134,14 @@ class ClusterMonitor:
         broker gone the workers simply age into offline, as they should.
         """
         at = time.time() if now is None else now
-        return ClusterSnapshot(self.name, self._events.up, self._table.statuses(at))
+        since = self._events.connected_since
+        return ClusterSnapshot(
+            self.name,
+            since is not None,
+            self._table.statuses(at),
+            self._tasks.statuses(at, since) if since is not None else [],
+            self._tasks.events,
+        )
 
     # --- task whereabouts -------------------------------------------------------------------
 
@@ -147,6 +178,98 @@ class ClusterMonitor:
             or (TaskTrace.FINISHED if t in finished else nowhere)
             for t in wanted
         }
+
+    def task_traces_by_argument(
+        self, match: TaskMatch, values: Iterable[str]
+    ) -> dict[str, TaskTrace]:
+        """Where the task of each row stands when the app stores no task id: a row's value
+        (say a timeline id) is matched against one argument of the named tasks, on the
+        workers (active, reserved, scheduled) and in the configured queues.
+
+        Blocking, like `task_traces`. No result backend can help (it is keyed by task id),
+        so the answer is a place or LOST; UNKNOWN where a queue holds messages we cannot read
+        (AMQP, or a body that is not JSON) for these tasks.
+        """
+        wanted = set(dict.fromkeys(values))
+        if not wanted:
+            return {}
+        try:
+            with self._app.connection_for_read() as conn:
+                conn.ensure_connection(max_retries=0)
+                if self._peekable:
+                    queued, unreadable = self._peek_redis_arguments(conn, match)
+                else:
+                    queued, unreadable = set(), not self._queues_empty(conn)
+                on_workers = self._workers_by_argument(match)
+        except self._broker_errors as exc:
+            raise CheckUnknown(
+                f"celery cluster {self.name!r}: broker {self._where} unreachable: "
+                f"{_masked(str(exc)) or type(exc).__name__}"
+            ) from None
+        nowhere = TaskTrace.UNKNOWN if unreadable else TaskTrace.LOST
+        return {
+            v: on_workers.get(v) or (TaskTrace.QUEUED if v in queued else nowhere) for v in wanted
+        }
+
+    def _workers_by_argument(self, match: TaskMatch) -> dict[str, TaskTrace]:
+        """Celery's public inspect commands, all three at once (each waits inspect_timeout
+        for every worker's reply, so one after another would take three times as long)."""
+        found: dict[str, TaskTrace] = {}
+        with ThreadPoolExecutor(3, thread_name_prefix="taskmedic-inspect") as pool:
+            asked = {
+                TaskTrace.ACTIVE: pool.submit(self._inspect_fresh, "active"),
+                TaskTrace.RESERVED: pool.submit(self._inspect_fresh, "reserved"),
+                TaskTrace.SCHEDULED: pool.submit(self._inspect_fresh, "scheduled"),
+            }
+            replies = {trace: future.result() for trace, future in asked.items()}
+        for trace in (TaskTrace.SCHEDULED, TaskTrace.RESERVED, TaskTrace.ACTIVE):
+            for requests in (replies[trace] or {}).values():
+                if not isinstance(requests, list):
+                    continue
+                for request in requests:
+                    info = request.get("request") if trace == TaskTrace.SCHEDULED else request
+                    if isinstance(info, Mapping):
+                        value = match.value_of(
+                            info.get("name"), info.get("args"), info.get("kwargs")
+                        )
+                        if value is not None:
+                            found[value] = trace  # ACTIVE last: it wins
+        return found
+
+    def _inspect_fresh(self, command: str) -> Any:
+        """One inspect broadcast on a connection of its own (a connection is not shared
+        between threads)."""
+        with self._app.connection_for_read() as conn:
+            inspect = self._app.control.inspect(
+                timeout=self.config.inspect_timeout, connection=conn
+            )
+            return getattr(inspect, command)()
+
+    def _peek_redis_arguments(self, conn: Any, match: TaskMatch) -> tuple[set[str], bool]:
+        """Values of the matched argument of waiting messages, read without taking anything;
+        and whether a message of a matched task could not be read."""
+        channel = conn.default_channel
+        client = channel.client
+        found: set[str] = set()
+        unreadable = False
+        for key in self._redis_keys(channel):
+            start = 0
+            while True:
+                page = client.lrange(key, start, start + _PAGE - 1)
+                for raw in page:
+                    name, args, kwargs, readable = _task_call_of(raw)
+                    if name not in match.tasks:
+                        continue
+                    if not readable:
+                        unreadable = True
+                        continue
+                    value = match.value_of(name, args, kwargs)
+                    if value is not None:
+                        found.add(value)
+                if len(page) < _PAGE:
+                    break
+                start += _PAGE
+        return found, unreadable
 
     def _ask_workers(self, conn: Any, task_ids: Sequence[str]) -> dict[str, TaskTrace]:
         """One broadcast (`query_task`) answered by every live worker within inspect_timeout.
@@ -259,6 +382,66 @@ class ClusterMonitor:
                 meta = backend.decode(value) if value is not None else None
                 statuses[task_id] = meta.get("status") if isinstance(meta, Mapping) else None
         return statuses
+
+
+@dataclass(frozen=True)
+class TaskMatch:
+    """Which tasks a row's value identifies, and by which argument: `position` (0-based, in
+    the positional arguments) or `keyword`, whichever the call used."""
+
+    tasks: frozenset[str]
+    position: int | None = None
+    keyword: str | None = None
+
+    def value_of(self, name: object, args: object, kwargs: object) -> str | None:
+        """The matched argument of one call, as text (a row's 5 and a message's "5" match)."""
+        if name not in self.tasks:
+            return None
+        value: object = None
+        if self.keyword is not None and isinstance(kwargs, Mapping) and self.keyword in kwargs:
+            value = kwargs[self.keyword]
+        elif (
+            self.position is not None
+            and isinstance(args, list | tuple)
+            and 0 <= self.position < len(args)
+        ):
+            value = args[self.position]
+        return None if value is None else str(value)
+
+
+def _task_call_of(raw: bytes | str) -> tuple[str | None, object, object, bool]:
+    """(task name, args, kwargs, readable) of one kombu Redis message, protocol 2 or 1.
+
+    Only JSON bodies are read: a pickled body is never unpickled (it could run code), so its
+    arguments are unreadable.
+    """
+    try:
+        message = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None, None, None, False
+    if not isinstance(message, dict):
+        return None, None, None, False
+    raw_headers, raw_properties = message.get("headers"), message.get("properties")
+    headers: dict[str, Any] = raw_headers if isinstance(raw_headers, dict) else {}
+    properties: dict[str, Any] = raw_properties if isinstance(raw_properties, dict) else {}
+    body: object = message.get("body")
+    try:
+        if properties.get("body_encoding") == "base64" and isinstance(body, str):
+            body = base64.b64decode(body)
+        if "json" not in str(message.get("content-type", "")):
+            name = headers.get("task")
+            return (name if isinstance(name, str) else None), None, None, False
+        body = json.loads(body) if isinstance(body, bytes | str) else body
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        name = headers.get("task")
+        return (name if isinstance(name, str) else None), None, None, False
+    if isinstance(headers.get("task"), str):  # protocol 2: body is [args, kwargs, embed]
+        if isinstance(body, list) and len(body) >= 2:
+            return headers["task"], body[0], body[1], True
+        return headers["task"], None, None, False
+    if isinstance(body, dict) and isinstance(body.get("task"), str):  # protocol 1
+        return body["task"], body.get("args"), body.get("kwargs"), True
+    return None, None, None, False
 
 
 def _has_mget(backend: Any) -> bool:

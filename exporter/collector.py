@@ -13,12 +13,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from exporter.base import __version__
 from exporter.checks.orphan_tasks import REASONS
 from exporter.runner import CheckState, Runner
+from exporter.task_schedule import TaskStatus
 
 __all__ = ["ExporterCollector"]
 
@@ -134,7 +135,14 @@ class ExporterCollector(Collector):
         worker_up = self._gauge(
             "taskmedic_celery_worker_up",
             "1 while the worker's heartbeats arrive in time (Celery's rule: last heartbeat + "
-            "2 x its interval), judged at scrape time; 0 until purge_offline_after, then dropped",
+            "2 x its interval), judged at scrape time; 0 once offline (a clean stop is dropped "
+            "after purge_offline_after, a crash is kept)",
+            ["cluster", "worker"],
+        )
+        crashed = self._gauge(
+            "taskmedic_celery_worker_crashed",
+            "1 when the worker went offline without a goodbye (killed, hung, cut off), 0 while "
+            "online or after a clean stop; kept until the worker comes back",
             ["cluster", "worker"],
         )
         heartbeat = self._gauge(
@@ -142,12 +150,80 @@ class ExporterCollector(Collector):
             "Unix time (the exporter's clock) the worker was last heard from",
             ["cluster", "worker"],
         )
+        tasks = _TaskFamilies(self._gauge)
+        events = CounterMetricFamily(
+            "taskmedic_celery_task_events",
+            "Task events the exporter received from the cluster since it started, from any "
+            "worker (0 while it runs: workers send none, start them with -E or set "
+            "enable_events)",
+            labels=["cluster"],
+        )
         for snap in self._runner.clusters(self._clock()):
+            events.add_metric([snap.cluster], float(snap.task_events))
+            tasks.add(snap.cluster, snap.tasks)
             broker.add_metric([snap.cluster], 1.0 if snap.broker_up else 0.0)
             online = sum(1 for w in snap.workers if w.online)
             workers.add_metric([snap.cluster, "online"], float(online))
             workers.add_metric([snap.cluster, "offline"], float(len(snap.workers) - online))
             for w in snap.workers:
                 worker_up.add_metric([snap.cluster, w.hostname], 1.0 if w.online else 0.0)
+                crashed.add_metric([snap.cluster, w.hostname], 1.0 if w.crashed else 0.0)
                 heartbeat.add_metric([snap.cluster, w.hostname], w.last_heartbeat)
-        yield from (broker, workers, worker_up, heartbeat)
+        yield from (broker, workers, worker_up, crashed, heartbeat, events)
+        yield from tasks.families()
+
+
+class _TaskFamilies:
+    """The per-task series of declared periodic tasks. A time never seen since the exporter
+    started is absent (unknown), never 0; nothing at all is exported while the cluster's
+    event stream is down."""
+
+    def __init__(self, gauge: Callable[[str, str, list[str]], GaugeMetricFamily]) -> None:
+        labels = ["cluster", "task"]
+        last = "Unix time (the exporter's clock) the declared task was last"
+        self.received = gauge(
+            "taskmedic_celery_task_last_received_timestamp_seconds",
+            f"{last} received by a worker",
+            labels,
+        )
+        self.started = gauge(
+            "taskmedic_celery_task_last_started_timestamp_seconds", f"{last} started", labels
+        )
+        self.succeeded = gauge(
+            "taskmedic_celery_task_last_succeeded_timestamp_seconds",
+            f"{last} reported succeeded",
+            labels,
+        )
+        self.failed = gauge(
+            "taskmedic_celery_task_last_failed_timestamp_seconds",
+            f"{last} reported failed",
+            labels,
+        )
+        self.every = gauge(
+            "taskmedic_celery_task_expected_interval_seconds",
+            "The declared task's expect_every: it must succeed at least this often",
+            labels,
+        )
+        self.overdue = gauge(
+            "taskmedic_celery_task_overdue",
+            "1 when the declared task has not succeeded within expect_every + grace of its last "
+            "success (or of the moment the exporter started watching), 0 otherwise",
+            labels,
+        )
+
+    def add(self, cluster: str, statuses: Iterable[TaskStatus]) -> None:
+        for t in statuses:
+            key = [cluster, t.name]
+            for family, value in (
+                (self.received, t.last_received),
+                (self.started, t.last_started),
+                (self.succeeded, t.last_succeeded),
+                (self.failed, t.last_failed),
+            ):
+                if value is not None:
+                    family.add_metric(key, value)
+            self.every.add_metric(key, t.expect_every)
+            self.overdue.add_metric(key, 1.0 if t.overdue else 0.0)
+
+    def families(self) -> Iterable[Metric]:
+        return (self.received, self.started, self.succeeded, self.failed, self.every, self.overdue)

@@ -53,12 +53,30 @@ class StaleStatusCheck(CheckBase):
     max_age: Duration
 
 
+class TaskMatchConfig(Model):
+    """For apps that store no task id: the query's second column is matched against one
+    argument of these tasks, by `position` (0-based) or `keyword` (either or both: a task
+    may be sent either way)."""
+
+    tasks: list[str] = Field(min_length=1)
+    position: int | None = Field(default=None, ge=0)
+    keyword: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_argument(self) -> TaskMatchConfig:
+        if self.position is None and self.keyword is None:
+            raise ValueError("give position (0-based) or keyword of the argument to match")
+        return self
+
+
 class OrphanTasksCheck(CheckBase):
-    """Rows `(key, task_id, since)` that claim a Celery task is running."""
+    """Rows `(key, task_id, since)` that claim a Celery task is running; with `match`,
+    rows `(key, argument_value, since)` matched to a task by name and argument."""
 
     type: Literal["orphan_tasks"]
     celery: Name
     grace: Duration = 120.0
+    match: TaskMatchConfig | None = None
 
 
 class OrphanRowsCheck(CheckBase):
@@ -66,6 +84,27 @@ class OrphanRowsCheck(CheckBase):
 
     type: Literal["orphan_rows"]
     grace: Duration = 60.0
+
+
+TaskName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]*$", max_length=200)]
+
+
+class PeriodicTask(Model):
+    """A Celery task that must succeed every `expect_every` (a celery beat schedule, say).
+
+    `grace` absorbs the jitter of the schedule and of the task's run time; by default a tenth
+    of `expect_every`, at least 30 s. Only declared tasks get per-task series, so the label set
+    is the config's, never the broker's.
+    """
+
+    cluster: Name
+    task: TaskName
+    expect_every: Duration = Field(gt=0)
+    grace: Duration | None = None
+
+    @property
+    def effective_grace(self) -> float:
+        return self.grace if self.grace is not None else max(self.expect_every / 10, 30.0)
 
 
 Check = Annotated[
@@ -87,6 +126,7 @@ class Config(Model):
     celery: dict[Name, CeleryConfig] = Field(default_factory=dict)
     exporter: ExporterSettings = Field(default_factory=ExporterSettings)
     checks: list[Check] = Field(default_factory=list)
+    periodic_tasks: list[PeriodicTask] = Field(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod
@@ -111,7 +151,7 @@ class Config(Model):
 
     def display(self) -> dict[str, Any]:
         """The effective config as plain data with every secret masked."""
-        out = self.model_dump(mode="json", include={"exporter", "checks"})
+        out = self.model_dump(mode="json", include={"exporter", "checks", "periodic_tasks"})
         for shown, check in zip(out["checks"], self.checks, strict=True):
             shown["interval"] = self.interval_of(check)  # effective values, not null
             shown["timeout"] = self.timeout_of(check)
@@ -142,6 +182,23 @@ class Config(Model):
                         ("checks", i, "celery"), f"celery cluster {c.celery!r} is not defined"
                     )
                 )
+        tasks_seen: set[tuple[str, str]] = set()
+        for i, t in enumerate(self.periodic_tasks):
+            if t.cluster not in self.celery:
+                problems.append(
+                    located.problem(
+                        ("periodic_tasks", i, "cluster"),
+                        f"celery cluster {t.cluster!r} is not defined",
+                    )
+                )
+            if (t.cluster, t.task) in tasks_seen:
+                problems.append(
+                    located.problem(
+                        ("periodic_tasks", i, "task"),
+                        f"task {t.task!r} of cluster {t.cluster!r} is declared twice",
+                    )
+                )
+            tasks_seen.add((t.cluster, t.task))
         if problems:
             raise ConfigError(problems)
 

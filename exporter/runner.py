@@ -104,7 +104,8 @@ class Runner:
             from exporter.celery_state import ClusterMonitor
 
             for name, cfg in self.config.celery.items():
-                monitor = await asyncio.to_thread(ClusterMonitor, name, cfg)
+                tasks = [t for t in self.config.periodic_tasks if t.cluster == name]
+                monitor = await asyncio.to_thread(ClusterMonitor, name, cfg, tasks)
                 monitor.start()
                 self._monitors[name] = monitor
         ctx = CheckContext(self._databases, self._monitors, self._broker_up)

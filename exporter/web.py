@@ -62,12 +62,22 @@ td.err{max-width:40rem;word-break:break-word;font-family:monospace;font-size:.9e
 </tbody></table>
 <h2>Celery clusters</h2>
 <table><thead><tr><th>cluster</th><th>broker</th><th>workers online</th>
-<th>workers offline</th></tr></thead><tbody>
+<th>workers offline</th><th>task events</th></tr></thead><tbody>
 {% for c in clusters %}<tr><td>{{ c.name }}</td>
 <td class="{{ 'up' if c.broker_up else 'down' }}">{{ 'up' if c.broker_up else 'down' }}</td>
-<td>{{ c.online|join(', ') }}</td><td>{{ c.offline|join(', ') }}</td></tr>
-{% else %}<tr><td colspan="4">no clusters configured</td></tr>{% endfor %}
+<td>{{ c.online|join(', ') }}</td><td>{{ c.offline|join(', ') }}</td>
+<td class="{{ 'up' if c.task_events else 'down' }}">{% if c.task_events %}{{ c.task_events }}
+received{% else %}none received: workers send no task events (start them with -E, or set
+enable_events: true for this cluster){% endif %}</td></tr>
+{% else %}<tr><td colspan="5">no clusters configured</td></tr>{% endfor %}
 </tbody></table>
+{% if tasks %}<h2>Periodic tasks</h2>
+<table><thead><tr><th>cluster</th><th>task</th><th>expected every</th><th>last succeeded</th>
+<th>last failed</th><th>state</th></tr></thead><tbody>
+{% for t in tasks %}<tr><td>{{ t.cluster }}</td><td>{{ t.name }}</td><td>{{ t.every }}</td>
+<td>{{ t.succeeded }}</td><td>{{ t.failed }}</td>
+<td class="{{ t.css }}">{{ t.state }}</td></tr>{% endfor %}
+</tbody></table>{% endif %}
 </body></html>
 """
 )
@@ -97,7 +107,12 @@ class PageCache:
     def _current_key(self) -> tuple[object, ...]:
         checks = tuple(s.collections for s in self._runner.states)
         clusters = tuple(
-            (snap.broker_up, tuple((w.hostname, w.online, w.last_heartbeat) for w in snap.workers))
+            (
+                snap.broker_up,
+                tuple((w.hostname, w.online, w.last_heartbeat) for w in snap.workers),
+                snap.task_events,
+                tuple(snap.tasks),  # frozen dataclasses: overdue and every time compared
+            )
             for snap in self._runner.clusters()
         )
         return checks, clusters
@@ -159,17 +174,36 @@ async def _landing(request: web.Request) -> web.Response:
                 "error": s.error or "",
             }
         )
+    snaps = runner.clusters()
     clusters = [
         {
             "name": snap.cluster,
             "broker_up": snap.broker_up,
             "online": [w.hostname for w in snap.workers if w.online],
             "offline": [w.hostname for w in snap.workers if not w.online],
+            "task_events": snap.task_events,
         }
-        for snap in runner.clusters()
+        for snap in snaps
+    ]
+    tasks = [
+        {
+            "cluster": snap.cluster,
+            "name": t.name,
+            "every": f"{t.expect_every:g}s (+{t.grace:g}s grace)",
+            "succeeded": _when(t.last_succeeded),
+            "failed": _when(t.last_failed),
+            "state": "overdue" if t.overdue else "on time",
+            "css": "down" if t.overdue else "up",
+        }
+        for snap in snaps
+        for t in snap.tasks
     ]
     html = _PAGE.render(
-        version=__version__, now=_when(time.time()), checks=checks, clusters=clusters
+        version=__version__,
+        now=_when(time.time()),
+        checks=checks,
+        clusters=clusters,
+        tasks=tasks,
     )
     return web.Response(text=html, content_type="text/html")
 

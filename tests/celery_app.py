@@ -15,9 +15,11 @@ def make_app(broker: str | None = None) -> Celery:
     url = broker or os.environ.get("TASKMEDIC_TEST_BROKER", "redis://127.0.0.1:6379/15")
     # Celery 5 has no amqp:// result backend: an AMQP broker gets results over rpc://.
     app = Celery("tests", broker=url, backend=url if url.startswith("redis") else "rpc://")
+    # TASKMEDIC_TEST_TASK_EVENTS=0: a worker that sends no task events (started without -E).
+    events = os.environ.get("TASKMEDIC_TEST_TASK_EVENTS", "1") == "1"
     app.conf.update(
-        task_send_sent_event=True,
-        worker_send_task_events=True,
+        task_send_sent_event=events,
+        worker_send_task_events=events,
         task_track_started=True,
         task_acks_late=False,
         worker_prefetch_multiplier=1,
@@ -25,8 +27,17 @@ def make_app(broker: str | None = None) -> Celery:
         result_expires=3600,
         worker_hijack_root_logger=False,
     )
+    # TASKMEDIC_TEST_BEAT="tests.add:1.5": what `celery beat` sends, and every how many seconds.
+    beat = os.environ.get("TASKMEDIC_TEST_BEAT")
+    if beat:
+        task, _, every = beat.rpartition(":")
+        app.conf.beat_schedule = {
+            "periodic": {"task": task, "schedule": float(every), "args": _BEAT_ARGS.get(task, ())}
+        }
     return app
 
+
+_BEAT_ARGS: dict[str, tuple[object, ...]] = {"tests.add": (1, 2), "tests.fail": ("beat",)}
 
 app = make_app()
 
@@ -46,6 +57,24 @@ def add(a: int, b: int) -> int:
 @app.task(name="tests.fail")
 def fail(message: str) -> None:
     raise RuntimeError(message)
+
+
+@app.task(name="timesketch.lib.tasks.run_plaso", track_started=True)
+def run_plaso(
+    file_path: str,
+    events: str | None,
+    timeline_name: str,
+    index_name: str,
+    source_type: str,
+    timeline_id: int,
+    plaso_event_filter: str = "",
+) -> str:
+    """A stand-in for Timesketch's import task, with its real name and signature (Timesketch
+    sends all six arguments positionally, timeline_id last). The "import" takes as many
+    seconds as the file at `file_path` says."""
+    with open(file_path, encoding="utf-8") as f:
+        time.sleep(float(f.read().strip() or 0))
+    return index_name
 
 
 @app.task(name="tests.touch")

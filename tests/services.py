@@ -226,6 +226,41 @@ class Worker:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
+def start_beat(broker_url: str, tmp: Path, task: str, every: float) -> Worker:
+    """Start a real `celery beat` that sends `task` every `every` seconds (stopped like a
+    worker: `kill()` is a crash, `stop()` a clean stop)."""
+    log = tmp / f"beat-{uuid.uuid4().hex[:6]}.log"
+    env = {
+        **os.environ,
+        "TASKMEDIC_TEST_BROKER": broker_url,
+        "TASKMEDIC_TEST_BEAT": f"{task}:{every}",
+        "TASKMEDIC_TEST_TASK_EVENTS": "0",  # the task events under test come from workers
+        "PYTHONPATH": str(ROOT),
+    }
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tests.celery_app",
+                "beat",
+                "-s",
+                str(tmp / f"{log.stem}-schedule"),
+                "--pidfile=",
+                "-l",
+                "INFO",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=str(ROOT),
+            start_new_session=True,
+        )
+    return Worker(f"beat:{task}", proc, log)
+
+
 def start_worker(
     broker_url: str,
     tmp: Path,
@@ -235,14 +270,17 @@ def start_worker(
     concurrency: int = 2,
     heartbeat: int = 2,
     env: dict[str, str] | None = None,
+    events: bool = True,
 ) -> Worker:
-    """Start a worker with task events on and wait until it answers a ping."""
+    """Start a worker (with task events on, unless `events=False`: no -E and the app's
+    worker_send_task_events off) and wait until it answers a ping."""
     hostname = f"{name or 'w' + uuid.uuid4().hex[:6]}@taskmedic-test"
     log = tmp / f"worker-{hostname.split('@')[0]}.log"
     full_env = {
         **os.environ,
         "TASKMEDIC_TEST_BROKER": broker_url,
         "PYTHONPATH": str(ROOT),
+        "TASKMEDIC_TEST_TASK_EVENTS": "1" if events else "0",
         **(env or {}),
     }
     with log.open("wb") as out:
@@ -254,7 +292,7 @@ def start_worker(
                 "-A",
                 "tests.celery_app",
                 "worker",
-                "-E",
+                *(["-E"] if events else []),
                 "-P",
                 "threads",
                 "-c",

@@ -42,6 +42,7 @@ CONTRACT_ALERTS = {
     "TaskmedicCheckDown",
     "TaskmedicCeleryWorkerDown",
     "TaskmedicCeleryBrokerDown",
+    "TaskmedicCeleryTaskOverdue",
 }
 
 # The exporter's metric names as issue 3 defines them.
@@ -59,6 +60,14 @@ EXPORTER_METRICS = {
     "taskmedic_celery_workers",
     "taskmedic_celery_worker_up",
     "taskmedic_celery_worker_last_heartbeat_timestamp_seconds",
+    "taskmedic_celery_worker_crashed",
+    "taskmedic_celery_task_events_total",
+    "taskmedic_celery_task_last_received_timestamp_seconds",
+    "taskmedic_celery_task_last_started_timestamp_seconds",
+    "taskmedic_celery_task_last_succeeded_timestamp_seconds",
+    "taskmedic_celery_task_last_failed_timestamp_seconds",
+    "taskmedic_celery_task_expected_interval_seconds",
+    "taskmedic_celery_task_overdue",
 }
 
 

@@ -186,6 +186,12 @@ class CeleryConfig(Model):
     queues: list[str] = Field(default_factory=lambda: ["celery"])
     inspect_timeout: Duration = 1.0
     purge_offline_after: Duration = 300.0
+    # A worker that crashed (no goodbye) stays listed as crashed until it comes back, or
+    # this long if set; unset, its alert cannot resolve unless a worker of that name returns.
+    forget_crashed_after: Duration | None = None
+    # Ask workers to send task events (Celery's `enable_events` control command), for
+    # workers started without -E. Off by default: it changes the workers' behaviour.
+    enable_events: bool = False
 
     def display(self) -> dict[str, Any]:
         return {
@@ -194,6 +200,8 @@ class CeleryConfig(Model):
             "queues": self.queues,
             "inspect_timeout": self.inspect_timeout,
             "purge_offline_after": self.purge_offline_after,
+            "forget_crashed_after": self.forget_crashed_after,
+            "enable_events": self.enable_events,
         }
 
 

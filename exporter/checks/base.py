@@ -18,6 +18,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
+from exporter.celery_state import TaskMatch
 from exporter.config import Config, OrphanRowsCheck, OrphanTasksCheck, StaleStatusCheck
 from exporter.databases import Databases, QueryResult
 from exporter.errors import CheckUnknown
@@ -71,6 +72,8 @@ class TraceSource(Protocol):
     """Where Celery task ids stand (`exporter.celery_state.ClusterMonitor` is the real one)."""
 
     def task_traces(self, task_ids: list[str]) -> Mapping[str, str]: ...
+
+    def task_traces_by_argument(self, match: TaskMatch, values: list[str]) -> Mapping[str, str]: ...
 
 
 @dataclass

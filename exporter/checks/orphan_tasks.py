@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Hashable
 
-from exporter.celery_state import TaskTrace
+from exporter.celery_state import TaskMatch, TaskTrace
 from exporter.checks.base import (
     Check,
     CheckContext,
@@ -48,6 +48,9 @@ class OrphanTasks(Check):
         self.observations = Observations(spec.grace)
         inspect_timeout = config.celery[spec.celery].inspect_timeout
         self._min_trace_budget = 2 * inspect_timeout + 1.0
+        if spec.match is not None:
+            # Three inspect broadcasts run at once, each on a connection of its own.
+            self._min_trace_budget += 1.0
 
     async def collect(self, ctx: CheckContext) -> CheckOutcome:
         loop = asyncio.get_running_loop()
@@ -70,6 +73,8 @@ class OrphanTasks(Check):
             raise CheckUnknown(f"celery cluster {self.spec.celery!r}: broker unreachable")
         ids = sorted({f.task_id for _, f in suspects if f.task_id is not None})
         traces = await self._traces(monitor, ids, deadline - loop.time()) if ids else {}
+        # Without a task id (spec.match), the second column is the argument value: `task_id`
+        # of a finding then holds that value, and only "lost" is possible.
         candidates: dict[Hashable, Finding] = {}
         for ident, f in suspects:
             reason = "lost" if f.task_id is None else _ORPHAN.get(str(traces.get(f.task_id)))
@@ -86,8 +91,13 @@ class OrphanTasks(Check):
         self, monitor: TraceSource, ids: list[str], remaining: float
     ) -> dict[str, str]:
         budget = max(remaining, self._min_trace_budget)
+        match = self.spec.match
         try:
-            call = in_daemon_thread(monitor.task_traces, ids)
+            if match is None:
+                call = in_daemon_thread(monitor.task_traces, ids)
+            else:
+                by = TaskMatch(frozenset(match.tasks), match.position, match.keyword)
+                call = in_daemon_thread(monitor.task_traces_by_argument, by, ids)
             traces = await asyncio.wait_for(asyncio.shield(call), budget)
         except asyncio.CancelledError:
             call.add_done_callback(discard_result)

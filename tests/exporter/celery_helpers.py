@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from exporter.base.connections import CeleryConfig
 from exporter.celery_state import ClusterMonitor, WorkerStatus
+from exporter.config import PeriodicTask
 from tests.services import free_port
 
 
@@ -128,7 +129,10 @@ class Monitors:
         backend: str | None = None,
         queues: tuple[str, ...] = ("celery",),
         purge_offline_after: float = 300.0,
+        forget_crashed_after: float | None = None,
         inspect_timeout: float = 0.5,
+        tasks: dict[str, dict[str, float]] | None = None,
+        enable_events: bool = False,
     ) -> ClusterMonitor:
         config = CeleryConfig.model_validate(
             {
@@ -137,9 +141,15 @@ class Monitors:
                 "queues": list(queues),
                 "inspect_timeout": inspect_timeout,
                 "purge_offline_after": purge_offline_after,
+                "forget_crashed_after": forget_crashed_after,
+                "enable_events": enable_events,
             }
         )
-        monitor = ClusterMonitor("main", config)
+        periodic = [
+            PeriodicTask.model_validate({"cluster": "main", "task": name, **expectation})
+            for name, expectation in (tasks or {}).items()
+        ]
+        monitor = ClusterMonitor("main", config, periodic)
         monitor.start()
         self._started.append(monitor)
         return monitor

@@ -53,17 +53,18 @@ def test_live_worker_is_online_with_a_recent_heartbeat(
     assert time.time() - status.last_heartbeat < 2 * status.freq
 
 
-def test_killed_worker_goes_offline_within_two_heartbeats_then_is_purged(
+def test_killed_worker_reads_crashed_within_two_heartbeats_and_is_not_purged_like_a_stop(
     broker_url: str, tmp_path: Path, workers: list[Worker], monitors: Monitors
 ) -> None:
-    """kill -9 sends no goodbye: the worker reads offline within 2 heartbeat intervals plus a
-    second, stays listed as offline (so an `== 0` alert can fire) until purge_offline_after,
-    and only then disappears."""
-    purge = 3.0
+    """kill -9 sends no goodbye: the worker reads offline and crashed within 2 heartbeat
+    intervals plus a second, and stays listed past purge_offline_after (an alert on it must
+    not resolve because its series went away); only forget_crashed_after drops it."""
+    purge, forget = 1.0, 4.0
     worker = start_worker(broker_url, tmp_path, heartbeat=1)
     workers.append(worker)
-    monitor = monitors(broker_url, purge_offline_after=purge)
+    monitor = monitors(broker_url, purge_offline_after=purge, forget_crashed_after=forget)
     wait_regular_heartbeat(monitor, worker, 1.0)
+    assert not status_of(monitor, worker.hostname).crashed  # type: ignore[union-attr]
 
     worker.kill()
     gone = wait_for(
@@ -71,34 +72,35 @@ def test_killed_worker_goes_offline_within_two_heartbeats_then_is_purged(
         timeout=2 * 1.0 + 1.0,
         what="the killed worker to read offline",
     )
+    assert gone.crashed
     offline_since = gone.last_heartbeat + 2 * gone.freq
 
     last_listed = time.time()
 
-    def purged() -> float | None:
+    def forgotten() -> float | None:
         nonlocal last_listed
         now = time.time()
         status = status_of(monitor, worker.hostname, now)
         if status is None:
             return now
-        assert not status.online, "a dead worker came back online"
+        assert not status.online and status.crashed, "a dead worker came back"
         last_listed = now
         return None
 
-    purged_at = wait_for(purged, timeout=purge + 3, what="the offline worker to be purged")
-    assert last_listed >= offline_since + purge - 0.5, "purged before purge_offline_after"
-    assert purged_at > offline_since + purge
-    assert status_of(monitor, worker.hostname) is None
+    forgotten_at = wait_for(forgotten, timeout=forget + 3, what="the crashed worker forgotten")
+    assert last_listed >= offline_since + forget - 0.5, "dropped before forget_crashed_after"
+    assert forgotten_at > offline_since + forget
 
 
-def test_cleanly_stopped_worker_goes_offline_at_once(
+def test_cleanly_stopped_worker_goes_offline_at_once_not_crashed_then_is_purged(
     broker_url: str, tmp_path: Path, workers: list[Worker], monitors: Monitors
 ) -> None:
     """A worker stopped with SIGTERM says goodbye (worker-offline): offline without waiting
-    for its heartbeat to expire."""
+    for its heartbeat to expire, never crashed, and dropped after purge_offline_after."""
+    purge = 2.0
     worker = start_worker(broker_url, tmp_path, heartbeat=5)
     workers.append(worker)
-    monitor = monitors(broker_url)
+    monitor = monitors(broker_url, purge_offline_after=purge)
     wait_for(lambda: (s := status_of(monitor, worker.hostname)) and s.online, timeout=10)
 
     worker.stop()
@@ -108,6 +110,12 @@ def test_cleanly_stopped_worker_goes_offline_at_once(
         what="the stopped worker to read offline",
     )
     assert time.time() < status.last_heartbeat + 2 * status.freq, "offline only by expiry"
+    assert not status.crashed
+    wait_for(
+        lambda: status_of(monitor, worker.hostname) is None,
+        timeout=purge + 3,
+        what="the stopped worker purged",
+    )
 
 
 def test_tasks_held_by_a_live_worker_are_active_reserved_or_scheduled(

@@ -215,3 +215,4 @@ async def test_metrics_page_follows_each_collection_and_worker_death(
     await until(lambda: both("taskmedic_stale_rows", 0, check="cache"), 15, "the row refreshed")
     worker.kill()
     await until(lambda: both("taskmedic_celery_worker_up", 0, **up), 10, "worker_up 0")
+    assert value(await scrape(False), "taskmedic_celery_worker_crashed", **up) == 1
