@@ -162,7 +162,7 @@ async def test_an_import_sent_with_keyword_arguments_is_found_by_keyword(
 
 
 def test_a_match_without_position_or_keyword_is_a_config_error(tmp_path: Path) -> None:
-    from exporter.errors import ConfigError
+    from exporter.base.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"checks\[0\]\.match.*position.*keyword"):
         config(tmp_path, "postgresql://x@127.0.0.1/x", "redis://127.0.0.1:6379/0")

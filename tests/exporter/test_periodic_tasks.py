@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from exporter.base.errors import ConfigError
 from exporter.celery_state import ClusterMonitor, TaskStatus
-from exporter.errors import ConfigError
 from exporter.web import create_app
 from tests.celery_app import make_app
 from tests.exporter.celery_helpers import Monitors
