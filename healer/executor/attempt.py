@@ -34,7 +34,6 @@ from healer.errors import JournalUnavailable, LeaseLost
 from healer.executor.lease import renew_lease
 from healer.journal import executor as journal_executor
 from healer.metrics import HealerMetrics
-from healer.output import JournalLogSink, StepOutput
 from healer.plan import Plan, PlanStep
 from healer.steps import (
     CeleryApps,
@@ -45,6 +44,7 @@ from healer.steps import (
     run_step,
     run_undo,
 )
+from healer.steps.output_capture import JournalLogSink, StepOutput
 from healer.steps.sql import CommitFailed
 
 __all__ = ["MAX_ATTEMPTS", "ActionRun", "RunSettings", "count"]
