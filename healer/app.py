@@ -12,31 +12,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import importlib
-import importlib.util
 import logging
 import signal
-import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from exporter.base.types import split_listen
-from healer import api, appkeys
-from healer.actions import STATES
+from healer import api, appkeys, console, log_api, retention
 from healer.auth import Authenticator, auth_middleware
 from healer.config import HealerConfig, check_serving_auth
 from healer.errors import JournalUnavailable
 from healer.executor import Executor
-from healer.ingest import post_alerts
-from healer.journal import migrate, stats
+from healer.journal import migrate
 from healer.journal.ingest_writer import IngestWriter
 from healer.journal.pool import journal_dsn, journal_errors, open_pool
-from healer.metrics import HealerMetrics
+from healer.metrics import HealerMetrics, JournalGauges
 from healer.rules import RuleSet, load_rules
+from healer.web_alerts import post_alerts
 
 __all__ = ["EXECUTOR", "create_app", "drain", "serve"]
 
@@ -47,65 +41,6 @@ EXECUTOR: web.AppKey[Executor | None] = web.AppKey("executor")
 _GAUGES: web.AppKey[JournalGauges] = web.AppKey("journal_gauges")
 _FIXED_DSN: web.AppKey[str | None] = web.AppKey("fixed_dsn")
 _RUN_EXECUTOR = web.AppKey("run_executor", bool)
-
-
-class JournalGauges(Collector):
-    """`taskmedic_actions{state}` and open circuits, read from the journal at scrape time.
-
-    Read at most once a second whatever the scrape rate, and true across replicas because it
-    counts the journal, not this process. When the journal cannot be read the gauge is left
-    out (unknown) and `taskmedic_journal_up` is 0: never a false zero.
-    """
-
-    def __init__(self, app: web.Application, ttl: float = 1.0) -> None:
-        self._app = app
-        self._ttl = ttl
-        self._at = -float("inf")
-        self._lock = asyncio.Lock()
-        self.counts: dict[str, int] | None = None
-
-    async def refresh(self) -> None:
-        async with self._lock:
-            if time.monotonic() - self._at < self._ttl:
-                return
-            self._at = time.monotonic()
-            rules: RuleSet = self._app[appkeys.RULES]
-            metrics = self._app[appkeys.METRICS]
-            limited = [r.rule for r in rules if r.rule.limit is not None]
-            try:
-                with journal_errors():
-                    async with self._app[appkeys.JOURNAL_POOL].connection() as conn:
-                        counts = await stats.actions_by_state(conn)
-                        open_rules = await stats.open_circuits(
-                            conn, [(r.name, r.limit.count, r.limit.per) for r in limited if r.limit]
-                        )
-            except JournalUnavailable as exc:
-                log.warning("cannot read action counts: %s", exc)
-                self.counts = None
-                return
-            self.counts = counts
-            for r in limited:
-                metrics.rule_circuit_open.labels(r.name).set(1 if r.name in open_rules else 0)
-
-    def describe(self) -> Iterable[Metric]:
-        return []  # no fixed names: `taskmedic_actions` shares its stem with the counter
-
-    def collect(self) -> Iterable[Metric]:
-        up = GaugeMetricFamily(
-            "taskmedic_journal_up", "1 when the last scrape could read the journal."
-        )
-        up.add_metric([], 0 if self.counts is None else 1)
-        yield up
-        if self.counts is None:
-            return
-        g = GaugeMetricFamily(
-            "taskmedic_actions",
-            "Actions in the journal by state, counted at scrape time (cached for 1 s).",
-            labels=["state"],
-        )
-        for state in STATES:
-            g.add_metric([state], self.counts.get(state, 0))
-        yield g
 
 
 async def _journal_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -216,7 +151,9 @@ def create_app(
     app[appkeys.DRAINING] = asyncio.Event()
     app[_FIXED_DSN] = dsn
     app[_RUN_EXECUTOR] = run_executor
-    gauges = JournalGauges(app)
+    gauges = JournalGauges(
+        app[appkeys.METRICS], lambda: app[appkeys.RULES], lambda: app[appkeys.JOURNAL_POOL]
+    )
     app[_GAUGES] = gauges
     app[appkeys.METRICS].registry.register(gauges)
     app.cleanup_ctx.append(_journal_ctx)
@@ -230,9 +167,9 @@ def create_app(
         ]
     )
     api.setup(app)
-    for module in ("healer.log_api", "healer.console"):
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module).setup(app)
+    log_api.setup(app)
+    retention.setup(app)  # the hourly log prune runs wherever the log is served
+    console.setup(app)
     return app
 
 

@@ -1,4 +1,4 @@
-"""POST /alerts: one Alertmanager notification becomes ONE journal transaction, then 200.
+"""Recording alerts: one Alertmanager notification becomes ONE journal transaction.
 
 The notification, its alerts and every action they start (with its steps, events and
 notifications to the executors) commit together. Actions are keyed by (rule, fingerprint,
@@ -8,13 +8,9 @@ approval are decided inside that transaction under an advisory lock per rule and
 concurrent requests and several healer processes decide one after another.
 
 That transaction is one statement, one round trip: the locks, then `taskmedic_ingest`
-(migration 0002) writing every row. Ingest used to send a statement per row, each a round
-trip, and spent most of its time waiting on them. Notifications that arrive together share
-that statement and its commit (group commit, `healer.journal.ingest_writer`).
-
-A 5xx means only "not recorded, send again": the journal was unreachable (503) or the healer is
-shutting down (503). A remediation that fails later is recorded as failed; the webhook already
-answered 200 and Alertmanager does not resend.
+(migration 0002) writing every row, so ingest never waits on a round trip per row.
+Notifications that arrive together share that statement and its commit (group commit,
+`healer.journal.ingest_writer`). The HTTP side, POST /alerts, is `healer.web_alerts`.
 """
 
 from __future__ import annotations
@@ -25,18 +21,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiohttp import web
 
-from healer import appkeys
 from healer.config import HealerSettings
-from healer.errors import JournalUnavailable
 from healer.journal.ingest_writer import IngestWriter, Notice
 from healer.metrics import HealerMetrics
 from healer.plan import Plan
 from healer.rules import CompiledRule, RuleSet
 from healer.rules.models import Rule
 from healer.rules.planning import RenderError, empty_plan, render
-from healer.webhook import Alert, BadPayload, Notification, UnsupportedVersion, parse_notification
+from healer.webhook import Alert, Notification
 
 __all__ = [
     "IngestResult",
@@ -45,10 +38,9 @@ __all__ = [
     "cooldown_reason",
     "decision_inputs",
     "ingest",
+    "json_text",
     "plan_for",
-    "post_alerts",
     "prepare",
-    "read_body",
     "record",
 ]
 
@@ -244,7 +236,7 @@ def _notice(
                 "rule_source": w.rule.source,
             }
         )
-    head = _dumps(
+    head = json_text(
         {
             "receiver": n.receiver,
             "status": n.status,
@@ -257,7 +249,7 @@ def _notice(
     )
     # `head` is a JSON object: the payload and the plans go in before its closing brace.
     # Canonical plan texts are JSON already: joined, they are the JSON array.
-    item = f'{head[:-1]},"payload":{_dumps(raw)},"plans":[{",".join(plans)}]}}'
+    item = f'{head[:-1]},"payload":{json_text(raw)},"plans":[{",".join(plans)}]}}'
     # Every rule+target this notification decides for; the journal takes them in its order.
     locks = list({(w.rule.name, w.target) for w in work})
     return Notice(item=item, locks=locks, alerts=len(n.alerts))
@@ -288,7 +280,7 @@ def _result(prepared: Prepared, recorded: dict[str, Any]) -> IngestResult:
     return result
 
 
-def _dumps(value: Any) -> str:
+def json_text(value: Any) -> str:
     """JSON text, by orjson: the request path encodes every notification, so it counts."""
     return orjson.dumps(value).decode()
 
@@ -304,54 +296,3 @@ def _alert_row(alert: Alert) -> dict[str, Any]:
         "annotations": alert.annotations,
         "generator_url": alert.generator_url,
     }
-
-
-# --- HTTP -----------------------------------------------------------------------------------
-
-
-def _error(status: int, message: str, **extra: Any) -> web.Response:
-    return web.json_response({"error": message, **extra}, status=status)
-
-
-async def read_body(request: web.Request, limit: int) -> bytes | None:
-    """The body, or None when it is larger than `limit` (declared or actually sent)."""
-    if request.content_length is not None and request.content_length > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(1 << 16):
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _prepare(body: bytes, rules: RuleSet, settings: HealerSettings) -> Prepared:
-    """Parse and prepare in a frame of their own: what they build is not kept (Prepared)."""
-    notification, raw = parse_notification(body)
-    return prepare(notification, raw, rules, settings)
-
-
-async def post_alerts(request: web.Request) -> web.Response:
-    """Alertmanager's webhook receiver (version 4)."""
-    app = request.app
-    if app[appkeys.DRAINING].is_set():
-        return _error(503, "the healer is shutting down; send again")
-    settings: HealerSettings = app[appkeys.CONFIG].healer
-    body = await read_body(request, settings.max_body)
-    if body is None:
-        return _error(413, f"body larger than healer.max_body ({settings.max_body} bytes)")
-    try:
-        prepared = _prepare(body, app[appkeys.RULES], settings)
-    except BadPayload as exc:
-        return _error(400, exc.message, path=exc.path)
-    except UnsupportedVersion as exc:
-        return _error(422, str(exc))
-    del body  # nor is the body kept while the request waits for the journal
-    try:
-        result = await record(app[appkeys.INGEST_WRITER], prepared, app[appkeys.METRICS])
-    except JournalUnavailable as exc:
-        log.warning("alert not recorded: %s", exc)
-        return _error(503, "journal unavailable: nothing was recorded; send again")
-    return web.json_response(result.as_json(), dumps=_dumps)

@@ -65,9 +65,6 @@ def setup(app: web.Application) -> None:
     app[LOG_HUB] = HubSlot()
     app.router.add_get(r"/api/actions/{id:\d+}/log", get_log)
     app.on_shutdown.append(_stop_hub)
-    from healer import retention  # the hourly prune runs wherever the log is served
-
-    retention.setup(app)
 
 
 async def _stop_hub(app: web.Application) -> None:

@@ -1,8 +1,30 @@
-"""The healer's own Prometheus metrics, one registry per running healer (never global)."""
+"""The healer's own Prometheus metrics, one registry per running healer (never global): the
+per-process counters and the journal's gauges, read at scrape time."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from psycopg_pool import AsyncConnectionPool
+
+from healer.errors import JournalUnavailable
+from healer.journal import stats
+from healer.journal.actions import STATES
+from healer.journal.pool import journal_errors
+
+if TYPE_CHECKING:
+    from healer.rules import RuleSet
+
+__all__ = ["HealerMetrics", "JournalGauges"]
+
+log = logging.getLogger(__name__)
 
 
 class HealerMetrics:
@@ -50,3 +72,69 @@ class HealerMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=self.registry,
         )
+
+
+class JournalGauges(Collector):
+    """`taskmedic_actions{state}` and open circuits, read from the journal at scrape time.
+
+    Read at most once a second whatever the scrape rate, and true across replicas because it
+    counts the journal, not this process. When the journal cannot be read the gauge is left
+    out (unknown) and `taskmedic_journal_up` is 0: never a false zero.
+    """
+
+    def __init__(
+        self,
+        metrics: HealerMetrics,
+        rules: Callable[[], RuleSet],
+        pool: Callable[[], AsyncConnectionPool[Any]],
+        ttl: float = 1.0,
+    ) -> None:
+        self._metrics = metrics
+        self._rules = rules  # read at each refresh: the app holds the current ones
+        self._pool = pool
+        self._ttl = ttl
+        self._at = -float("inf")
+        self._lock = asyncio.Lock()
+        self.counts: dict[str, int] | None = None
+
+    async def refresh(self) -> None:
+        async with self._lock:
+            if time.monotonic() - self._at < self._ttl:
+                return
+            self._at = time.monotonic()
+            metrics = self._metrics
+            limited = [r.rule for r in self._rules() if r.rule.limit is not None]
+            try:
+                with journal_errors():
+                    async with self._pool().connection() as conn:
+                        counts = await stats.actions_by_state(conn)
+                        open_rules = await stats.open_circuits(
+                            conn, [(r.name, r.limit.count, r.limit.per) for r in limited if r.limit]
+                        )
+            except JournalUnavailable as exc:
+                log.warning("cannot read action counts: %s", exc)
+                self.counts = None
+                return
+            self.counts = counts
+            for r in limited:
+                metrics.rule_circuit_open.labels(r.name).set(1 if r.name in open_rules else 0)
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # no fixed names: `taskmedic_actions` shares its stem with the counter
+
+    def collect(self) -> Iterable[Metric]:
+        up = GaugeMetricFamily(
+            "taskmedic_journal_up", "1 when the last scrape could read the journal."
+        )
+        up.add_metric([], 0 if self.counts is None else 1)
+        yield up
+        if self.counts is None:
+            return
+        g = GaugeMetricFamily(
+            "taskmedic_actions",
+            "Actions in the journal by state, counted at scrape time (cached for 1 s).",
+            labels=["state"],
+        )
+        for state in STATES:
+            g.add_metric([state], self.counts.get(state, 0))
+        yield g
