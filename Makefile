@@ -13,11 +13,11 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: venv
-	$(PY) -m exporter.demo
+	$(PY) -m demo
 
 lint: venv
-	$(VENV)/bin/ruff check exporter healer tests bench
-	$(VENV)/bin/ruff format --check exporter healer tests bench
+	$(VENV)/bin/ruff check exporter healer demo tests bench
+	$(VENV)/bin/ruff format --check exporter healer demo tests bench
 	$(VENV)/bin/mypy
 
 # pytest exits 5 when it collected nothing: that is a failure here, loudly.

@@ -1,6 +1,6 @@
 """`make demo` does what it prints: real services, real faults, and nothing left behind.
 
-The demo runs as a real subprocess (`python -m exporter.demo`) with its embedded PostgreSQL
+The demo runs as a real subprocess (`python -m demo`) with its embedded PostgreSQL
 and Redis, a real Celery worker and beat, and the exporter; the test scrapes its /metrics,
 injects the fault the demo tells users to inject, and stops it the way a user does.
 """
@@ -56,7 +56,7 @@ class DemoRun:
 def start_demo(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> DemoRun:
     demo_dir = tmp_path / "demo"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "exporter.demo", "--dir", str(demo_dir), *args],
+        [sys.executable, "-m", "demo", "--dir", str(demo_dir), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -238,7 +238,7 @@ def test_sigterm_while_the_demo_starts_leaves_nothing_running(
 def test_demo_healer_config_and_rules_load_with_every_reference_resolved(tmp_path: Path) -> None:
     """`--healer` writes a taskmedic.yaml and rules the healer accepts: the Celery app, the
     checks and the token file they name all exist."""
-    from exporter.demo import configs, healing
+    from demo import configs, healing
     from healer.config import load_healer_config
     from healer.rules import load_rules
 
@@ -261,7 +261,7 @@ def test_demo_healer_config_and_rules_load_with_every_reference_resolved(tmp_pat
 @pytest.mark.prometheus
 def test_demo_prometheus_and_alertmanager_configs_pass_their_own_checks(tmp_path: Path) -> None:
     """What `--healer` hands to Prometheus and Alertmanager is valid for the real tools."""
-    from exporter.demo import healing
+    from demo import healing
 
     need_or_skip(Path("/usr/bin/promtool").exists(), "promtool")
     need_or_skip(Path("/usr/bin/amtool").exists(), "amtool")

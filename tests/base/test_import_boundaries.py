@@ -1,6 +1,7 @@
 """The two halves meet only through the base layer: read from the source, no service needed.
 
-`exporter/` knows nothing of `healer/`. The healer imports the shared base layer
+`exporter/` knows nothing of `healer/` or of `demo/` (the demo starts the healer too, so it
+stands beside both, never inside the exporter). The healer imports the shared base layer
 (`exporter.base.*`), the exporter's checks (a `repair` step re-runs one), `CheckUnknown`
 (`exporter.errors`) and `Config` (`exporter.config`, the model of the shared file that
 `HealerConfig` extends). One exception: `healer/cli.py` is the `taskmedic` command, and mounts
@@ -55,11 +56,20 @@ def test_the_healer_imports_only_the_base_layer_checks_errors_and_config() -> No
     assert wrong == []
 
 
-def test_the_exporter_never_imports_the_healer() -> None:
+def test_the_exporter_never_imports_the_healer_or_the_demo() -> None:
     wrong = [
         f"{file}:{line}: {module}"
         for file, line, module in imports("exporter")
-        if within(module, "healer")
+        if within(module, "healer") or within(module, "demo")
+    ]
+    assert wrong == []
+
+
+def test_the_healer_never_imports_the_demo() -> None:
+    wrong = [
+        f"{file}:{line}: {module}"
+        for file, line, module in imports("healer")
+        if within(module, "demo")
     ]
     assert wrong == []
 

@@ -1,4 +1,4 @@
-"""The demo's sample Celery app, run by a real worker and beat (`celery -A exporter.demo.tasks`).
+"""The demo's sample Celery app, run by a real worker and beat (`celery -A demo.tasks`).
 
 It behaves like the applications taskmedic watches: beat refreshes a status cache (TacticalRMM's
 agent tree), uploads start "timeline" imports whose row says `processing` until the task sets
@@ -14,7 +14,7 @@ from typing import Any
 
 from celery import Celery
 
-from exporter.demo import sample
+from demo import sample
 
 BROKER_ENV = "TASKMEDIC_DEMO_BROKER"
 DSN_ENV = "TASKMEDIC_DEMO_DSN"

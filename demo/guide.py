@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from exporter.demo import configs, sample, tasks
-from exporter.demo.processes import Child
+from demo import configs, sample, tasks
+from demo.processes import Child
 
 if TYPE_CHECKING:
-    from exporter.demo.main import Demo
+    from demo.main import Demo
 
 READY_PREFIX = "taskmedic-demo ready"
 

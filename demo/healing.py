@@ -18,10 +18,10 @@ from typing import Any
 
 import yaml
 
-from exporter.demo import configs
+from demo import configs
 
 # The repository's alerting rules; absent from an installed wheel, present for `make demo`.
-SHIPPED_RULES = Path(__file__).resolve().parents[2] / "rules" / "prometheus" / "taskmedic.rules.yml"
+SHIPPED_RULES = Path(__file__).resolve().parents[1] / "rules" / "prometheus" / "taskmedic.rules.yml"
 FOR = "5s"
 
 RULES: dict[str, Any] = {

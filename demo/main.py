@@ -1,4 +1,4 @@
-"""`python -m exporter.demo` (what `make demo` runs): start everything, guide, stop everything.
+"""`python -m demo` (what `make demo` runs): start everything, guide, stop everything.
 
 Start order: PostgreSQL, Redis, the sample schema, the Celery worker and beat, a few timeline
 imports, the generated taskmedic.yaml, the exporter (and with --healer: the healer, then
@@ -25,11 +25,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from demo import configs, healing, sample, tasks
+from demo.guide import fault_note, guide, ready_line
+from demo.processes import Child, spawn, stop_all
+from demo.services import EmbeddedPostgres, EmbeddedRedis
 from exporter.base.errors import TaskmedicError
-from exporter.demo import configs, healing, sample, tasks
-from exporter.demo.guide import fault_note, guide, ready_line
-from exporter.demo.processes import Child, spawn, stop_all
-from exporter.demo.services import EmbeddedPostgres, EmbeddedRedis
 
 
 class StartFailed(TaskmedicError):
@@ -52,7 +52,7 @@ def taskmedic_command() -> list[str]:
 
 
 def celery_command() -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "exporter.demo.tasks"]
+    return [sys.executable, "-m", "celery", "-A", "demo.tasks"]
 
 
 def http_ok(url: str) -> bool:
@@ -263,7 +263,7 @@ class Demo:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m exporter.demo",
+        prog="python -m demo",
         description="Run taskmedic's exporter on a sample Celery app with embedded "
         "PostgreSQL and Redis; Ctrl-C stops everything.",
     )
