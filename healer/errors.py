@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from exporter.base.errors import TaskmedicError
 
 __all__ = ["JournalUnavailable", "LeaseLost", "StepFailed"]
@@ -17,4 +19,12 @@ class LeaseLost(TaskmedicError):
 
 
 class StepFailed(TaskmedicError):
-    """A step ended without success; the message is what the journal records as its error."""
+    """A step ended without success: `str(self)` is what the journal records as its error,
+    `result` what the step did before failing, `exit_code` a script's exit status."""
+
+    def __init__(
+        self, message: str, *, result: dict[str, Any] | None = None, exit_code: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.result = result or {}
+        self.exit_code = exit_code

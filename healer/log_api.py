@@ -28,10 +28,11 @@ from aiohttp_sse import EventSourceResponse, sse_response
 from psycopg_pool import AsyncConnectionPool
 
 from healer import appkeys
+from healer.actions import ActionNotFound
 from healer.errors import JournalUnavailable
 from healer.journal import logs
 from healer.journal.pool import journal_errors
-from healer.log_hub import ActionNotFound, Chunk, End, LogHub
+from healer.log_hub import Chunk, End, LogHub
 
 __all__ = ["LOG_HUB", "HubSlot", "hub_of", "iter_log_text", "setup"]
 

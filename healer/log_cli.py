@@ -61,10 +61,11 @@ def _out(stream: str) -> BinaryIO:
 
 
 def _cmd_log(args: argparse.Namespace) -> int:
+    from healer.actions import ActionNotFound
     from healer.journal import logs
     from healer.journal.pool import open_pool
     from healer.log_api import LogFilter, iter_log_text
-    from healer.log_hub import ActionNotFound, Chunk, End, LogHub
+    from healer.log_hub import Chunk, End, LogHub
 
     flt = LogFilter(args.stream, args.step)
 

@@ -28,13 +28,13 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from exporter.base.errors import TaskmedicError
 from healer.errors import JournalUnavailable
 from healer.journal import channels, logs
+from healer.journal.actions import ActionNotFound
 from healer.journal.logs import Chunk, Page
 from healer.journal.pool import journal_errors
 
-__all__ = ["ActionNotFound", "Chunk", "End", "HubStats", "LogHub", "read_page"]
+__all__ = ["Chunk", "End", "HubStats", "LogHub", "read_page"]
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,6 @@ class End:
     """The action reached a final state: no more output will come."""
 
     state: str
-
-
-class ActionNotFound(TaskmedicError, LookupError):
-    """No action with this id exists in the journal."""
 
 
 async def read_page(pool: AsyncConnectionPool[Any], action_id: int, after: int, limit: int) -> Page:

@@ -39,7 +39,7 @@ from healer.steps import (
     CeleryApps,
     Sessions,
     StepContext,
-    StepError,
+    StepFailed,
     StepResult,
     run_step,
     run_undo,
@@ -178,7 +178,7 @@ class ActionRun:
                 return
             try:
                 res = await self._step(idx, step)
-            except StepError as exc:
+            except StepFailed as exc:
                 await self._fail(idx, step, exc, completed)
                 return
             except _Stopped as stop:
@@ -196,7 +196,7 @@ class ActionRun:
         try:
             async with out:
                 res = await self._guarded(run_step(step, self._context(out)))
-        except StepError as exc:
+        except StepFailed as exc:
             await self._step_done(idx, "failed", exc.result, str(exc), exc.exit_code, out.total)
             raise
         except _Stopped as stop:
@@ -288,7 +288,7 @@ class ActionRun:
         ran = f"{n} steps succeeded" + (f" ({earlier} in an earlier attempt)" if earlier else "")
         await self._finish("succeeded", ran, committed=shared)
 
-    async def _fail(self, idx: int, step: PlanStep, exc: StepError, completed: list[int]) -> None:
+    async def _fail(self, idx: int, step: PlanStep, exc: StepFailed, completed: list[int]) -> None:
         why = f"step {idx} {step.name!r} failed: {exc}"
         summary = await self._unwind(completed, why)
         rest = f"not run: step {idx} failed"
@@ -339,7 +339,7 @@ class ActionRun:
                 out.system(f"undo of step {idx} {step.name!r} ({how}): {why}")
                 # A cancel arriving now is already being honoured by this unwinding.
                 res = await self._guarded(run_undo(step.undo, self._context(out)), {"cancel"})
-        except StepError as exc:
+        except StepFailed as exc:
             undo = {"by": how, "why": why, "result": exc.result}
             error = str(exc)
             await self._write(
@@ -407,7 +407,7 @@ class ActionRun:
             reason = self._reason(ignore)
             if reason is not None:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StepError):
+                with contextlib.suppress(asyncio.CancelledError, StepFailed):
                     await task
                 raise _Stopped(reason)
             self._changed.clear()

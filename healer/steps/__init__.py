@@ -1,7 +1,7 @@
 """The step kinds of a plan (script, sql, celery, repair) and the dispatch between them.
 
 A step function returns a `StepResult` (what the journal records in `steps.result`) or raises
-`StepError` with the message the journal records as the step's error. Cancellation (a cancel
+`StepFailed` with the message the journal records as the step's error. Cancellation (a cancel
 request, a lost lease, shutdown) arrives as `asyncio.CancelledError`; each kind stops what it
 started (a script's process group, a query) before letting it through.
 """
@@ -18,7 +18,7 @@ from healer.plan import PlanStep, UndoSpec
 from healer.steps.celery import CeleryApps, run_celery
 from healer.steps.output_capture import StepOutput
 from healer.steps.repair import run_repair
-from healer.steps.result import StepError, StepResult
+from healer.steps.result import StepResult
 from healer.steps.script import run_script
 from healer.steps.sql import Sessions, run_sql
 
@@ -26,7 +26,6 @@ __all__ = [
     "CeleryApps",
     "Sessions",
     "StepContext",
-    "StepError",
     "StepFailed",
     "StepResult",
     "run_step",
@@ -66,7 +65,7 @@ async def run_step(step: PlanStep, ctx: StepContext) -> StepResult:
         return await run_celery(step.celery, ctx.celery, ctx.output)
     if step.kind == "repair" and step.repair is not None:
         return await run_repair(step.repair, ctx.config, ctx.sessions, ctx.output, ctx.monitors)
-    raise StepError(f"the plan's {step.kind} step {step.name!r} has no {step.kind} spec")
+    raise StepFailed(f"the plan's {step.kind} step {step.name!r} has no {step.kind} spec")
 
 
 async def run_undo(undo: UndoSpec, ctx: StepContext) -> StepResult:
@@ -76,4 +75,4 @@ async def run_undo(undo: UndoSpec, ctx: StepContext) -> StepResult:
         return await run_script(undo.script, stdin, ctx.output)
     if undo.sql is not None:
         return await run_sql(undo.sql, ctx.sessions, ctx.output, own_transaction=True)
-    raise StepError("undo declares neither script nor sql")
+    raise StepFailed("undo declares neither script nor sql")

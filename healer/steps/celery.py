@@ -18,9 +18,10 @@ from kombu.exceptions import KombuError
 
 from exporter.base.connections import celery_app
 from exporter.config import Config
+from healer.errors import StepFailed
 from healer.plan import CelerySpec
 from healer.steps.output_capture import StepOutput
-from healer.steps.result import MAX_REPR, StepError, StepResult, short_repr
+from healer.steps.result import MAX_REPR, StepResult, short_repr
 
 __all__ = ["CeleryApps", "run_celery"]
 
@@ -47,7 +48,7 @@ class CeleryApps:
             return app
         cluster = self.config.celery.get(name)
         if cluster is None:
-            raise StepError(f"celery cluster {name!r} is not defined under celery")
+            raise StepFailed(f"celery cluster {name!r} is not defined under celery")
         app = self._apps[name] = celery_app(cluster, name=name)
         return app
 
@@ -79,13 +80,13 @@ async def run_celery(spec: CelerySpec, apps: CeleryApps, output: StepOutput) -> 
     try:
         task_id = await asyncio.to_thread(send)
     except _TRANSPORT_ERRORS as exc:
-        raise StepError(f"cannot send {spec.task} to cluster {spec.app}: {exc}") from None
+        raise StepFailed(f"cannot send {spec.task} to cluster {spec.app}: {exc}") from None
     output.system(f"sent {spec.task} to {spec.app} as {task_id}")
     result: dict[str, Any] = {"task_id": task_id, "task": spec.task, "state": "SENT"}
     if spec.wait is None:
         return StepResult(result)
     if not app.conf.result_backend:
-        raise StepError(f"cluster {spec.app} has no result backend to wait on", result=result)
+        raise StepFailed(f"cluster {spec.app} has no result backend to wait on", result=result)
     deadline = time.monotonic() + spec.wait
     pause = 0.05
     try:
@@ -93,7 +94,7 @@ async def run_celery(spec: CelerySpec, apps: CeleryApps, output: StepOutput) -> 
             try:
                 state, value, traceback = await _state(app, task_id)
             except _TRANSPORT_ERRORS as exc:
-                raise StepError(
+                raise StepFailed(
                     f"cannot read the result of {task_id}: {exc}", result=result
                 ) from None
             result["state"] = state
@@ -101,7 +102,7 @@ async def run_celery(spec: CelerySpec, apps: CeleryApps, output: StepOutput) -> 
                 break
             left = deadline - time.monotonic()
             if left <= 0:
-                raise StepError(f"no result within {spec.wait:g}s (state {state})", result=result)
+                raise StepFailed(f"no result within {spec.wait:g}s (state {state})", result=result)
             await asyncio.sleep(min(pause, left))
             pause = min(pause * 2, 0.5)
     except asyncio.CancelledError:
@@ -114,5 +115,5 @@ async def run_celery(spec: CelerySpec, apps: CeleryApps, output: StepOutput) -> 
     if state in _FAILED:
         if traceback:
             result["traceback"] = str(traceback)[-MAX_REPR:]
-        raise StepError(f"task {spec.task} ended {state}: {result['result']}", result=result)
+        raise StepFailed(f"task {spec.task} ended {state}: {result['result']}", result=result)
     return StepResult(result)

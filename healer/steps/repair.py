@@ -18,9 +18,10 @@ from typing import Any
 from exporter.checks import TraceSource, run_once
 from exporter.config import Config
 from exporter.errors import CheckUnknown
+from healer.errors import StepFailed
 from healer.plan import RepairSpec
 from healer.steps.output_capture import StepOutput
-from healer.steps.result import StepError, StepResult, jsonable
+from healer.steps.result import StepResult, jsonable
 from healer.steps.sql import Sessions
 
 __all__ = ["run_repair"]
@@ -37,11 +38,11 @@ async def run_repair(
     try:
         database = config.check(spec.check).database
     except KeyError:
-        raise StepError(f"check {spec.check!r} is not defined under checks") from None
+        raise StepFailed(f"check {spec.check!r} is not defined under checks") from None
     try:
         outcome = await run_once(config, spec.check, monitors)
     except CheckUnknown as exc:
-        raise StepError(f"check {spec.check} could not establish the truth: {exc}") from None
+        raise StepFailed(f"check {spec.check} could not establish the truth: {exc}") from None
     keys = [f.key for f in outcome.findings]
     output.system(f"check {spec.check}: {len(keys)} findings confirmed now")
     result: dict[str, Any] = {

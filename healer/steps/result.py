@@ -1,4 +1,4 @@
-"""What a step hands back to the executor, and how it says it failed."""
+"""What a step hands back to the executor (a failure is `healer.errors.StepFailed`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import decimal
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
-
-from healer.errors import StepFailed
 
 # How much of a step's returned data the journal keeps (keys, RETURNING rows, a task result).
 MAX_ITEMS = 1000
@@ -22,17 +20,6 @@ class StepResult:
     result: dict[str, Any] = field(default_factory=dict)
     exit_code: int | None = None
     skipped: bool = False
-
-
-class StepError(StepFailed):
-    """A step failed: `str(self)` is the recorded error, `result` what it did before failing."""
-
-    def __init__(
-        self, message: str, *, result: dict[str, Any] | None = None, exit_code: int | None = None
-    ) -> None:
-        super().__init__(message)
-        self.result = result or {}
-        self.exit_code = exit_code
 
 
 def jsonable(value: Any) -> Any:

@@ -15,9 +15,10 @@ import os
 import signal
 import time
 
+from healer.errors import StepFailed
 from healer.plan import ScriptSpec
 from healer.steps.output_capture import StepOutput
-from healer.steps.result import StepError, StepResult
+from healer.steps.result import StepResult
 
 __all__ = ["base_env", "run_script"]
 
@@ -89,7 +90,7 @@ async def run_script(spec: ScriptSpec, stdin: bytes, output: StepOutput) -> Step
             start_new_session=True,
         )
     except OSError as exc:
-        raise StepError(f"cannot start {spec.argv[0]!r}: {exc.strerror or exc}") from None
+        raise StepFailed(f"cannot start {spec.argv[0]!r}: {exc.strerror or exc}") from None
     readers = [
         asyncio.create_task(_pump(proc.stdout, "stdout", output)),
         asyncio.create_task(_pump(proc.stderr, "stderr", output)),
@@ -129,9 +130,9 @@ async def run_script(spec: ScriptSpec, stdin: bytes, output: StepOutput) -> Step
     result = {"exit_code": code, "seconds": round(time.monotonic() - started, 3)}
     if timed_out:
         result["timed_out"] = True
-        raise StepError(
+        raise StepFailed(
             f"timed out after {spec.timeout:g}s ({_describe(code)})", result=result, exit_code=code
         )
     if code != 0:
-        raise StepError(_describe(code), result=result, exit_code=code)
+        raise StepFailed(_describe(code), result=result, exit_code=code)
     return StepResult(result, exit_code=code)

@@ -22,9 +22,10 @@ from typing import Any, TypeVar
 from exporter.base.errors import TaskmedicError
 from exporter.base.sessions import ConnectFailed, DatabaseError, Session, open_session
 from exporter.config import Config
+from healer.errors import StepFailed
 from healer.plan import SqlSpec
 from healer.steps.output_capture import StepOutput
-from healer.steps.result import MAX_ITEMS, StepError, StepResult, jsonable
+from healer.steps.result import MAX_ITEMS, StepResult, jsonable
 
 __all__ = ["CommitFailed", "Sessions", "SqlOutcome", "run_sql"]
 
@@ -132,11 +133,11 @@ class Sessions:
 
     async def _connect(self, database: str, statement_timeout: float) -> _Connection:
         if database not in self.config.databases:
-            raise StepError(f"database {database!r} is not defined under databases")
+            raise StepFailed(f"database {database!r} is not defined under databases")
         try:
             return await _Connection.open(database, self.config, statement_timeout)
         except ConnectFailed as exc:
-            raise StepError(f"cannot connect to database {database}: {exc.detail}") from None
+            raise StepFailed(f"cannot connect to database {database}: {exc.detail}") from None
 
     def transaction_of(self, own_transaction: bool) -> str:
         """What `steps.result.transaction` says about a statement that just ran."""
@@ -161,7 +162,7 @@ class Sessions:
             try:
                 return await conn.execute(query, params, statement_timeout)
             except DatabaseError as exc:
-                raise StepError(f"{database}: {exc.detail}") from None
+                raise StepFailed(f"{database}: {exc.detail}") from None
         conn = await self._connect(database, statement_timeout)
         try:
             outcome = await conn.execute(query, params, statement_timeout)
@@ -173,7 +174,7 @@ class Sessions:
         except DatabaseError as exc:
             with contextlib.suppress(DatabaseError):
                 await conn.rollback()
-            raise StepError(f"{database}: {exc.detail}") from None
+            raise StepFailed(f"{database}: {exc.detail}") from None
         finally:
             await conn.close()
 

@@ -18,7 +18,7 @@ from exporter.base.connections import DatabaseConfig, mysql_connect_args
 from exporter.config import Config
 from exporter.databases import Database
 from exporter.errors import CheckUnknown
-from healer.steps.result import StepError
+from healer.errors import StepFailed
 from healer.steps.sql import Sessions
 from tests.services import need_or_skip, reachable
 
@@ -74,7 +74,7 @@ async def test_a_sql_or_repair_step_connects_with_the_dsn_tls_options(
     """`sql`, `repair` and SQL undo steps all open their connections through `Sessions`."""
     config = Config.model_validate({"databases": {"shop": {"dsn": TLS_DSN}}})
     sessions = Sessions(config, shared=False, dry_run=False)
-    with pytest.raises(StepError, match="cannot connect to database shop"):
+    with pytest.raises(StepFailed, match="cannot connect to database shop"):
         await sessions.execute("shop", "UPDATE jobs SET status = 'x'", {}, 5.0)
     (args,) = connects
     assert args | TLS_ARGS == args
