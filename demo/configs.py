@@ -1,4 +1,4 @@
-"""The demo's generated `taskmedic.yaml`: the three checks of issue 3 on the sample tables.
+"""The demo's generated `taskmedic.yaml`: the exporter's checks on the sample tables.
 
 Intervals, max_age and grace are seconds rather than minutes so that a fault shows up on
 /metrics while you watch.

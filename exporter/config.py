@@ -1,7 +1,7 @@
 """The exporter's models of `taskmedic.yaml`, and the function that loads it.
 
-One set of pydantic models validates the file, produces the `file:line: key: message` errors
-and the JSON Schema. `Config` is the file as the exporter sees it: databases, Celery clusters,
+One set of pydantic models validates the file and produces the `file:line: key: message`
+errors. `Config` is the file as the exporter sees it: databases, Celery clusters,
 the exporter's settings and its checks. The healer reads the same file with a model of its
 own that extends `Config` with its `healer:` section; the exporter leaves that section unread.
 """

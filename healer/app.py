@@ -205,13 +205,11 @@ def _tune_gc() -> None:
 
     A storm from Alertmanager keeps thousands of requests in flight, each with its payload,
     plan and task, and Python's default thresholds then run a collection every few requests,
-    each walking everything still alive (the rules, the app, every pending request). On a
-    storm of 10,000 notifications from a real Alertmanager that cost the healer 0.6-0.9 ms
-    of CPU per alert, against 0.4-0.6 ms with these thresholds. `gc.freeze()` moves what
+    each walking everything still alive (the rules, the app, every pending request), so the
+    collector rather than the work sets the cost of an alert. `gc.freeze()` moves what
     exists at start (config, compiled rules, the app) out of every later collection. Cycles
-    are still collected, in fewer and larger passes: RSS stays flat across storms of the
-    same size (bench/README.md); under a burst it follows the requests in flight, as it
-    does with the default thresholds.
+    are still collected, in fewer and larger passes, so memory stays bounded by the requests
+    in flight, as it does with the default thresholds.
     """
     gc.collect()
     gc.freeze()

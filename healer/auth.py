@@ -1,4 +1,4 @@
-"""Who may post alerts and use the API and console (contract 7).
+"""Who may post alerts and use the API and console.
 
 Alertmanager sends `Authorization: Bearer …` or basic auth; the console uses a signed session
 cookie `taskmedic_session` issued after its login form checked the same credentials. Every

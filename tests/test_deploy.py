@@ -34,7 +34,7 @@ PACKS = sorted((ROOT / "rules" / "healer").glob("*.yaml"))
 UNITS = sorted((ROOT / "deploy" / "systemd").glob("*.service"))
 DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
 
-# Contract 8: the alert names the healer's rule packs match on.
+# The alert names the healer's rule packs match on.
 CONTRACT_ALERTS = {
     "TaskmedicStaleRows",
     "TaskmedicOrphanTasks",
@@ -45,7 +45,7 @@ CONTRACT_ALERTS = {
     "TaskmedicCeleryTaskOverdue",
 }
 
-# The exporter's metric names as issue 3 defines them.
+# The exporter's metric names.
 EXPORTER_METRICS = {
     "taskmedic_stale_rows",
     "taskmedic_stale_oldest_age_seconds",
@@ -75,7 +75,7 @@ def healer_metrics() -> set[str]:
     """Sample names the healer really exposes: its registry plus the journal's state gauge."""
     from healer.metrics import HealerMetrics
 
-    names = {"taskmedic_actions"}  # read from the journal at scrape time (issue 4)
+    names = {"taskmedic_actions"}  # read from the journal at scrape time
     for family in HealerMetrics().registry.collect():
         names.add(family.name)
         if family.type == "counter":

@@ -8,7 +8,7 @@ row and gets `LeaseLost`; it can never write an outcome over its successor's. Th
 makes a takeover wait for a write already in flight, so the journal's order is the real order.
 
 Every action state change writes its `events` row and notifies `channels.STATE` in the same
-transaction (contract 5).
+transaction, so a listener never sees a state the journal could still roll back.
 """
 
 from __future__ import annotations

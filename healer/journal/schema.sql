@@ -164,7 +164,7 @@ $$;
 
 -- Records a notification, its alerts, the cancellations its resolved alerts make and the
 -- action each matching rule starts (with its steps, its `created` event, and the NOTIFYs
--- of contract 5). Arguments:
+-- that wake executors and followers). Arguments:
 --   p_alerts  JSON array of {status, fingerprint, starts_at, ends_at, labels, annotations,
 --             generator_url}, in the notification's order
 --   p_work    JSON array, one item per (alert, matching rule), in the order to decide them:

@@ -1,6 +1,6 @@
 """Writing journal rows the way the ingest and the executor do, for the log and console tests.
 
-Each write is one transaction with the notification the executor sends (contract 5), so the
+Each write is one transaction with the notification the executor sends, so the
 readers under test see exactly what they would see in production.
 """
 

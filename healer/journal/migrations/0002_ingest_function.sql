@@ -1,14 +1,14 @@
 -- POST /alerts in one statement: everything one notification records (healer/ingest.py).
 --
--- The ingest used to send a dozen statements per alert, each a round trip; the healer then
--- spent most of its time waiting on them. taskmedic_ingest does the same work in one call,
--- inside the caller's statement, so it commits or rolls back as one transaction. The caller
+-- taskmedic_ingest does all of it in one call, so recording an alert costs one round trip
+-- rather than one per row, and it runs inside the caller's statement, so it commits or
+-- rolls back as one transaction. The caller
 -- takes the rule+target advisory locks first (query `ingest_notification`); this function
 -- is VOLATILE, so each statement in it takes a fresh snapshot and its cooldown and circuit
 -- breaker counts include every action committed by whoever held a lock before.
 
 -- A resolved alert looks up the actions of its firing that have not started; without this
--- index that was a read of the whole table for every resolved alert.
+-- index that would be a read of the whole table for every resolved alert.
 CREATE INDEX actions_unstarted ON actions (fingerprint, starts_at)
     WHERE state IN ('pending', 'awaiting_approval');
 
@@ -50,7 +50,7 @@ $$;
 
 -- Records a notification, its alerts, the cancellations its resolved alerts make and the
 -- action each matching rule starts (with its steps, its `created` event, and the NOTIFYs
--- of contract 5). Arguments:
+-- that wake executors and followers). Arguments:
 --   p_alerts  JSON array of {status, fingerprint, starts_at, ends_at, labels, annotations,
 --             generator_url}, in the notification's order
 --   p_work    JSON array, one item per (alert, matching rule), in the order to decide them:
