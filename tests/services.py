@@ -79,10 +79,10 @@ class PostgresServer:
         elif not EMBEDDED and reachable("127.0.0.1", 5432):
             self.admin_dsn = "postgresql://postgres@127.0.0.1:5432/postgres"
         else:
-            import pgserver
+            from pgserver.postgres_server import get_server
 
             self._tmp = tempfile.TemporaryDirectory(prefix="taskmedic-pg-")
-            self._embedded = pgserver.get_server(self._tmp.name, cleanup_mode="stop")
+            self._embedded = get_server(self._tmp.name, cleanup_mode="stop")
             self.admin_dsn = self._embedded.get_uri()
         self.embedded = self._embedded is not None
 
@@ -140,7 +140,7 @@ def _drop_dead_lock(admin: redis.Redis, key: str) -> None:
     held = admin.get(key)
     if held is None:
         return
-    pid = held.decode(errors="replace").split("-", 1)[0]
+    pid = (held.decode(errors="replace") if isinstance(held, bytes) else held).split("-", 1)[0]
     if not pid.isdigit():
         return
     try:

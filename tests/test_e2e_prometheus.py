@@ -12,6 +12,7 @@ Only the timings are changed for the test (scrape and evaluation every second, g
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -313,7 +314,7 @@ def test_stale_rows_alert_goes_through_prometheus_and_alertmanager_to_a_repair_t
         f"http://{am}/-/ready",
         f"http://{prom}/-/ready",
     ):
-        wait_for(lambda url=url: up(url), timeout=60, interval=0.2, what=url)
+        wait_for(functools.partial(up, url), timeout=60, interval=0.2, what=url)
 
     try:
         # Prometheus scrapes the exporter and the healer, and fires the shipped alert.

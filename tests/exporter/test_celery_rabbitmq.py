@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from celery import Celery
-from kombu import Connection
+from kombu.connection import Connection
 
 from exporter.celery_state import TaskTrace
 from tests.celery_app import make_app

@@ -261,7 +261,7 @@ def upstream_of(dsn: str) -> tuple[str, int, str]:
     if dsn.startswith("mysql://"):
         return MARIADB[0], MARIADB[1], dsn.rsplit("/", 1)[1]
     info = psycopg.conninfo.conninfo_to_dict(dsn)
-    return str(info.get("host", "127.0.0.1")), int(info.get("port", 5432)), str(info["dbname"])
+    return str(info.get("host", "127.0.0.1")), int(str(info.get("port", 5432))), str(info["dbname"])
 
 
 @pytest.mark.parametrize(

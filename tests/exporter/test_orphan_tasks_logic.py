@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
-from exporter.celery_state import ClusterSnapshot, TaskTrace
+from exporter.celery_state import ClusterMonitor, ClusterSnapshot, TaskMatch, TaskTrace
 from exporter.checks import run_once
 from exporter.errors import CheckUnknown
 from exporter.runner import Runner
@@ -37,8 +37,17 @@ class StandInTraces:
             raise self.fail
         return {t: self.traces.get(t, TaskTrace.LOST) for t in ids}
 
+    def task_traces_by_argument(self, match: TaskMatch, values: list[str]) -> dict[str, TaskTrace]:
+        raise AssertionError("these checks match rows by task id, never by argument")
+
     def snapshot(self, now: float | None = None) -> ClusterSnapshot:
         return ClusterSnapshot("main", self.broker_up, [])
+
+
+def as_monitor(traces: StandInTraces) -> ClusterMonitor:
+    """The Runner takes ClusterMonitors but uses only `snapshot` and the TraceSource methods,
+    which the stand-in answers."""
+    return cast(ClusterMonitor, traces)
 
 
 def orphan_config(dsn: str, grace: str = "1m") -> dict[str, Any]:
@@ -117,7 +126,9 @@ async def test_a_task_seen_again_on_the_second_look_is_no_orphan(
     """The two observations guard against a task in transit: lost on the first look but
     active on the second is not counted, and the count is 0 with both reasons exported."""
     traces = StandInTraces({**TRACES, "t-finished": TaskTrace.ACTIVE})
-    runner = Runner(config_from(tmp_path, orphan_config(timelines)), monitors={"main": traces})
+    runner = Runner(
+        config_from(tmp_path, orphan_config(timelines)), monitors={"main": as_monitor(traces)}
+    )
     registry = registry_of(runner)
     try:
         pg_exec(timelines, "DELETE FROM timeline WHERE id IN (4, 5)")
@@ -156,7 +167,9 @@ async def test_a_row_whose_task_id_changed_starts_its_observations_again(
 ) -> None:
     """A row re-dispatched under a new task id is a new suspect, not a confirmed orphan."""
     traces = StandInTraces(TRACES)
-    runner = Runner(config_from(tmp_path, orphan_config(timelines)), monitors={"main": traces})
+    runner = Runner(
+        config_from(tmp_path, orphan_config(timelines)), monitors={"main": as_monitor(traces)}
+    )
     try:
         await runner.collect("timelines")
         pg_exec(timelines, "UPDATE timeline SET celery_task_id = 't-lost-2' WHERE id = 3")
@@ -172,7 +185,9 @@ async def test_broker_unknown_means_no_count(timelines: str, tmp_path: Path) -> 
     """When the cluster cannot be asked, the check is unknown: no orphan gauge, check_up 0,
     whether the lookup fails or the event stream already says the broker is down."""
     traces = StandInTraces(TRACES)
-    runner = Runner(config_from(tmp_path, orphan_config(timelines)), monitors={"main": traces})
+    runner = Runner(
+        config_from(tmp_path, orphan_config(timelines)), monitors={"main": as_monitor(traces)}
+    )
     registry = registry_of(runner)
     try:
         traces.fail = CheckUnknown("celery cluster 'main': broker unreachable")

@@ -71,7 +71,7 @@ async def test_a_slow_query_times_out_without_stalling_metrics(
             "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
             "AND application_name = 'taskmedic-exporter' AND query LIKE '%%pg_sleep(delay)%%'",
         )
-        return rows[0][0] > 0
+        return bool(rows[0][0] > 0)
 
     await until(sleeping, 15, "the check's query to hang in pg_sleep")
     m = await scrape()

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 import pytest
@@ -30,6 +30,12 @@ from healer.metrics import HealerMetrics
 from healer.plan import Plan, PlanStep, ScriptSpec, SqlSpec, UndoSpec
 
 T = TypeVar("T")
+
+
+class StartExecutor(Protocol):
+    """The `executors` fixture: starts an Executor on the test's journal."""
+
+    async def __call__(self, config: Config | None = None, **kw: Any) -> Executor: ...
 
 
 def script(name: str, argv: list[str], *, undo: list[str] | None = None, **kw: Any) -> PlanStep:
@@ -129,7 +135,7 @@ async def insert_action(
 
 async def fetch(dsn: str, query: str, *params: Any) -> list[dict[str, Any]]:
     async with await psycopg.AsyncConnection.connect(dsn, row_factory=dict_row) as conn:
-        cur = await conn.execute(query, params)  # type: ignore[arg-type]
+        cur = await conn.execute(query, params)
         return await cur.fetchall()
 
 
@@ -157,10 +163,12 @@ async def output(dsn: str, action_id: int, stream: str, step: int | None = None)
     )
 
 
-async def until(predicate: Callable[[], Awaitable[T]], timeout: float = 20.0, what: str = "") -> T:
+async def until(
+    predicate: Callable[[], Awaitable[T | None]], timeout: float = 20.0, what: str = ""
+) -> T:
     """Await `predicate` until it returns something truthy; fail naming `what` at the deadline."""
     deadline = time.monotonic() + timeout
-    last: Any = None
+    last: T | None = None
     while time.monotonic() < deadline:
         last = await predicate()
         if last:
@@ -208,7 +216,7 @@ async def journal_fixture(pg_dsn: str) -> str:
 
 
 @pytest.fixture(name="executors")
-async def executors_fixture(journal: str) -> AsyncIterator[Callable[..., Awaitable[Executor]]]:
+async def executors_fixture(journal: str) -> AsyncIterator[StartExecutor]:
     """`await executors(config=None, **kw)` starts an Executor on the journal; all stop after."""
     started: list[Executor] = []
 

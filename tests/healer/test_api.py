@@ -112,7 +112,8 @@ async def test_approve_with_the_plan_hash_makes_it_pending_and_records_who(
 
 async def test_approve_needs_a_plan_hash(client: Client) -> None:
     a = await _awaiting(client)
-    for body in ({}, {"plan_hash": 5}, []):
+    bodies: list[dict[str, Any] | list[Any]] = [{}, {"plan_hash": 5}, []]
+    for body in bodies:
         resp = await client.post(f"/api/actions/{a['id']}/approve", json=body, headers=AUTH)
         assert resp.status == 400
     resp = await client.post(f"/api/actions/{a['id']}/approve", data=b"{", headers=AUTH)

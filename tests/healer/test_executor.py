@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from healer.metrics import HealerMetrics
 from tests.healer.journal_helpers import (
+    StartExecutor,
     action,
     events,
     executors_fixture,  # noqa: F401 - pytest fixture
@@ -23,7 +26,7 @@ from tests.healer.journal_helpers import (
 
 
 async def test_steps_run_in_order_and_the_action_succeeds(
-    journal: str, executors, tmp_path: Path
+    journal: str, executors: StartExecutor, tmp_path: Path
 ) -> None:
     """Each step runs after the previous one; the journal records every outcome and event."""
     log = tmp_path / "log"
@@ -56,7 +59,7 @@ async def test_steps_run_in_order_and_the_action_succeeds(
 
 
 async def test_a_script_gets_the_alert_on_stdin_and_a_minimal_environment(
-    journal: str, executors, tmp_path: Path, monkeypatch
+    journal: str, executors: StartExecutor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No secret of the healer's environment reaches a script; the alert arrives as JSON."""
     monkeypatch.setenv("TASKMEDIC_SECRET_TOKEN", "hunter2")
@@ -74,7 +77,7 @@ async def test_a_script_gets_the_alert_on_stdin_and_a_minimal_environment(
 
 
 async def test_a_failing_step_undoes_completed_steps_in_reverse_order(
-    journal: str, executors, tmp_path: Path
+    journal: str, executors: StartExecutor, tmp_path: Path
 ) -> None:
     """Undo runs newest first; the journal says which steps were undone, which never ran, why."""
     log = tmp_path / "log"
@@ -106,7 +109,7 @@ async def test_a_failing_step_undoes_completed_steps_in_reverse_order(
 
 
 async def test_an_undo_that_fails_is_recorded_and_the_others_still_run(
-    journal: str, executors, tmp_path: Path
+    journal: str, executors: StartExecutor, tmp_path: Path
 ) -> None:
     """undo_failed carries the undo's error; earlier steps are undone anyway."""
     log = tmp_path / "log"
@@ -126,7 +129,7 @@ async def test_an_undo_that_fails_is_recorded_and_the_others_still_run(
 
 
 async def test_a_script_that_cannot_start_fails_its_step_with_the_reason(
-    journal: str, executors
+    journal: str, executors: StartExecutor
 ) -> None:
     await executors()
     p = plan(sh("ok", "true"), script("missing", ["/nonexistent/taskmedic-tool"]))
@@ -139,7 +142,7 @@ async def test_a_script_that_cannot_start_fails_its_step_with_the_reason(
 
 
 async def test_a_plan_changed_after_it_was_stored_is_not_run(
-    journal: str, executors, tmp_path: Path
+    journal: str, executors: StartExecutor, tmp_path: Path
 ) -> None:
     """The plan must match its hash (what was approved is what runs)."""
     marker = tmp_path / "ran"

@@ -13,6 +13,7 @@ from psycopg.rows import dict_row
 from healer.errors import LeaseLost
 from healer.journal import executor as journal_executor
 from tests.healer.journal_helpers import (
+    StartExecutor,
     action,
     events,
     executors_fixture,  # noqa: F401 - pytest fixture
@@ -42,7 +43,7 @@ async def wait_file(path: Path, timeout: float = 20.0) -> str:
 
 
 async def test_a_timeout_ends_the_whole_process_group(
-    journal: str, executors, tmp_path: Path
+    journal: str, executors: StartExecutor, tmp_path: Path
 ) -> None:
     """SIGTERM to the group, SIGKILL after kill_grace: the child `sleep` is gone too."""
     await executors()
@@ -63,7 +64,7 @@ async def test_a_timeout_ends_the_whole_process_group(
 
 
 async def test_cancel_stops_the_step_and_undoes_what_was_done(
-    journal: str, executors, tmp_path: Path
+    journal: str, executors: StartExecutor, tmp_path: Path
 ) -> None:
     """A cancel request stops the running script's group, runs undo, ends `cancelled`."""
     await executors()
@@ -95,7 +96,7 @@ async def test_cancel_stops_the_step_and_undoes_what_was_done(
 
 
 async def test_two_executors_never_run_the_same_action(
-    journal: str, executors, tmp_path: Path
+    journal: str, executors: StartExecutor, tmp_path: Path
 ) -> None:
     """Claims use FOR UPDATE SKIP LOCKED: 30 actions, two executors, each action runs once."""
     first = await executors(concurrency=3)
@@ -118,7 +119,7 @@ async def test_two_executors_never_run_the_same_action(
 
 
 async def test_max_concurrent_runs_actions_of_a_rule_one_at_a_time(
-    journal: str, executors, tmp_path: Path
+    journal: str, executors: StartExecutor, tmp_path: Path
 ) -> None:
     """Three actions of a rule with max_concurrent 1 never overlap, even with free slots."""
     await executors(concurrency=4)
@@ -133,7 +134,7 @@ async def test_max_concurrent_runs_actions_of_a_rule_one_at_a_time(
 
 
 async def test_a_stale_executor_cannot_write_its_outcome(
-    journal: str, executors, tmp_path: Path
+    journal: str, executors: StartExecutor, tmp_path: Path
 ) -> None:
     """Fencing: once the attempt token changed, the old executor's writes are refused."""
     ex = await executors(lease=3.0)
@@ -165,7 +166,7 @@ async def test_a_stale_executor_cannot_write_its_outcome(
     assert not [e for e in await events(journal, action_id) if e["to_state"] == "succeeded"]
 
 
-async def test_fenced_writes_raise_lease_lost(journal: str, executors) -> None:
+async def test_fenced_writes_raise_lease_lost(journal: str, executors: StartExecutor) -> None:
     """The journal layer itself refuses a write with an old token."""
     ex = await executors()
     await ex.stop(grace=0)
@@ -192,7 +193,9 @@ async def test_fenced_writes_raise_lease_lost(journal: str, executors) -> None:
     assert (await action(journal, action_id))["state"] == "running"
 
 
-async def test_an_approval_past_its_deadline_becomes_cancelled(journal: str, executors) -> None:
+async def test_an_approval_past_its_deadline_becomes_cancelled(
+    journal: str, executors: StartExecutor
+) -> None:
     await executors()
     late = await insert_action(
         journal,
@@ -214,7 +217,7 @@ async def test_an_approval_past_its_deadline_becomes_cancelled(journal: str, exe
 
 
 async def test_stop_lets_a_short_action_finish_within_grace(
-    journal: str, executors, tmp_path: Path
+    journal: str, executors: StartExecutor, tmp_path: Path
 ) -> None:
     ex = await executors()
     action_id = await insert_action(
@@ -226,7 +229,7 @@ async def test_stop_lets_a_short_action_finish_within_grace(
 
 
 async def test_stop_past_grace_interrupts_and_requeues_a_retry_action(
-    journal: str, executors, tmp_path: Path
+    journal: str, executors: StartExecutor, tmp_path: Path
 ) -> None:
     """The journal never keeps an action `running` that nobody runs; retry goes to pending."""
     ex = await executors()
@@ -257,7 +260,7 @@ async def test_stop_past_grace_interrupts_and_requeues_a_retry_action(
 
 
 async def test_stop_past_grace_fails_an_action_without_retry(
-    journal: str, executors, tmp_path: Path
+    journal: str, executors: StartExecutor, tmp_path: Path
 ) -> None:
     ex = await executors()
     action_id = await insert_action(journal, plan(sh("long", FAMILY.format(d=tmp_path))))
@@ -271,7 +274,7 @@ async def test_stop_past_grace_fails_an_action_without_retry(
 
 
 async def test_a_step_longer_than_the_lease_keeps_its_lease_by_renewing(
-    journal: str, executors
+    journal: str, executors: StartExecutor
 ) -> None:
     """Lease 2 s, step 5 s, a second executor sweeping: renewals keep the action its own."""
     await executors(lease=2.0)
@@ -285,7 +288,7 @@ async def test_a_step_longer_than_the_lease_keeps_its_lease_by_renewing(
 
 
 async def test_an_action_interrupted_too_often_is_not_retried_again(
-    journal: str, executors
+    journal: str, executors: StartExecutor
 ) -> None:
     """A retry loop (a step that kills its healer every time) ends after MAX_ATTEMPTS claims."""
     ex = await executors()

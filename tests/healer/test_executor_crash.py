@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.healer.journal_helpers import (
+    StartExecutor,
     action,
     events,
     executors_fixture,  # noqa: F401 - pytest fixture
@@ -78,7 +79,7 @@ async def wait_file(path: Path) -> str:
 
 
 async def test_kill_9_during_a_script_leaves_the_action_interrupted_then_failed(
-    journal: str, executors, runner, tmp_path: Path
+    journal: str, executors: StartExecutor, runner: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
     """on_interrupt fail: the step shows `interrupted` with the output flushed before the kill."""
     await start_runner(runner, journal, "victim")
@@ -101,7 +102,7 @@ async def test_kill_9_during_a_script_leaves_the_action_interrupted_then_failed(
 
 
 async def test_kill_9_with_retry_re_runs_only_the_unfinished_steps(
-    journal: str, executors, runner, tmp_path: Path
+    journal: str, executors: StartExecutor, runner: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
     """on_interrupt retry: another executor resumes; a step recorded as done is not re-run."""
     log = tmp_path / "log"

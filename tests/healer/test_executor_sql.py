@@ -8,6 +8,7 @@ import psycopg
 import pytest
 
 from tests.healer.journal_helpers import (
+    StartExecutor,
     app_config,
     executors_fixture,  # noqa: F401 - pytest fixture
     fetch,
@@ -39,7 +40,9 @@ async def statuses(dsn: str) -> dict[int, str]:
         return dict(await cur.fetchall())
 
 
-async def test_sql_step_binds_parameters_and_records_the_row_count(jobs: str, executors) -> None:
+async def test_sql_step_binds_parameters_and_records_the_row_count(
+    jobs: str, executors: StartExecutor
+) -> None:
     """A value that looks like SQL is data: it is bound, never spliced into the statement."""
     await executors(app_config(jobs))
     evil = "x'; DROP TABLE jobs; --"
@@ -58,7 +61,7 @@ async def test_sql_step_binds_parameters_and_records_the_row_count(jobs: str, ex
     assert step["result"] == {"database": "app", "rowcount": 2, "transaction": "committed"}
 
 
-async def test_sql_returning_records_the_changed_keys(jobs: str, executors) -> None:
+async def test_sql_returning_records_the_changed_keys(jobs: str, executors: StartExecutor) -> None:
     await executors(app_config(jobs))
     p = plan(sql("mark", "app", "UPDATE jobs SET status = 'x' WHERE id < 3 RETURNING id"))
     action_id = await insert_action(jobs, p)
@@ -67,7 +70,9 @@ async def test_sql_returning_records_the_changed_keys(jobs: str, executors) -> N
     assert sorted(step["result"]["returned"]) == [1, 2]
 
 
-async def test_sql_undo_restores_the_row_when_a_later_step_fails(jobs: str, executors) -> None:
+async def test_sql_undo_restores_the_row_when_a_later_step_fails(
+    jobs: str, executors: StartExecutor
+) -> None:
     """Without `transaction: single` each statement commits; its declared undo reverts it."""
     await executors(app_config(jobs))
     p = plan(
@@ -90,7 +95,9 @@ async def test_sql_undo_restores_the_row_when_a_later_step_fails(jobs: str, exec
     assert second["state"] == "failed"
 
 
-async def test_transaction_single_commits_all_or_nothing(jobs: str, executors) -> None:
+async def test_transaction_single_commits_all_or_nothing(
+    jobs: str, executors: StartExecutor
+) -> None:
     """A failing second statement leaves the first one's row unchanged (rolled back)."""
     await executors(app_config(jobs))
     p = plan(
@@ -109,7 +116,9 @@ async def test_transaction_single_commits_all_or_nothing(jobs: str, executors) -
     assert second["state"] == "failed" and "division by zero" in second["error"]
 
 
-async def test_transaction_single_commits_every_statement_at_the_end(jobs: str, executors) -> None:
+async def test_transaction_single_commits_every_statement_at_the_end(
+    jobs: str, executors: StartExecutor
+) -> None:
     """Later statements see earlier ones; the journal records the transaction as committed."""
     await executors(app_config(jobs))
     p = plan(
@@ -125,7 +134,9 @@ async def test_transaction_single_commits_every_statement_at_the_end(jobs: str, 
     assert [s["result"]["rowcount"] for s in rows] == [1, 1]
 
 
-async def test_a_failing_script_rolls_back_the_shared_transaction(jobs: str, executors) -> None:
+async def test_a_failing_script_rolls_back_the_shared_transaction(
+    jobs: str, executors: StartExecutor
+) -> None:
     await executors(app_config(jobs))
     p = plan(
         sql("first", "app", "UPDATE jobs SET status = 'failed'"),
@@ -138,7 +149,7 @@ async def test_a_failing_script_rolls_back_the_shared_transaction(jobs: str, exe
 
 
 async def test_dry_run_changes_no_row_and_records_the_counts(
-    jobs: str, executors, tmp_path: Path
+    jobs: str, executors: StartExecutor, tmp_path: Path
 ) -> None:
     """Scripts are not run; SQL runs in a transaction that is rolled back; state `skipped`."""
     marker = tmp_path / "ran"
@@ -165,7 +176,9 @@ async def test_dry_run_changes_no_row_and_records_the_counts(
     assert delete["result"]["rowcount"] == 2  # sees the update it follows, then all rolled back
 
 
-async def test_the_executor_dry_run_flag_covers_every_action(jobs: str, executors) -> None:
+async def test_the_executor_dry_run_flag_covers_every_action(
+    jobs: str, executors: StartExecutor
+) -> None:
     await executors(app_config(jobs), dry_run=True)
     action_id = await insert_action(jobs, plan(sql("wipe", "app", "DELETE FROM jobs")))
     assert (await state_in(jobs, action_id, "succeeded", "skipped"))["state"] == "skipped"
@@ -174,7 +187,9 @@ async def test_the_executor_dry_run_flag_covers_every_action(jobs: str, executor
     assert step["result"]["rowcount"] == 3
 
 
-async def test_an_undefined_database_fails_the_step_with_its_name(journal: str, executors) -> None:
+async def test_an_undefined_database_fails_the_step_with_its_name(
+    journal: str, executors: StartExecutor
+) -> None:
     await executors()
     action_id = await insert_action(journal, plan(sql("x", "nowhere", "SELECT 1")))
     assert (await state_in(journal, action_id, "succeeded", "failed"))["state"] == "failed"
@@ -182,7 +197,9 @@ async def test_an_undefined_database_fails_the_step_with_its_name(journal: str, 
     assert step["error"] == "database 'nowhere' is not defined under databases"
 
 
-async def test_a_cancel_stops_the_running_statement_on_the_server(jobs: str, executors) -> None:
+async def test_a_cancel_stops_the_running_statement_on_the_server(
+    jobs: str, executors: StartExecutor
+) -> None:
     """The statement does not run on to its 30 s timeout behind a cancelled action: the
     server cancels it at once and the row it would have changed is unchanged."""
     await executors(app_config(jobs))

@@ -4,6 +4,7 @@ and each is still recorded, decided and answered exactly as if it had been alone
 from __future__ import annotations
 
 import asyncio
+import functools
 import textwrap
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -79,7 +80,11 @@ def target_lock(pg_dsn: str) -> Iterator[Callable[[], None]]:
             "SELECT pg_advisory_xact_lock(hashtext(%s || chr(31) || %s))",
             ("refresh-tree-status", TARGET),
         )
-        yield lambda: blocker.execute("ROLLBACK")
+
+        def release() -> None:
+            blocker.execute("ROLLBACK")
+
+        yield release
         if blocker.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             blocker.execute("ROLLBACK")
 
@@ -94,18 +99,26 @@ def lock_waiters(dsn: str) -> int:
     return int(row[0]) if row else 0
 
 
+def writers_waiting(dsn: str, n: int) -> bool:
+    return lock_waiters(dsn) == n
+
+
 async def storm_behind_the_lock(
     client: Client, pg_dsn: str, release: Callable[[], None], bodies: list[dict[str, Any]]
 ) -> list[tuple[int, Any]]:
     """Post `bodies` while both writers wait for the lock, then let go: the rest queue.
 
     The first two go one at a time, so the first body is the first to get the lock."""
-    writer = client.server.app[appkeys.INGEST_WRITER]
+    writer = client.app[appkeys.INGEST_WRITER]
     first = []
     for n, body in enumerate(bodies[:2], 1):
         first.append(asyncio.ensure_future(post(client, body)))
         await asyncio.to_thread(
-            wait_for, lambda n=n: lock_waiters(pg_dsn) == n, 10, 0.02, f"{n} writers waiting"
+            wait_for,
+            functools.partial(writers_waiting, pg_dsn, n),
+            10,
+            0.02,
+            f"{n} writers waiting",
         )
     rest = [asyncio.ensure_future(post(client, b)) for b in bodies[2:]]
     queued = len(bodies) - 2

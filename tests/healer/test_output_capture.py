@@ -9,6 +9,7 @@ from pathlib import Path
 import psycopg
 
 from tests.healer.journal_helpers import (
+    StartExecutor,
     chunks,
     executors_fixture,  # noqa: F401 - pytest fixture
     insert_action,
@@ -30,7 +31,9 @@ for i in range(3000):
 """
 
 
-async def test_stdout_and_stderr_stay_apart_and_in_order(journal: str, executors) -> None:
+async def test_stdout_and_stderr_stay_apart_and_in_order(
+    journal: str, executors: StartExecutor
+) -> None:
     """Both pipes are read concurrently; each stream's chunks, in id order, are its output."""
     await executors()
     action_id = await insert_action(
@@ -52,7 +55,7 @@ async def test_stdout_and_stderr_stay_apart_and_in_order(journal: str, executors
 
 
 async def test_a_partial_line_is_in_the_journal_while_the_step_still_runs(
-    journal: str, executors, tmp_path: Path
+    journal: str, executors: StartExecutor, tmp_path: Path
 ) -> None:
     """No newline: flushed after at most a second, long before the process ends."""
     go = tmp_path / "go"
@@ -69,7 +72,7 @@ async def test_a_partial_line_is_in_the_journal_while_the_step_still_runs(
 
 
 async def test_the_cap_keeps_head_and_tail_with_the_marker_and_the_true_count(
-    journal: str, executors, tmp_path: Path
+    journal: str, executors: StartExecutor, tmp_path: Path
 ) -> None:
     """5 MB of random bytes, cap 64 KiB: the first and last 32 KiB, exactly, around a marker."""
     data = os.urandom(5_000_000)
@@ -90,7 +93,7 @@ async def test_the_cap_keeps_head_and_tail_with_the_marker_and_the_true_count(
     assert step["output_bytes"] == 5_000_000
 
 
-async def test_a_100_mb_flood_stores_only_the_cap(journal: str, executors) -> None:
+async def test_a_100_mb_flood_stores_only_the_cap(journal: str, executors: StartExecutor) -> None:
     """The step finishes; the journal holds cap bytes of it; output_bytes says 100 MB."""
     await executors()
     action_id = await insert_action(
@@ -102,7 +105,7 @@ async def test_a_100_mb_flood_stores_only_the_cap(journal: str, executors) -> No
     assert step["output_bytes"] == 100_000_000
 
 
-async def test_bytes_that_are_not_utf8_round_trip(journal: str, executors) -> None:
+async def test_bytes_that_are_not_utf8_round_trip(journal: str, executors: StartExecutor) -> None:
     await executors()
     code = "import sys; sys.stdout.buffer.write(b'\\xff\\xfe\\x80 caf\\xe9\\n'); "
     code += "sys.stderr.buffer.write(b'\\x00\\xc3(')"
@@ -112,7 +115,9 @@ async def test_bytes_that_are_not_utf8_round_trip(journal: str, executors) -> No
     assert await output(journal, action_id, "stderr") == b"\x00\xc3("
 
 
-async def test_every_chunk_insert_notifies_followers(journal: str, executors) -> None:
+async def test_every_chunk_insert_notifies_followers(
+    journal: str, executors: StartExecutor
+) -> None:
     """pg_notify('taskmedic_log', id) arrives for a chunk (what the SSE endpoint wakes on)."""
     async with await psycopg.AsyncConnection.connect(journal, autocommit=True) as conn:
         await conn.execute("LISTEN taskmedic_log")

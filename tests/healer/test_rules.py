@@ -35,11 +35,13 @@ def problems(*paths: Path) -> list[str]:
 
 
 def alert(**labels: str) -> Alert:
-    return Alert(
-        status="firing",
-        labels={"alertname": "TaskmedicCeleryWorkerDown", **labels},
-        startsAt=datetime(2024, 5, 14, tzinfo=UTC),
-        fingerprint="0123456789abcdef",
+    return Alert.model_validate(
+        {
+            "status": "firing",
+            "labels": {"alertname": "TaskmedicCeleryWorkerDown", **labels},
+            "startsAt": datetime(2024, 5, 14, tzinfo=UTC),
+            "fingerprint": "0123456789abcdef",
+        }
     )
 
 

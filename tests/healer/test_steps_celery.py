@@ -8,6 +8,7 @@ from typing import Any
 from exporter.config import Config
 from healer.plan import CelerySpec, PlanStep
 from tests.healer.journal_helpers import (
+    StartExecutor,
     executors_fixture,  # noqa: F401 - pytest fixture
     insert_action,
     journal_fixture,  # noqa: F401 - pytest fixture
@@ -35,7 +36,7 @@ def task(name: str, *args: Any, wait: float | None = None, app: str = "main") ->
 
 
 async def test_a_celery_step_sends_a_real_task_and_waits_for_its_result(
-    journal: str, executors, broker_url: str, workers: list[Worker], tmp_path: Path
+    journal: str, executors: StartExecutor, broker_url: str, workers: list[Worker], tmp_path: Path
 ) -> None:
     workers.append(start_worker(broker_url, tmp_path))
     await executors(celery_config(broker_url))
@@ -50,7 +51,7 @@ async def test_a_celery_step_sends_a_real_task_and_waits_for_its_result(
 
 
 async def test_a_task_that_fails_fails_the_step_with_its_error(
-    journal: str, executors, broker_url: str, workers: list[Worker], tmp_path: Path
+    journal: str, executors: StartExecutor, broker_url: str, workers: list[Worker], tmp_path: Path
 ) -> None:
     workers.append(start_worker(broker_url, tmp_path))
     await executors(celery_config(broker_url))
@@ -66,7 +67,7 @@ async def test_a_task_that_fails_fails_the_step_with_its_error(
 
 
 async def test_without_wait_the_task_is_sent_and_runs(
-    journal: str, executors, broker_url: str, workers: list[Worker], tmp_path: Path
+    journal: str, executors: StartExecutor, broker_url: str, workers: list[Worker], tmp_path: Path
 ) -> None:
     workers.append(start_worker(broker_url, tmp_path))
     await executors(celery_config(broker_url))
@@ -83,7 +84,7 @@ async def _read(path: Path) -> str:
 
 
 async def test_no_result_within_wait_fails_the_step(
-    journal: str, executors, broker_url: str
+    journal: str, executors: StartExecutor, broker_url: str
 ) -> None:
     """No worker consumes the queue: the wait runs out and says which state it saw."""
     await executors(celery_config(broker_url))
@@ -94,7 +95,7 @@ async def test_no_result_within_wait_fails_the_step(
 
 
 async def test_dry_run_sends_no_task(
-    journal: str, executors, broker_url: str, redis_target: RedisTarget
+    journal: str, executors: StartExecutor, broker_url: str, redis_target: RedisTarget
 ) -> None:
     await executors(celery_config(broker_url))
     action_id = await insert_action(journal, plan(task("tests.add", 1, 1), dry_run=True))
@@ -104,7 +105,9 @@ async def test_dry_run_sends_no_task(
     assert redis_target.client().llen("celery") == 0  # nothing reached the broker queue
 
 
-async def test_an_undefined_cluster_fails_the_step_with_its_name(journal: str, executors) -> None:
+async def test_an_undefined_cluster_fails_the_step_with_its_name(
+    journal: str, executors: StartExecutor
+) -> None:
     await executors()
     action_id = await insert_action(journal, plan(task("tests.add", 1, 1, app="nowhere")))
     assert (await state_in(journal, action_id, "succeeded", "failed"))["state"] == "failed"

@@ -14,6 +14,7 @@ from exporter.base.connections import DatabaseConfig, mysql_connect_args
 from exporter.config import Config
 from healer.plan import PlanStep, RepairSpec
 from tests.healer.journal_helpers import (
+    StartExecutor,
     executors_fixture,  # noqa: F401 - pytest fixture
     insert_action,
     journal_fixture,  # noqa: F401 - pytest fixture
@@ -83,7 +84,9 @@ async def record_statuses(dsn: str) -> dict[int, str]:
         return dict(await cur.fetchall())
 
 
-async def test_repair_changes_only_the_rows_the_check_confirms_now(records: str, executors) -> None:
+async def test_repair_changes_only_the_rows_the_check_confirms_now(
+    records: str, executors: StartExecutor
+) -> None:
     """Row 4 is an orphan too young for grace: the same SQL would touch it, the repair doesn't."""
     await executors(repair_config(records))
     action_id = await insert_action(records, plan(repair("records")))
@@ -97,7 +100,9 @@ async def test_repair_changes_only_the_rows_the_check_confirms_now(records: str,
     assert result["transaction"] == "committed"
 
 
-async def test_repair_in_dry_run_counts_and_changes_nothing(records: str, executors) -> None:
+async def test_repair_in_dry_run_counts_and_changes_nothing(
+    records: str, executors: StartExecutor
+) -> None:
     await executors(repair_config(records), dry_run=True)
     action_id = await insert_action(records, plan(repair("records")))
     assert (await state_in(records, action_id, "skipped", "failed"))["state"] == "skipped"
@@ -106,7 +111,9 @@ async def test_repair_in_dry_run_counts_and_changes_nothing(records: str, execut
     assert step["result"]["rowcount"] == 2 and step["result"]["dry_run"] is True
 
 
-async def test_repair_changes_nothing_when_the_check_cannot_see(records: str, executors) -> None:
+async def test_repair_changes_nothing_when_the_check_cannot_see(
+    records: str, executors: StartExecutor
+) -> None:
     """CheckUnknown (database down): the step fails and no row is touched."""
     await executors(repair_config(records))
     action_id = await insert_action(records, plan(repair("blind")))
@@ -150,7 +157,7 @@ def mysql_statuses(dsn: str, table: str) -> dict[int, str]:
 
 @pytest.mark.mariadb
 async def test_sql_steps_on_mariadb_bind_parameters_and_commit_all_or_nothing(
-    journal: str, executors, mariadb: tuple[str, str]
+    journal: str, executors: StartExecutor, mariadb: tuple[str, str]
 ) -> None:
     dsn, table = mariadb
     await executors(Config.model_validate({"databases": {"shop": {"dsn": dsn}}}))
