@@ -91,11 +91,29 @@ class PostgresServer:
         info["dbname"] = dbname
         return psycopg.conninfo.make_conninfo(**info)  # type: ignore[arg-type]
 
-    def create_database(self) -> tuple[str, str]:
+    def create_database(self, template: str | None = None) -> tuple[str, str]:
+        """A new database, empty or a copy of `template` (which nobody may be connected to)."""
         name = f"tm_test_{uuid.uuid4().hex[:12]}"
+        clone = f' TEMPLATE "{template}"' if template else ""
         with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}"{clone}')
         return name, self.dsn_for(name)
+
+    def freeze_template(self, name: str) -> None:
+        """Refuse new connections to `name`: CREATE DATABASE … TEMPLATE fails while any
+        session is connected to the template, so nothing may connect after it is built."""
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+            # A session that just closed may still be exiting on the server: wait it out.
+            wait_for(
+                lambda: (
+                    conn.execute(
+                        "SELECT count(*) = 0 FROM pg_stat_activity WHERE datname = %s", (name,)
+                    ).fetchone()
+                    == (True,)
+                ),
+                what=f"the last session on {name} to end",
+            )
 
     def drop_database(self, name: str) -> None:
         with psycopg.connect(self.admin_dsn, autocommit=True) as conn:

@@ -13,20 +13,17 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import psycopg
-import pytest
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from exporter.config import Config
 from healer.executor import Executor
-from healer.journal import migrate
-from healer.metrics import HealerMetrics
 from healer.plan import Plan, PlanStep, ScriptSpec, SqlSpec, UndoSpec
 
 T = TypeVar("T")
@@ -203,34 +200,6 @@ def kill_quietly(pid: int) -> None:
 
 def now() -> datetime:
     return datetime.now(UTC)
-
-
-# --- fixtures (import them by name into a test module) ----------------------------------------
-
-
-@pytest.fixture(name="journal")
-async def journal_fixture(pg_dsn: str) -> str:
-    """A fresh journal (migrated database); its DSN."""
-    await migrate.upgrade(pg_dsn)
-    return pg_dsn
-
-
-@pytest.fixture(name="executors")
-async def executors_fixture(journal: str) -> AsyncIterator[StartExecutor]:
-    """`await executors(config=None, **kw)` starts an Executor on the journal; all stop after."""
-    started: list[Executor] = []
-
-    async def start(config: Config | None = None, **kw: Any) -> Executor:
-        kw.setdefault("poll_interval", 0.1)
-        kw.setdefault("lease", 5.0)
-        ex = Executor(journal, config or Config(), kw.pop("metrics", None) or HealerMetrics(), **kw)
-        await ex.start()
-        started.append(ex)
-        return ex
-
-    yield start
-    for ex in started:
-        await ex.stop(grace=0)
 
 
 def app_config(dsn: str, **more: Any) -> Config:

@@ -27,11 +27,11 @@ Client = TestClient[web.Request, web.Application]
 
 @pytest.fixture
 async def client(
-    pg_dsn: str,
-    journal: psycopg.AsyncConnection[Any],
+    journal_dsn: str,
+    journal_conn: psycopg.AsyncConnection[Any],
     aiohttp_client: Callable[..., Awaitable[Client]],
 ) -> Client:
-    app = make_app(pg_dsn, auth=True)
+    app = make_app(journal_dsn, auth=True)
 
     async def echo(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
@@ -166,16 +166,16 @@ async def test_cookie_authenticated_posts_need_the_pages_csrf_token_and_same_ori
 
 
 async def test_action_list_shows_state_rule_alert_start_and_duration_and_filters(
-    client: Client, journal: psycopg.AsyncConnection[Any]
+    client: Client, journal_conn: psycopg.AsyncConnection[Any]
 ) -> None:
-    a1 = await create_action(journal, rule="refresh-tree-status", state="succeeded")
+    a1 = await create_action(journal_conn, rule="refresh-tree-status", state="succeeded")
     a2 = await create_action(
-        journal,
+        journal_conn,
         rule="fail-stuck-timelines",
         state="running",
         labels={"alertname": "TaskmedicOrphanTasks", "check": "timelines"},
     )
-    a3 = await create_action(journal, rule="fail-stuck-timelines", state="awaiting_approval")
+    a3 = await create_action(journal_conn, rule="fail-stuck-timelines", state="awaiting_approval")
     await log_in(client)
     html = await (await client.get("/")).text()
     for aid in (a1, a2, a3):
@@ -200,16 +200,16 @@ async def test_action_list_shows_state_rule_alert_start_and_duration_and_filters
 
 
 async def test_action_page_shows_steps_plan_and_the_buttons_its_state_allows(
-    client: Client, journal: psycopg.AsyncConnection[Any]
+    client: Client, journal_conn: psycopg.AsyncConnection[Any]
 ) -> None:
-    waiting = await create_action(journal, state="awaiting_approval", steps=2)
-    done = await create_action(journal, state="running")
-    await append_chunk(journal, done, "hello\n")
-    await set_state(journal, done, "succeeded", step_state="succeeded")
+    waiting = await create_action(journal_conn, state="awaiting_approval", steps=2)
+    done = await create_action(journal_conn, state="running")
+    await append_chunk(journal_conn, done, "hello\n")
+    await set_state(journal_conn, done, "succeeded", step_state="succeeded")
     await log_in(client)
 
     html = await (await client.get(f"/actions/{waiting}")).text()
-    cur = await journal.execute("SELECT plan_hash FROM actions WHERE id = %s", (waiting,))
+    cur = await journal_conn.execute("SELECT plan_hash FROM actions WHERE id = %s", (waiting,))
     (plan_hash,) = await cur.fetchone()  # type: ignore[misc]
     assert f'data-plan-hash="{plan_hash}"' in html
     assert f'data-post="/api/actions/{waiting}/approve"' in html
@@ -229,11 +229,11 @@ async def test_action_page_shows_steps_plan_and_the_buttons_its_state_allows(
 
 
 async def test_pages_escape_what_alerts_put_in_labels(
-    client: Client, journal: psycopg.AsyncConnection[Any]
+    client: Client, journal_conn: psycopg.AsyncConnection[Any]
 ) -> None:
     """A label value is text on the page, never markup or script."""
     evil = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
-    aid = await create_action(journal, labels={"alertname": evil, "instance": evil})
+    aid = await create_action(journal_conn, labels={"alertname": evil, "instance": evil})
     await log_in(client)
     for path in ("/", f"/actions/{aid}"):
         resp = await client.get(path)
@@ -244,13 +244,13 @@ async def test_pages_escape_what_alerts_put_in_labels(
 
 
 async def test_without_credentials_on_loopback_the_console_opens_without_login(
-    pg_dsn: str,
-    journal: psycopg.AsyncConnection[Any],
+    journal_dsn: str,
+    journal_conn: psycopg.AsyncConnection[Any],
     aiohttp_client: Callable[..., Awaitable[Client]],
 ) -> None:
     """The laptop demo (allow_unauthenticated on 127.0.0.1): no login form in the way."""
-    client = await aiohttp_client(make_app(pg_dsn, auth=False))
-    aid = await create_action(journal)
+    client = await aiohttp_client(make_app(journal_dsn, auth=False))
+    aid = await create_action(journal_conn)
     resp = await client.get("/", allow_redirects=False)
     assert resp.status == 200
     assert f"/actions/{aid}" in await resp.text()

@@ -7,7 +7,6 @@ go to test-artifacts/<test name>/.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -18,7 +17,6 @@ import aiohttp
 import psycopg
 import pytest
 
-from healer.journal.migrate import upgrade
 from tests.healer.log_helpers import TOKEN, HealerProcess, fire, start_healer, write_config
 from tests.services import ROOT, need_or_skip
 
@@ -97,10 +95,9 @@ def artifacts(request: pytest.FixtureRequest) -> Path:
 
 
 @pytest.fixture
-def healer(pg_dsn: str, tmp_path: Path) -> Iterator[HealerProcess]:
+def healer(journal_dsn: str, tmp_path: Path) -> Iterator[HealerProcess]:
     need_or_skip(CHROMIUM.exists(), f"Chromium ({CHROMIUM})")
-    asyncio.run(upgrade(pg_dsn))
-    proc = start_healer(write_config(tmp_path, pg_dsn, RULES), tmp_path)
+    proc = start_healer(write_config(tmp_path, journal_dsn, RULES), tmp_path)
     yield proc
     proc.stop()
 

@@ -21,7 +21,7 @@ from healer.journal.pool import open_pool
 from healer.rules import load_rules
 from healer.rules_tools import first_firing, replay
 from healer.webhook import parse_notification
-from tests.healer.ingest_helpers import config_for, payload, upgraded, with_alert
+from tests.healer.ingest_helpers import config_for, payload, with_alert
 
 Conn = psycopg.AsyncConnection[Any]
 
@@ -52,9 +52,8 @@ CIRCUIT = (
 
 
 @pytest.fixture
-async def conn(pg_dsn: str) -> Any:
-    await upgraded(pg_dsn)
-    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as c:
+async def conn(journal_dsn: str) -> Any:
+    async with await psycopg.AsyncConnection.connect(journal_dsn, autocommit=True) as c:
         yield c
 
 
@@ -140,17 +139,18 @@ rules:
 """
 
 
-async def test_replay_predicts_exactly_what_ingest_recorded(pg_dsn: str, tmp_path: Path) -> None:
+async def test_replay_predicts_exactly_what_ingest_recorded(
+    journal_dsn: str, tmp_path: Path
+) -> None:
     """Four firings and a repeat, replayed through the rules that recorded them: every state
     and reason replay gives is the one ingest recorded, and the repeat is a duplicate."""
-    config = config_for(tmp_path, pg_dsn, rules=RULES)
+    config = config_for(tmp_path, journal_dsn, rules=RULES)
     rules = load_rules(config)
     first = payload("firing_stale_rows")
     bodies = [first, first] + [
         with_alert(first, startsAt=f"2024-05-14T09:{m}:00Z") for m in ("30", "40", "50")
     ]
-    await upgraded(pg_dsn)
-    pool = await open_pool(pg_dsn)
+    pool = await open_pool(journal_dsn)
     writer = IngestWriter(pool)
     try:
         for body in bodies:
@@ -160,7 +160,7 @@ async def test_replay_predicts_exactly_what_ingest_recorded(pg_dsn: str, tmp_pat
         await writer.close()
         await pool.close()
 
-    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+    async with await psycopg.AsyncConnection.connect(journal_dsn, autocommit=True) as conn:
         stored = await journal_replay.alerts_since(conn, datetime.now(UTC) - timedelta(hours=1))
         outcomes = await replay(conn, config, rules, stored)
 

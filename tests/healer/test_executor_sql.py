@@ -10,10 +10,8 @@ import pytest
 from tests.healer.journal_helpers import (
     StartExecutor,
     app_config,
-    executors_fixture,  # noqa: F401 - pytest fixture
     fetch,
     insert_action,
-    journal_fixture,  # noqa: F401 - pytest fixture
     plan,
     sh,
     sql,
@@ -24,14 +22,14 @@ from tests.healer.journal_helpers import (
 
 
 @pytest.fixture
-async def jobs(journal: str) -> str:
+async def jobs(journal_dsn: str) -> str:
     """A user table `jobs` (in the same database as the journal, for brevity)."""
-    async with await psycopg.AsyncConnection.connect(journal, autocommit=True) as conn:
+    async with await psycopg.AsyncConnection.connect(journal_dsn, autocommit=True) as conn:
         await conn.execute("CREATE TABLE jobs (id int PRIMARY KEY, status text NOT NULL)")
         await conn.execute(
             "INSERT INTO jobs VALUES (1, 'processing'), (2, 'processing'), (3, 'done')"
         )
-    return journal
+    return journal_dsn
 
 
 async def statuses(dsn: str) -> dict[int, str]:
@@ -188,12 +186,12 @@ async def test_the_executor_dry_run_flag_covers_every_action(
 
 
 async def test_an_undefined_database_fails_the_step_with_its_name(
-    journal: str, executors: StartExecutor
+    journal_dsn: str, executors: StartExecutor
 ) -> None:
     await executors()
-    action_id = await insert_action(journal, plan(sql("x", "nowhere", "SELECT 1")))
-    assert (await state_in(journal, action_id, "succeeded", "failed"))["state"] == "failed"
-    (step,) = await steps(journal, action_id)
+    action_id = await insert_action(journal_dsn, plan(sql("x", "nowhere", "SELECT 1")))
+    assert (await state_in(journal_dsn, action_id, "succeeded", "failed"))["state"] == "failed"
+    (step,) = await steps(journal_dsn, action_id)
     assert step["error"] == "database 'nowhere' is not defined under databases"
 
 

@@ -22,10 +22,9 @@ from tests.healer.ingest_helpers import config_for, payload, upgraded
 NOTIFIED = re.compile(r"pg_notify\(\s*'([^']*)'")
 
 
-async def test_the_journal_functions_notify_only_the_named_channels(pg_dsn: str) -> None:
+async def test_the_journal_functions_notify_only_the_named_channels(journal_dsn: str) -> None:
     """Every channel a function of the migrated journal notifies is one of the constants."""
-    await upgraded(pg_dsn)
-    async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
+    async with await psycopg.AsyncConnection.connect(journal_dsn) as conn:
         cur = await conn.execute(
             "SELECT p.prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
             "WHERE n.nspname = 'public'"

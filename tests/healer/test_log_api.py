@@ -27,11 +27,11 @@ Client = TestClient[web.Request, web.Application]
 
 @pytest.fixture
 async def client(
-    pg_dsn: str,
-    journal: psycopg.AsyncConnection[Any],
+    journal_dsn: str,
+    journal_conn: psycopg.AsyncConnection[Any],
     aiohttp_client: Callable[[web.Application], Awaitable[Client]],
 ) -> Client:
-    return await aiohttp_client(make_app(pg_dsn))
+    return await aiohttp_client(make_app(journal_dsn))
 
 
 async def next_event(events: AsyncIterator[Event], timeout: float = 10.0) -> Event:
@@ -39,14 +39,14 @@ async def next_event(events: AsyncIterator[Event], timeout: float = 10.0) -> Eve
 
 
 async def test_whole_log_is_the_chunks_in_order_narrowed_by_stream_and_step(
-    client: Client, journal: psycopg.AsyncConnection[Any]
+    client: Client, journal_conn: psycopg.AsyncConnection[Any]
 ) -> None:
     """The text log is every chunk in id order; ?stream= and ?step= keep only theirs."""
-    aid = await create_action(journal, steps=2)
-    await append_chunk(journal, aid, "one\n")
-    await append_chunk(journal, aid, "warn\n", stream="stderr")
-    await append_chunk(journal, aid, "two\n")
-    await append_chunk(journal, aid, "three\n", step=1)
+    aid = await create_action(journal_conn, steps=2)
+    await append_chunk(journal_conn, aid, "one\n")
+    await append_chunk(journal_conn, aid, "warn\n", stream="stderr")
+    await append_chunk(journal_conn, aid, "two\n")
+    await append_chunk(journal_conn, aid, "three\n", step=1)
 
     resp = await client.get(f"/api/actions/{aid}/log")
     assert resp.status == 200
@@ -63,26 +63,26 @@ async def test_whole_log_is_the_chunks_in_order_narrowed_by_stream_and_step(
 
 
 async def test_non_utf8_bytes_show_as_replacement_and_split_characters_stay_whole(
-    client: Client, journal: psycopg.AsyncConnection[Any]
+    client: Client, journal_conn: psycopg.AsyncConnection[Any]
 ) -> None:
     """Invalid bytes read as U+FFFD, never an error; a € split over two chunks stays a €."""
-    aid = await create_action(journal)
+    aid = await create_action(journal_conn)
     euro = "€".encode()
-    await append_chunk(journal, aid, b"bad \xff\xfe byte\n")
-    await append_chunk(journal, aid, b"price 5" + euro[:1])
-    await append_chunk(journal, aid, b"other stream\n", stream="stderr")
-    await append_chunk(journal, aid, euro[1:] + b"\n")
-    await append_chunk(journal, aid, b"cut " + euro[:2])  # the step ended mid-character
+    await append_chunk(journal_conn, aid, b"bad \xff\xfe byte\n")
+    await append_chunk(journal_conn, aid, b"price 5" + euro[:1])
+    await append_chunk(journal_conn, aid, b"other stream\n", stream="stderr")
+    await append_chunk(journal_conn, aid, euro[1:] + b"\n")
+    await append_chunk(journal_conn, aid, b"cut " + euro[:2])  # the step ended mid-character
 
     text = await (await client.get(f"/api/actions/{aid}/log")).text()
     assert text == "bad \ufffd\ufffd byte\nprice 5other stream\n€\ncut \ufffd"
 
 
 async def test_unknown_action_is_404_and_bad_parameters_are_400(
-    client: Client, journal: psycopg.AsyncConnection[Any]
+    client: Client, journal_conn: psycopg.AsyncConnection[Any]
 ) -> None:
     """Client mistakes get a 4xx naming the parameter, never a 500."""
-    aid = await create_action(journal)
+    aid = await create_action(journal_conn)
     assert (await client.get("/api/actions/999999/log")).status == 404
     resp = await client.get("/api/actions/999999/log", params={"follow": "1"})
     assert resp.status == 404
@@ -101,11 +101,11 @@ async def test_unknown_action_is_404_and_bad_parameters_are_400(
 
 
 async def test_follow_streams_chunks_written_after_connecting_then_ends(
-    client: Client, journal: psycopg.AsyncConnection[Any]
+    client: Client, journal_conn: psycopg.AsyncConnection[Any]
 ) -> None:
     """A follower gets each new chunk as an event (id, stream, text) and `end` when it ends."""
-    aid = await create_action(journal, steps=2)
-    first = await append_chunk(journal, aid, "before connect\n")
+    aid = await create_action(journal_conn, steps=2)
+    first = await append_chunk(journal_conn, aid, "before connect\n")
     resp = await client.get(f"/api/actions/{aid}/log", headers={"Accept": "text/event-stream"})
     assert resp.status == 200
     assert resp.headers["Content-Type"].startswith("text/event-stream")
@@ -113,23 +113,23 @@ async def test_follow_streams_chunks_written_after_connecting_then_ends(
     assert await next_event(events) == Event("step", json.dumps({"step": 0}), None)
     assert await next_event(events) == Event("stdout", "before connect\n", str(first))
 
-    c2 = await append_chunk(journal, aid, "to stderr\n", stream="stderr")
+    c2 = await append_chunk(journal_conn, aid, "to stderr\n", stream="stderr")
     assert await next_event(events) == Event("stderr", "to stderr\n", str(c2))
-    c3 = await append_chunk(journal, aid, b"line\r\nno newline \xff", step=1)
+    c3 = await append_chunk(journal_conn, aid, b"line\r\nno newline \xff", step=1)
     assert await next_event(events) == Event("step", json.dumps({"step": 1}), None)
     assert await next_event(events) == Event("stdout", "line\nno newline \ufffd", str(c3))
 
-    await set_state(journal, aid, "succeeded")
+    await set_state(journal_conn, aid, "succeeded")
     assert await next_event(events) == Event("end", json.dumps({"state": "succeeded"}), None)
     assert await resp.content.read() == b""  # the server closed the stream
 
 
 async def test_resume_by_last_event_id_has_no_gap_and_no_repeat(
-    client: Client, journal: psycopg.AsyncConnection[Any]
+    client: Client, journal_conn: psycopg.AsyncConnection[Any]
 ) -> None:
     """Output written while a follower was away arrives after it reconnects, exactly once."""
-    aid = await create_action(journal)
-    ids = [await append_chunk(journal, aid, f"line {i}\n") for i in range(3)]
+    aid = await create_action(journal_conn)
+    ids = [await append_chunk(journal_conn, aid, f"line {i}\n") for i in range(3)]
     resp = await client.get(f"/api/actions/{aid}/log", params={"follow": "1"})
     events = read_events(resp)
     got = [await next_event(events) for _ in range(4)]  # step marker + 3 lines
@@ -137,7 +137,7 @@ async def test_resume_by_last_event_id_has_no_gap_and_no_repeat(
     last_id = got[-1].id
     resp.close()  # the reader goes away (a phone locks, a proxy drops the connection)
 
-    ids += [await append_chunk(journal, aid, f"line {i}\n") for i in range(3, 6)]
+    ids += [await append_chunk(journal_conn, aid, f"line {i}\n") for i in range(3, 6)]
     resp = await client.get(
         f"/api/actions/{aid}/log",
         headers={"Accept": "text/event-stream", "Last-Event-ID": str(last_id)},
@@ -148,23 +148,23 @@ async def test_resume_by_last_event_id_has_no_gap_and_no_repeat(
         e = await next_event(events)
         assert (e.id, e.data) == (str(ids[i]), f"line {i}\n")
     # Live chunks keep coming on the resumed stream, after what it caught up on.
-    ids.append(await append_chunk(journal, aid, "line 6\n"))
+    ids.append(await append_chunk(journal_conn, aid, "line 6\n"))
     e = await next_event(events)
     assert (e.id, e.data) == (str(ids[5]), "line 5\n")
     e = await next_event(events)
     assert (e.id, e.data) == (str(ids[6]), "line 6\n")
-    await set_state(journal, aid, "failed")
+    await set_state(journal_conn, aid, "failed")
     assert (await next_event(events)).data == json.dumps({"state": "failed"})
 
 
 async def test_following_a_finished_action_replays_it_and_ends(
-    client: Client, journal: psycopg.AsyncConnection[Any]
+    client: Client, journal_conn: psycopg.AsyncConnection[Any]
 ) -> None:
     """A finished action's stream is its whole log then `end`, filtered like the text."""
-    aid = await create_action(journal)
-    await append_chunk(journal, aid, "out\n")
-    err = await append_chunk(journal, aid, "err\n", stream="stderr")
-    await set_state(journal, aid, "failed")
+    aid = await create_action(journal_conn)
+    await append_chunk(journal_conn, aid, "out\n")
+    err = await append_chunk(journal_conn, aid, "err\n", stream="stderr")
+    await set_state(journal_conn, aid, "failed")
     resp = await client.get(f"/api/actions/{aid}/log", params={"follow": "1", "stream": "stderr"})
     events = [e async for e in read_events(resp)]
     assert events == [
@@ -175,28 +175,28 @@ async def test_following_a_finished_action_replays_it_and_ends(
 
 
 async def test_interrupted_action_being_retried_keeps_the_stream_open(
-    client: Client, journal: psycopg.AsyncConnection[Any]
+    client: Client, journal_conn: psycopg.AsyncConnection[Any]
 ) -> None:
     """`interrupted` on the way back to `pending` (a retry) is not the end; given up, it is."""
-    aid = await create_action(journal)
+    aid = await create_action(journal_conn)
     resp = await client.get(f"/api/actions/{aid}/log", params={"follow": "1"})
     events = read_events(resp)
-    await set_state(journal, aid, "interrupted")
-    await set_state(journal, aid, "running")
-    c = await append_chunk(journal, aid, "second attempt\n")
+    await set_state(journal_conn, aid, "interrupted")
+    await set_state(journal_conn, aid, "running")
+    c = await append_chunk(journal_conn, aid, "second attempt\n")
     assert (await next_event(events)).event == "step"
     assert (await next_event(events)).id == str(c)
-    await set_state(journal, aid, "interrupted")
-    await journal.execute("UPDATE actions SET finished_at = now() WHERE id = %s", (aid,))
-    await journal.execute("SELECT pg_notify('taskmedic_state', %s)", (str(aid),))
+    await set_state(journal_conn, aid, "interrupted")
+    await journal_conn.execute("UPDATE actions SET finished_at = now() WHERE id = %s", (aid,))
+    await journal_conn.execute("SELECT pg_notify('taskmedic_state', %s)", (str(aid),))
     assert await next_event(events) == Event("end", json.dumps({"state": "interrupted"}), None)
 
 
 async def test_a_follower_that_disconnects_is_forgotten(
-    client: Client, journal: psycopg.AsyncConnection[Any]
+    client: Client, journal_conn: psycopg.AsyncConnection[Any]
 ) -> None:
     """Closing the connection frees the follower at once, even when no output comes."""
-    aid = await create_action(journal)
+    aid = await create_action(journal_conn)
     hub_slot = client.app[log_api.LOG_HUB]
     resp = await client.get(f"/api/actions/{aid}/log", params={"follow": "1"})
     assert resp.status == 200

@@ -19,8 +19,8 @@ CLI = [sys.executable, "-m", "healer.cli"]
 
 
 @pytest.fixture
-def config(pg_dsn: str, tmp_path: Path) -> Path:
-    return write_config(tmp_path, pg_dsn, [])
+def config(journal_dsn: str, tmp_path: Path) -> Path:
+    return write_config(tmp_path, journal_dsn, [])
 
 
 async def run(*args: str) -> subprocess.CompletedProcess[bytes]:
@@ -33,12 +33,12 @@ async def run(*args: str) -> subprocess.CompletedProcess[bytes]:
 
 
 async def test_log_prints_each_stream_to_its_own_descriptor_byte_for_byte(
-    journal: psycopg.AsyncConnection[Any], config: Path
+    journal_conn: psycopg.AsyncConnection[Any], config: Path
 ) -> None:
-    aid = await create_action(journal, steps=2)
-    await append_chunk(journal, aid, b"out \xff raw\n")
-    await append_chunk(journal, aid, b"err line\n", stream="stderr")
-    await append_chunk(journal, aid, b"second step\n", step=1)
+    aid = await create_action(journal_conn, steps=2)
+    await append_chunk(journal_conn, aid, b"out \xff raw\n")
+    await append_chunk(journal_conn, aid, b"err line\n", stream="stderr")
+    await append_chunk(journal_conn, aid, b"second step\n", step=1)
     done = await run("actions", "log", "--config", str(config), str(aid))
     assert done.returncode == 0, done.stderr
     assert done.stdout == b"out \xff raw\nsecond step\n"
@@ -47,7 +47,9 @@ async def test_log_prints_each_stream_to_its_own_descriptor_byte_for_byte(
     assert only.stdout == b"second step\n"
 
 
-async def test_log_of_an_unknown_action_says_so_and_exits_1(config: Path, journal: Any) -> None:
+async def test_log_of_an_unknown_action_says_so_and_exits_1(
+    config: Path, journal_conn: Any
+) -> None:
     for extra in ([], ["-f"]):
         done = await run("actions", "log", "--config", str(config), "424242", *extra)
         assert done.returncode == 1
@@ -55,11 +57,11 @@ async def test_log_of_an_unknown_action_says_so_and_exits_1(config: Path, journa
 
 
 async def test_log_follow_prints_new_output_until_the_action_ends(
-    journal: psycopg.AsyncConnection[Any], config: Path
+    journal_conn: psycopg.AsyncConnection[Any], config: Path
 ) -> None:
     """`-f` shows what is there, then each new chunk as it is written, and exits at the end."""
-    aid = await create_action(journal)
-    await append_chunk(journal, aid, "already there\n")
+    aid = await create_action(journal_conn)
+    await append_chunk(journal_conn, aid, "already there\n")
     proc = await asyncio.create_subprocess_exec(
         *CLI,
         "actions",
@@ -76,9 +78,9 @@ async def test_log_follow_prints_new_output_until_the_action_ends(
     try:
         assert await asyncio.wait_for(proc.stdout.readline(), 30) == b"already there\n"
         for i in range(3):
-            await append_chunk(journal, aid, f"live {i}\n")
+            await append_chunk(journal_conn, aid, f"live {i}\n")
             assert await asyncio.wait_for(proc.stdout.readline(), 10) == f"live {i}\n".encode()
-        await set_state(journal, aid, "failed")
+        await set_state(journal_conn, aid, "failed")
         assert await asyncio.wait_for(proc.wait(), 10) == 0
         assert f"[action {aid} failed]".encode() in await proc.stderr.read()
     finally:
@@ -88,17 +90,17 @@ async def test_log_follow_prints_new_output_until_the_action_ends(
 
 
 async def test_journal_prune_dry_run_counts_then_prune_deletes_old_chunks_only(
-    journal: psycopg.AsyncConnection[Any], config: Path
+    journal_conn: psycopg.AsyncConnection[Any], config: Path
 ) -> None:
     old_at = datetime.now(UTC) - timedelta(days=45)
-    old = await create_action(journal, state="succeeded", created_at=old_at)
+    old = await create_action(journal_conn, state="succeeded", created_at=old_at)
     for _ in range(3):
-        await append_chunk(journal, old, b"12345", at=old_at)
-    recent = await create_action(journal)
-    keep = await append_chunk(journal, recent, b"fresh")
+        await append_chunk(journal_conn, old, b"12345", at=old_at)
+    recent = await create_action(journal_conn)
+    keep = await append_chunk(journal_conn, recent, b"fresh")
 
     async def chunk_ids() -> list[int]:
-        cur = await journal.execute("SELECT id FROM log_chunks ORDER BY id")
+        cur = await journal_conn.execute("SELECT id FROM log_chunks ORDER BY id")
         return [r[0] for r in await cur.fetchall()]
 
     dry = await run("journal", "prune", "--config", str(config), "--older-than", "30d", "--dry-run")
@@ -110,7 +112,7 @@ async def test_journal_prune_dry_run_counts_then_prune_deletes_old_chunks_only(
     assert done.returncode == 0, done.stderr
     assert b"deleted 3 log chunks (15 bytes) of 1 actions" in done.stdout
     assert await chunk_ids() == [keep]
-    cur = await journal.execute("SELECT count(*) FROM actions")
+    cur = await journal_conn.execute("SELECT count(*) FROM actions")
     assert await cur.fetchone() == (2,)
 
     bad = await run("journal", "prune", "--config", str(config), "--older-than", "soon")

@@ -12,7 +12,6 @@ import aiohttp
 import psycopg
 import pytest
 
-from healer.journal.migrate import upgrade
 from tests.healer.log_helpers import (
     TOKEN,
     Event,
@@ -42,9 +41,8 @@ RULES = [
 
 
 @pytest.fixture
-def replicas(pg_dsn: str, tmp_path: Path) -> Iterator[list[HealerProcess]]:
-    asyncio.run(upgrade(pg_dsn))
-    config = write_config(tmp_path, pg_dsn, RULES)
+def replicas(journal_dsn: str, tmp_path: Path) -> Iterator[list[HealerProcess]]:
+    config = write_config(tmp_path, journal_dsn, RULES)
     started: list[HealerProcess] = []
     try:
         for name in ("a", "b"):

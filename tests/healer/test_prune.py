@@ -48,60 +48,60 @@ async def chunk_ids(conn: psycopg.AsyncConnection[Any]) -> list[int]:
 
 
 async def test_prune_deletes_only_chunks_older_than_the_retention_in_batches(
-    journal: psycopg.AsyncConnection[Any],
+    journal_conn: psycopg.AsyncConnection[Any],
 ) -> None:
     """Chunks older than 30 days go (3 at a time here); every other row is kept."""
-    old, new = await old_and_new(journal)
-    before = await counts(journal)
-    report = await prune_logs(journal, 30 * DAY, batch=3)
+    old, new = await old_and_new(journal_conn)
+    before = await counts(journal_conn)
+    report = await prune_logs(journal_conn, 30 * DAY, batch=3)
     assert (report.chunks, report.bytes, report.action_count) == (7, 65, 3)
     assert not report.dry_run
-    assert await chunk_ids(journal) == new
-    after = await counts(journal)
+    assert await chunk_ids(journal_conn) == new
+    after = await counts(journal_conn)
     assert after["log_chunks"] == before["log_chunks"] - len(old)
     for table in ("notifications", "alerts", "actions", "steps"):
         assert after[table] == before[table], table
     # The audit trail says when output disappeared and how much.
-    cur = await journal.execute(
+    cur = await journal_conn.execute(
         "SELECT action_id, kind, data->>'chunks' FROM events WHERE kind = 'log_pruned'"
     )
     assert await cur.fetchall() == [(None, "log_pruned", "7")]
     assert after["events"] == before["events"] + 1
-    again = await prune_logs(journal, 30 * DAY)
+    again = await prune_logs(journal_conn, 30 * DAY)
     assert again.chunks == 0
-    assert (await counts(journal))["events"] == after["events"]  # nothing pruned, no event
+    assert (await counts(journal_conn))["events"] == after["events"]  # nothing pruned, no event
 
 
 async def test_dry_run_reports_counts_and_removes_nothing(
-    journal: psycopg.AsyncConnection[Any],
+    journal_conn: psycopg.AsyncConnection[Any],
 ) -> None:
     """--dry-run says what would go and changes no row."""
-    old, new = await old_and_new(journal)
-    before = await counts(journal)
-    report = await prune_logs(journal, 30 * DAY, dry_run=True)
+    old, new = await old_and_new(journal_conn)
+    before = await counts(journal_conn)
+    report = await prune_logs(journal_conn, 30 * DAY, dry_run=True)
     assert report.dry_run
     assert (report.chunks, report.bytes, report.action_count) == (len(old), 65, 3)
     assert "would delete 7 log chunks (65 bytes) of 3 actions" in report.summary()
-    assert await counts(journal) == before
-    assert await chunk_ids(journal) == sorted(old + new)
+    assert await counts(journal_conn) == before
+    assert await chunk_ids(journal_conn) == sorted(old + new)
 
 
-async def test_prune_refuses_a_negative_age(journal: psycopg.AsyncConnection[Any]) -> None:
+async def test_prune_refuses_a_negative_age(journal_conn: psycopg.AsyncConnection[Any]) -> None:
     with pytest.raises(ValueError, match="negative"):
-        await prune_logs(journal, -1)
+        await prune_logs(journal_conn, -1)
 
 
 async def test_running_healer_prunes_periodically(
-    pg_dsn: str, journal: psycopg.AsyncConnection[Any]
+    journal_dsn: str, journal_conn: psycopg.AsyncConnection[Any]
 ) -> None:
     """The healer's background prune removes old chunks without anyone running the CLI."""
-    _old, new = await old_and_new(journal)
-    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(pg_dsn, min_size=1, open=False)
+    _old, new = await old_and_new(journal_conn)
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(journal_dsn, min_size=1, open=False)
     await pool.open()
     task = asyncio.create_task(run_periodic(lambda: pool, 30 * DAY, every=0.05, first_delay=0))
     try:
         async with asyncio.timeout(10):
-            while await chunk_ids(journal) != new:
+            while await chunk_ids(journal_conn) != new:
                 await asyncio.sleep(0.05)
     finally:
         task.cancel()
@@ -111,11 +111,11 @@ async def test_running_healer_prunes_periodically(
 
 
 async def test_the_healer_app_runs_the_periodic_prune_while_it_serves(
-    pg_dsn: str,
-    journal: psycopg.AsyncConnection[Any],
+    journal_dsn: str,
+    journal_conn: psycopg.AsyncConnection[Any],
     aiohttp_client: Any,
 ) -> None:
     """create_app wires the hourly prune (healer.log_retention) into the running app."""
-    await aiohttp_client(make_app(pg_dsn, auth=True))
+    await aiohttp_client(make_app(journal_dsn, auth=True))
     names = {t.get_name() for t in asyncio.all_tasks()}
     assert "taskmedic-log-retention" in names

@@ -9,9 +9,7 @@ from exporter.config import Config
 from healer.plan import CelerySpec, PlanStep
 from tests.healer.journal_helpers import (
     StartExecutor,
-    executors_fixture,  # noqa: F401 - pytest fixture
     insert_action,
-    journal_fixture,  # noqa: F401 - pytest fixture
     output,
     plan,
     state_in,
@@ -36,45 +34,57 @@ def task(name: str, *args: Any, wait: float | None = None, app: str = "main") ->
 
 
 async def test_a_celery_step_sends_a_real_task_and_waits_for_its_result(
-    journal: str, executors: StartExecutor, broker_url: str, workers: list[Worker], tmp_path: Path
+    journal_dsn: str,
+    executors: StartExecutor,
+    broker_url: str,
+    workers: list[Worker],
+    tmp_path: Path,
 ) -> None:
     workers.append(start_worker(broker_url, tmp_path))
     await executors(celery_config(broker_url))
-    action_id = await insert_action(journal, plan(task("tests.add", 2, 3, wait=30)))
-    row = await state_in(journal, action_id, "succeeded", "failed", timeout=40)
+    action_id = await insert_action(journal_dsn, plan(task("tests.add", 2, 3, wait=30)))
+    row = await state_in(journal_dsn, action_id, "succeeded", "failed", timeout=40)
     assert row["state"] == "succeeded", row["reason"]
-    (step,) = await steps(journal, action_id)
+    (step,) = await steps(journal_dsn, action_id)
     assert step["result"]["state"] == "SUCCESS" and step["result"]["result"] == "5"
     assert len(step["result"]["task_id"]) == 36
-    log = (await output(journal, action_id, "system")).decode()
+    log = (await output(journal_dsn, action_id, "system")).decode()
     assert f"sent tests.add to main as {step['result']['task_id']}" in log
 
 
 async def test_a_task_that_fails_fails_the_step_with_its_error(
-    journal: str, executors: StartExecutor, broker_url: str, workers: list[Worker], tmp_path: Path
+    journal_dsn: str,
+    executors: StartExecutor,
+    broker_url: str,
+    workers: list[Worker],
+    tmp_path: Path,
 ) -> None:
     workers.append(start_worker(broker_url, tmp_path))
     await executors(celery_config(broker_url))
     action_id = await insert_action(
-        journal, plan(task("tests.fail", "cache rebuild broke", wait=30))
+        journal_dsn, plan(task("tests.fail", "cache rebuild broke", wait=30))
     )
-    row = await state_in(journal, action_id, "succeeded", "failed", timeout=40)
+    row = await state_in(journal_dsn, action_id, "succeeded", "failed", timeout=40)
     assert row["state"] == "failed"
-    (step,) = await steps(journal, action_id)
+    (step,) = await steps(journal_dsn, action_id)
     assert step["result"]["state"] == "FAILURE"
     assert "ended FAILURE" in step["error"] and "cache rebuild broke" in step["error"]
     assert "RuntimeError" in step["result"]["traceback"]
 
 
 async def test_without_wait_the_task_is_sent_and_runs(
-    journal: str, executors: StartExecutor, broker_url: str, workers: list[Worker], tmp_path: Path
+    journal_dsn: str,
+    executors: StartExecutor,
+    broker_url: str,
+    workers: list[Worker],
+    tmp_path: Path,
 ) -> None:
     workers.append(start_worker(broker_url, tmp_path))
     await executors(celery_config(broker_url))
     touched = tmp_path / "touched"
-    action_id = await insert_action(journal, plan(task("tests.touch", str(touched), "hi")))
-    await state_in(journal, action_id, "succeeded")
-    (step,) = await steps(journal, action_id)
+    action_id = await insert_action(journal_dsn, plan(task("tests.touch", str(touched), "hi")))
+    await state_in(journal_dsn, action_id, "succeeded")
+    (step,) = await steps(journal_dsn, action_id)
     assert step["result"]["state"] == "SENT"
     assert await until(lambda: _read(touched), 30, "the task to run") == "hi\n"
 
@@ -84,32 +94,32 @@ async def _read(path: Path) -> str:
 
 
 async def test_no_result_within_wait_fails_the_step(
-    journal: str, executors: StartExecutor, broker_url: str
+    journal_dsn: str, executors: StartExecutor, broker_url: str
 ) -> None:
     """No worker consumes the queue: the wait runs out and says which state it saw."""
     await executors(celery_config(broker_url))
-    action_id = await insert_action(journal, plan(task("tests.sleep", 1, wait=0.5)))
-    assert (await state_in(journal, action_id, "succeeded", "failed"))["state"] == "failed"
-    (step,) = await steps(journal, action_id)
+    action_id = await insert_action(journal_dsn, plan(task("tests.sleep", 1, wait=0.5)))
+    assert (await state_in(journal_dsn, action_id, "succeeded", "failed"))["state"] == "failed"
+    (step,) = await steps(journal_dsn, action_id)
     assert step["error"] == "no result within 0.5s (state PENDING)"
 
 
 async def test_dry_run_sends_no_task(
-    journal: str, executors: StartExecutor, broker_url: str, redis_target: RedisTarget
+    journal_dsn: str, executors: StartExecutor, broker_url: str, redis_target: RedisTarget
 ) -> None:
     await executors(celery_config(broker_url))
-    action_id = await insert_action(journal, plan(task("tests.add", 1, 1), dry_run=True))
-    assert (await state_in(journal, action_id, "skipped", "failed"))["state"] == "skipped"
-    (step,) = await steps(journal, action_id)
+    action_id = await insert_action(journal_dsn, plan(task("tests.add", 1, 1), dry_run=True))
+    assert (await state_in(journal_dsn, action_id, "skipped", "failed"))["state"] == "skipped"
+    (step,) = await steps(journal_dsn, action_id)
     assert step["state"] == "skipped" and step["result"]["dry_run"] is True
     assert redis_target.client().llen("celery") == 0  # nothing reached the broker queue
 
 
 async def test_an_undefined_cluster_fails_the_step_with_its_name(
-    journal: str, executors: StartExecutor
+    journal_dsn: str, executors: StartExecutor
 ) -> None:
     await executors()
-    action_id = await insert_action(journal, plan(task("tests.add", 1, 1, app="nowhere")))
-    assert (await state_in(journal, action_id, "succeeded", "failed"))["state"] == "failed"
-    (step,) = await steps(journal, action_id)
+    action_id = await insert_action(journal_dsn, plan(task("tests.add", 1, 1, app="nowhere")))
+    assert (await state_in(journal_dsn, action_id, "succeeded", "failed"))["state"] == "failed"
+    (step,) = await steps(journal_dsn, action_id)
     assert step["error"] == "celery cluster 'nowhere' is not defined under celery"

@@ -15,9 +15,7 @@ from exporter.config import Config
 from healer.plan import PlanStep, RepairSpec
 from tests.healer.journal_helpers import (
     StartExecutor,
-    executors_fixture,  # noqa: F401 - pytest fixture
     insert_action,
-    journal_fixture,  # noqa: F401 - pytest fixture
     plan,
     sql,
     state_in,
@@ -62,9 +60,9 @@ def repair(check: str) -> PlanStep:
 
 
 @pytest.fixture
-async def records(journal: str) -> str:
+async def records(journal_dsn: str) -> str:
     """task_record rows 1-4: 2 has its action; 1 and 3 are old orphans; 4 is within grace."""
-    async with await psycopg.AsyncConnection.connect(journal, autocommit=True) as conn:
+    async with await psycopg.AsyncConnection.connect(journal_dsn, autocommit=True) as conn:
         await conn.execute(
             "CREATE TABLE task_record (id int PRIMARY KEY, status text, created_at timestamptz)"
         )
@@ -75,7 +73,7 @@ async def records(journal: str) -> str:
             " (4, 'new', now())"
         )
         await conn.execute("INSERT INTO task_action VALUES (2)")
-    return journal
+    return journal_dsn
 
 
 async def record_statuses(dsn: str) -> dict[int, str]:
@@ -157,12 +155,12 @@ def mysql_statuses(dsn: str, table: str) -> dict[int, str]:
 
 @pytest.mark.mariadb
 async def test_sql_steps_on_mariadb_bind_parameters_and_commit_all_or_nothing(
-    journal: str, executors: StartExecutor, mariadb: tuple[str, str]
+    journal_dsn: str, executors: StartExecutor, mariadb: tuple[str, str]
 ) -> None:
     dsn, table = mariadb
     await executors(Config.model_validate({"databases": {"shop": {"dsn": dsn}}}))
     ok = await insert_action(
-        journal,
+        journal_dsn,
         plan(
             sql(
                 "mark",
@@ -172,20 +170,20 @@ async def test_sql_steps_on_mariadb_bind_parameters_and_commit_all_or_nothing(
             ),
         ),
     )
-    assert (await state_in(journal, ok, "succeeded", "failed"))["state"] == "succeeded"
+    assert (await state_in(journal_dsn, ok, "succeeded", "failed"))["state"] == "succeeded"
     assert mysql_statuses(dsn, table) == {1: "x'); --", 2: "processing"}
-    (step,) = await steps(journal, ok)
+    (step,) = await steps(journal_dsn, ok)
     assert step["result"]["rowcount"] == 1
 
     broken = await insert_action(
-        journal,
+        journal_dsn,
         plan(
             sql("first", "shop", f"UPDATE {table} SET status = 'failed' WHERE id = 2"),
             sql("second", "shop", "UPDATE no_such_table SET x = 1"),
             transaction="single",
         ),
     )
-    assert (await state_in(journal, broken, "succeeded", "failed"))["state"] == "failed"
+    assert (await state_in(journal_dsn, broken, "succeeded", "failed"))["state"] == "failed"
     assert mysql_statuses(dsn, table)[2] == "processing"
-    first, second = await steps(journal, broken)
+    first, second = await steps(journal_dsn, broken)
     assert first["state"] == "undone" and "no_such_table" in second["error"]
