@@ -1,4 +1,10 @@
-"""Fixtures that start real services; see tests/services.py for where each comes from."""
+"""Fixtures that start real services, shared by the tiers; see tests/services.py for where
+each comes from.
+
+The folder is the tier: tests/unit (pure Python, no socket, no process: its conftest refuses
+them), tests/integration (real PostgreSQL, MariaDB, Redis, RabbitMQ, in-process servers),
+tests/acceptance (spawned processes: Celery workers, the healer and exporter, the demo, a
+browser, Prometheus and Alertmanager)."""
 
 from __future__ import annotations
 
@@ -14,8 +20,10 @@ from exporter.config import Config
 from healer.executor import Executor
 from healer.journal.migrate import upgrade
 from healer.metrics import HealerMetrics
-from tests.healer.journal_helpers import StartExecutor
 from tests.services import PostgresServer, RedisTarget, Worker, reserve_redis
+from tests.support.journal_helpers import StartExecutor
+
+pytest_plugins = ["tests.support.exporter_fixtures"]
 
 
 @pytest.fixture(scope="session")

@@ -2,17 +2,8 @@
 
 from pathlib import Path
 
-import psycopg
-
 from tests.celery_app import make_app
 from tests.services import Worker, start_worker
-
-
-def test_postgres_database_is_fresh_and_writable(pg_dsn: str) -> None:
-    with psycopg.connect(pg_dsn) as conn:
-        conn.execute("CREATE TABLE t (id int)")
-        conn.execute("INSERT INTO t VALUES (1)")
-        assert conn.execute("SELECT count(*) FROM t").fetchone() == (1,)
 
 
 def test_a_real_worker_runs_a_task(broker_url: str, tmp_path: Path, workers: list[Worker]) -> None:

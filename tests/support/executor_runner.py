@@ -1,6 +1,6 @@
 """A healer reduced to its executor, as a real separate process for crash tests.
 
-    python -m tests.healer.executor_runner DSN --lease 2 --owner NAME
+    python -m tests.support.executor_runner DSN --lease 2 --owner NAME
 
 Prints `ready` once it claims; SIGTERM stops it with `stop(grace)`; `kill -9` is the crash.
 """

@@ -1,4 +1,5 @@
-"""Fixtures of the exporter tests: a MariaDB database per test, Celery monitors, configs."""
+"""Fixtures of the exporter tests: a MariaDB database per test, Celery monitors (loaded by
+tests/conftest.py for every tier)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from collections.abc import Iterator
 import pymysql
 import pytest
 
-from tests.exporter.celery_helpers import Monitors
 from tests.services import need_or_skip, reachable
+from tests.support.celery_helpers import Monitors
 
 MARIADB = ("127.0.0.1", 3306)
 

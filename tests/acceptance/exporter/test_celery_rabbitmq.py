@@ -14,8 +14,8 @@ from kombu.connection import Connection
 
 from exporter.celery_state import TaskTrace
 from tests.celery_app import make_app
-from tests.exporter.celery_helpers import Monitors, status_of
 from tests.services import Worker, need_or_skip, reachable, start_worker, wait_for
+from tests.support.celery_helpers import Monitors, status_of
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
@@ -35,12 +35,6 @@ def queue(amqp_url: str) -> Iterator[str]:
     yield name
     with Connection(amqp_url) as conn:
         conn.default_channel.queue_delete(name)
-
-
-def message_count(url: str, queue: str) -> int:
-    with Connection(url) as conn:
-        _, count, _ = conn.default_channel.queue_declare(queue=queue, passive=True)
-        return int(count)
 
 
 @pytest.fixture
@@ -124,22 +118,3 @@ def test_task_on_a_live_worker_is_active_and_an_unknown_id_lost_when_queues_are_
         what="the task to run on the worker",
     )
     worker.kill()  # SIGTERM would wait for the 20 s task
-
-
-def test_task_waiting_in_an_unreadable_queue_is_unknown_not_lost(
-    amqp_url: str, queue: str, monitors: Monitors, client: Celery
-) -> None:
-    """AMQP queues cannot be read without consuming: while a configured queue holds messages,
-    an id found on no worker may be waiting there, so it is UNKNOWN, never LOST (and LOST
-    again only when the queue is empty or absent)."""
-    monitor = monitors(amqp_url, queues=(queue,))
-    nowhere = str(uuid.uuid4())
-    # The queue does not exist yet: nothing can wait in it.
-    assert monitor.task_traces([nowhere]) == {nowhere: TaskTrace.LOST}
-
-    waiting = client.send_task("tests.add", args=[1, 2], queue=queue)
-    wait_for(lambda: message_count(amqp_url, queue) == 1, timeout=5, what="the message to land")
-    assert monitor.task_traces([waiting.id, nowhere]) == {
-        waiting.id: TaskTrace.UNKNOWN,
-        nowhere: TaskTrace.UNKNOWN,
-    }

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.exporter.helpers import parse_metrics, pg_exec, value
 from tests.services import ROOT, free_port, wait_for
+from tests.support.exporter_helpers import parse_metrics, pg_exec, value
 
 DB_SECRET = "cli-secret-4417"
 BROKER_SECRET = "broker-secret-99"

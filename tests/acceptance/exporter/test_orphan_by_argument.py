@@ -14,8 +14,8 @@ from celery import Celery
 from exporter.checks import run_once
 from tests.apps import create_pg
 from tests.celery_app import make_app
-from tests.exporter.helpers import config_from, pg_exec
 from tests.services import Worker, start_worker, wait_for
+from tests.support.exporter_helpers import config_from, pg_exec
 
 # The current status of each timeline is its newest timeline_status row (Timesketch's
 # set_status deletes and inserts); "processing" since that row was written.
@@ -159,10 +159,3 @@ async def test_an_import_sent_with_keyword_arguments_is_found_by_keyword(
     assert lost(await run_once(by_keyword, "timesketch_imports")) == set()
     by_position_only = config(tmp_path, timesketch, broker_url, position=5)
     assert lost(await run_once(by_position_only, "timesketch_imports")) == {11}
-
-
-def test_a_match_without_position_or_keyword_is_a_config_error(tmp_path: Path) -> None:
-    from exporter.base.errors import ConfigError
-
-    with pytest.raises(ConfigError, match=r"checks\[0\]\.match.*position.*keyword"):
-        config(tmp_path, "postgresql://x@127.0.0.1/x", "redis://127.0.0.1:6379/0")

@@ -7,15 +7,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from exporter.base.errors import ConfigError
 from exporter.celery_state import ClusterMonitor, TaskStatus
 from exporter.web import create_app
 from tests.celery_app import make_app
-from tests.exporter.celery_helpers import Monitors
-from tests.exporter.helpers import config_from, parse_metrics, until, value
 from tests.services import Worker, start_beat, start_worker, wait_for
+from tests.support.celery_helpers import Monitors
+from tests.support.exporter_helpers import config_from, parse_metrics, until, value
 
 
 def task_status(monitor: ClusterMonitor, name: str) -> TaskStatus | None:
@@ -146,14 +143,3 @@ async def test_metrics_and_landing_page_show_declared_tasks_and_only_those(
     assert tasks_seen <= {"tests.add", None}
     page = await (await client.get("/")).text()
     assert "Periodic tasks" in page and "tests.add" in page and "on time" in page
-
-
-def test_a_periodic_task_of_an_undefined_cluster_is_a_located_config_error(
-    tmp_path: Path,
-) -> None:
-    data = {
-        "celery": {"main": {"broker": "redis://127.0.0.1:6379/0"}},
-        "periodic_tasks": [{"cluster": "trmm", "task": "core.tasks.x", "expect_every": "3m"}],
-    }
-    with pytest.raises(ConfigError, match=r"taskmedic.yaml:\d+: periodic_tasks\[0\]\.cluster"):
-        config_from(tmp_path, data)

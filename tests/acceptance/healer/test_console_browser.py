@@ -17,8 +17,8 @@ import aiohttp
 import psycopg
 import pytest
 
-from tests.healer.log_helpers import TOKEN, HealerProcess, fire, start_healer, write_config
 from tests.services import ROOT, need_or_skip
+from tests.support.log_helpers import TOKEN, HealerProcess, fire, start_healer, write_config
 
 pytestmark = pytest.mark.browser
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.healer.journal_helpers import (
+from tests.services import ROOT
+from tests.support.journal_helpers import (
     StartExecutor,
     action,
     events,
@@ -26,7 +27,6 @@ from tests.healer.journal_helpers import (
     steps,
     until,
 )
-from tests.services import ROOT
 
 LONG = "sleep 30 & echo $! > {d}/child; echo working; wait"
 
@@ -52,7 +52,7 @@ async def start_runner(procs: list[subprocess.Popen[bytes]], dsn: str, owner: st
         [
             sys.executable,
             "-m",
-            "tests.healer.executor_runner",
+            "tests.support.executor_runner",
             dsn,
             "--lease",
             "2",

@@ -12,8 +12,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.healer.log_helpers import append_chunk, create_action, set_state, write_config
 from tests.services import ROOT
+from tests.support.log_helpers import append_chunk, create_action, set_state, write_config
 
 CLI = [sys.executable, "-m", "healer.cli"]
 

@@ -12,7 +12,7 @@ import aiohttp
 import psycopg
 import pytest
 
-from tests.healer.log_helpers import (
+from tests.support.log_helpers import (
     TOKEN,
     Event,
     HealerProcess,

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, date, datetime, timedelta, timezone
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +12,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.checks import run_once
-from exporter.checks.base import to_utc
 from exporter.errors import CheckUnknown
 from exporter.runner import Runner
-from tests.exporter.helpers import config_from, mysql_exec, pg_exec, registry_of
+from tests.support.exporter_helpers import config_from, mysql_exec, pg_exec, registry_of
 
 
 def closed_port() -> int:
@@ -366,30 +363,3 @@ async def test_a_query_returning_the_wrong_columns_is_unknown(records: str, tmp_
     config = config_from(tmp_path, orphan_rows_config(records, "SELECT 1, 2, 3"))
     with pytest.raises(CheckUnknown, match="must return 1 to 2 columns, it returned 3"):
         await run_once(config, "records_without_action", pause=0.1)
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        (datetime(2024, 5, 1, 12, 0), datetime(2024, 5, 1, 12, 0, tzinfo=UTC)),
-        (
-            datetime(2024, 5, 1, 14, 0, tzinfo=timezone(timedelta(hours=2))),
-            datetime(2024, 5, 1, 12, 0, tzinfo=UTC),
-        ),
-        (date(2024, 5, 1), datetime(2024, 5, 1, tzinfo=UTC)),
-        (1714564800, datetime(2024, 5, 1, 12, 0, tzinfo=UTC)),
-        (1714564800000, datetime(2024, 5, 1, 12, 0, tzinfo=UTC)),
-        (Decimal("1714564800.5"), datetime(2024, 5, 1, 12, 0, 0, 500000, tzinfo=UTC)),
-        ("2024-05-01T12:00:00Z", datetime(2024, 5, 1, 12, 0, tzinfo=UTC)),
-        (None, None),
-    ],
-)
-def test_row_timestamps_of_every_common_shape_become_utc(raw: Any, expected: Any) -> None:
-    """Naive values are UTC; numbers are Unix seconds (milliseconds past 1e11)."""
-    assert to_utc(raw) == expected
-
-
-@pytest.mark.parametrize("raw", [True, "yesterday", b"\x00", [1]])
-def test_a_value_that_is_no_timestamp_is_unknown(raw: Any) -> None:
-    with pytest.raises(CheckUnknown, match="expected a timestamp"):
-        to_utc(raw)

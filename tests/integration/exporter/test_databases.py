@@ -16,8 +16,8 @@ import pytest
 from exporter.base.connections import DatabaseConfig
 from exporter.databases import Database
 from exporter.errors import CheckUnknown
-from tests.exporter.conftest import MARIADB
-from tests.exporter.helpers import FreezableLink, mysql_exec, pg_exec
+from tests.support.exporter_fixtures import MARIADB
+from tests.support.exporter_helpers import FreezableLink, mysql_exec, pg_exec
 
 PG_WRITES = [
     "INSERT INTO jobs VALUES (2, 'new')",

@@ -18,7 +18,7 @@ from exporter.celery_state import ClusterMonitor, ClusterSnapshot, TaskMatch, Ta
 from exporter.checks import run_once
 from exporter.errors import CheckUnknown
 from exporter.runner import Runner
-from tests.exporter.helpers import config_from, pg_exec, registry_of
+from tests.support.exporter_helpers import config_from, pg_exec, registry_of
 
 
 class StandInTraces:

@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from healer.app import create_app
-from tests.healer.ingest_helpers import AUTH, config_for, payload, rows, with_alert
+from tests.support.ingest_helpers import AUTH, config_for, payload, rows, with_alert
 
 Client = TestClient[Any, Any]
 

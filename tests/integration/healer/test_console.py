@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from healer.console.session import CSRF_HEADER
-from tests.healer.log_helpers import (
+from tests.support.log_helpers import (
     PASSWORD,
     TOKEN,
     USER,

@@ -21,7 +21,7 @@ from healer.journal.pool import open_pool
 from healer.rules import load_rules
 from healer.rules_tools import first_firing, replay
 from healer.webhook import parse_notification
-from tests.healer.ingest_helpers import config_for, payload, with_alert
+from tests.support.ingest_helpers import config_for, payload, with_alert
 
 Conn = psycopg.AsyncConnection[Any]
 

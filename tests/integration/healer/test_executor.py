@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from healer.metrics import HealerMetrics
-from tests.healer.journal_helpers import (
+from tests.support.journal_helpers import (
     StartExecutor,
     action,
     events,

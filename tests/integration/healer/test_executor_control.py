@@ -12,7 +12,7 @@ from psycopg.rows import dict_row
 
 from healer.errors import LeaseLost
 from healer.journal import executor as journal_executor
-from tests.healer.journal_helpers import (
+from tests.support.journal_helpers import (
     StartExecutor,
     action,
     events,

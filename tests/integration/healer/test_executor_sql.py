@@ -7,7 +7,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.healer.journal_helpers import (
+from tests.support.journal_helpers import (
     StartExecutor,
     app_config,
     fetch,

@@ -13,15 +13,16 @@ from aiohttp.test_utils import TestClient
 
 from healer.app import create_app
 from healer.metrics import HealerMetrics
-from tests.healer.ingest_helpers import (
+from tests.services import wait_for
+from tests.support.ingest_helpers import (
     AUTH,
+    PAYLOADS,
     config_for,
     journal_counts,
     payload,
     rows,
     with_alert,
 )
-from tests.services import wait_for
 
 Client = TestClient[Any, Any]
 MakeClient = Callable[..., Awaitable[Client]]
@@ -262,7 +263,7 @@ async def test_label_that_fails_its_pattern_fails_the_action_with_nothing_to_run
 ) -> None:
     """Injection attempts through labels: recorded as failed, no steps, the reason says why."""
     client = await make_client()
-    text = (Path(__file__).parent / "payloads" / "injection_workers_down.json").read_text()
+    text = (PAYLOADS / "injection_workers_down.json").read_text()
     body_json = __import__("json").loads(text.replace("@MARKDIR@", str(tmp_path)))
     status, body = await post(client, body_json)
     assert status == 200

@@ -18,8 +18,8 @@ from prometheus_client import CollectorRegistry
 from healer import appkeys
 from healer.app import create_app
 from healer.metrics import HealerMetrics
-from tests.healer.ingest_helpers import AUTH, config_for, journal_counts, payload, rows, with_alert
 from tests.services import wait_for
+from tests.support.ingest_helpers import AUTH, config_for, journal_counts, payload, rows, with_alert
 
 Client = TestClient[Any, Any]
 

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 
 from healer.app import create_app
 from healer.plan import Plan
-from tests.healer.ingest_helpers import AUTH, config_for, payload, rows, with_alert
+from tests.support.ingest_helpers import AUTH, config_for, payload, rows, with_alert
 
 Client = TestClient[Any, Any]
 MakeClient = Callable[..., Awaitable[Client]]

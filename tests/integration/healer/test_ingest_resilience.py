@@ -11,8 +11,8 @@ import psycopg
 from aiohttp.test_utils import TestClient
 
 from healer.app import create_app
-from tests.healer.ingest_helpers import AUTH, config_for, journal_counts, payload, with_alert
 from tests.services import wait_for
+from tests.support.ingest_helpers import AUTH, config_for, journal_counts, payload, with_alert
 
 Client = TestClient[Any, Any]
 

@@ -17,7 +17,7 @@ from healer.journal.ingest_writer import IngestWriter
 from healer.journal.pool import open_pool
 from healer.rules import load_rules
 from healer.webhook import parse_notification
-from tests.healer.ingest_helpers import config_for, payload, upgraded
+from tests.support.ingest_helpers import config_for, payload, upgraded
 
 NOTIFIED = re.compile(r"pg_notify\(\s*'([^']*)'")
 
@@ -33,13 +33,6 @@ async def test_the_journal_functions_notify_only_the_named_channels(journal_dsn:
     notified = {name for src in sources for name in NOTIFIED.findall(src)}
     assert notified == {channels.ACTIONS, channels.STATE}
     assert notified <= set(channels.ALL)
-
-
-def test_no_query_of_the_healer_names_a_channel_itself() -> None:
-    """Named queries notify through `channels.notify`, never by a literal name of their own."""
-    folder = Path(channels.__file__).parent / "sql"
-    for path in folder.glob("*.sql"):
-        assert not NOTIFIED.findall(path.read_text()), path.name
 
 
 async def test_an_ingested_action_wakes_the_listeners_of_the_named_channels(

@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from healer import log_api
-from tests.healer.log_helpers import (
+from tests.support.log_helpers import (
     Event,
     append_chunk,
     create_action,

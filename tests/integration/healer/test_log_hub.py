@@ -11,7 +11,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from healer.logstream import ActionNotFound, Chunk, End, LogHub
-from tests.healer.log_helpers import append_chunk, create_action, set_state
+from tests.support.log_helpers import append_chunk, create_action, set_state
 
 APP_NAME = "taskmedic-hub-test"
 

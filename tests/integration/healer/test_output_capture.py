@@ -8,7 +8,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.healer.journal_helpers import (
+from tests.support.journal_helpers import (
     StartExecutor,
     chunks,
     insert_action,

@@ -12,7 +12,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from healer.retention import prune_logs, run_periodic
-from tests.healer.log_helpers import append_chunk, create_action, make_app
+from tests.support.log_helpers import append_chunk, create_action, make_app
 
 DAY = 86400.0
 

@@ -13,7 +13,8 @@ import pytest
 from exporter.base.connections import DatabaseConfig, mysql_connect_args
 from exporter.config import Config
 from healer.plan import PlanStep, RepairSpec
-from tests.healer.journal_helpers import (
+from tests.services import need_or_skip, reachable
+from tests.support.journal_helpers import (
     StartExecutor,
     insert_action,
     plan,
@@ -21,7 +22,6 @@ from tests.healer.journal_helpers import (
     state_in,
     steps,
 )
-from tests.services import need_or_skip, reachable
 
 ORPHANS = (
     "SELECT r.id, r.created_at FROM task_record r"

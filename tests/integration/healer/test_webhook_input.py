@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from healer.app import create_app
-from tests.healer.ingest_helpers import AUTH, TOKEN, config_for, journal_counts, payload
+from tests.support.ingest_helpers import AUTH, TOKEN, config_for, journal_counts, payload
 
 Client = TestClient[Any, Any]
 

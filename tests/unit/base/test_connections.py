@@ -7,8 +7,6 @@ name written with percent-escapes must name the same database for both.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pymysql
@@ -20,7 +18,6 @@ from exporter.databases import Database
 from exporter.errors import CheckUnknown
 from healer.steps.result import StepError
 from healer.steps.sql import Sessions
-from tests.services import need_or_skip, reachable
 
 TLS_DSN = (
     "mysql://app:p%40ss@db.example:3307/shop%20floor"
@@ -79,38 +76,3 @@ async def test_a_sql_or_repair_step_connects_with_the_dsn_tls_options(
     (args,) = connects
     assert args | TLS_ARGS == args
     assert args["database"] == "shop floor"
-
-
-@pytest.fixture
-def spaced_database() -> Iterator[str]:
-    """A MariaDB database whose name needs a percent-escape in a DSN; its DSN, with TLS
-    options a server without TLS accepts."""
-    need_or_skip(reachable("127.0.0.1", 3306), "MariaDB at 127.0.0.1:3306")
-    name = f"tm tls {uuid.uuid4().hex[:8]}"
-    admin = pymysql.connect(host="127.0.0.1", port=3306, user="root", autocommit=True)
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f"CREATE DATABASE `{name}`")
-        yield (
-            f"mysql://root@127.0.0.1:3306/{name.replace(' ', '%20')}"
-            "?ssl_verify_cert=false&ssl_verify_identity=false&charset=utf8mb4"
-        )
-        with admin.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-    finally:
-        admin.close()
-
-
-@pytest.mark.mariadb
-async def test_checks_and_steps_reach_the_same_database_on_mariadb(spaced_database: str) -> None:
-    """The same DSN, TLS options and an escaped name, works for a check and for a step."""
-    expected = spaced_database.split("/")[-1].split("?")[0].replace("%20", " ")
-    db = Database("shop", DatabaseConfig(dsn=spaced_database))
-    try:
-        assert (await db.fetch("SELECT DATABASE()", 5.0)).rows == [(expected,)]
-    finally:
-        db.close()
-    config = Config.model_validate({"databases": {"shop": {"dsn": spaced_database}}})
-    sessions = Sessions(config, shared=False, dry_run=False)
-    outcome = await sessions.execute("shop", "SELECT DATABASE()", {}, 5.0)
-    assert outcome.returned == [expected]

@@ -13,7 +13,7 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 HEALER_MAY_IMPORT = ("exporter.checks", "exporter.errors", "exporter.config")
 ENTRY_POINT_MAY_IMPORT = {"healer/cli.py": ("exporter.cli",)}
 

@@ -14,7 +14,7 @@ from healer.app import create_app
 from healer.auth import Authenticator
 from healer.config import AuthSettings, check_serving_auth, load_healer_config
 from healer.journal.pool import journal_dsn
-from tests.healer.ingest_helpers import TOKEN, config_for
+from tests.support.ingest_helpers import TOKEN, config_for
 
 
 def test_defaults_follow_the_contract(tmp_path: Path) -> None:

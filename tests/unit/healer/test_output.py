@@ -12,7 +12,7 @@ import pytest
 
 from healer.errors import LeaseLost
 from healer.output import FLUSH_BYTES, OutputChunk, StepOutput
-from tests.healer.journal_helpers import until
+from tests.support.journal_helpers import until
 
 
 class ListSink:

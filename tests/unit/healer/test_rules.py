@@ -19,7 +19,7 @@ from healer.plan import canonical_json, plain_numbers
 from healer.render import RenderError, render
 from healer.rules import CompiledRule, load_rule_files
 from healer.webhook import Alert
-from tests.healer.ingest_helpers import config_for
+from tests.support.ingest_helpers import config_for
 
 
 def write(tmp_path: Path, text: str, name: str = "rules.yaml") -> Path:

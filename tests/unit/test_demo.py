@@ -1,0 +1,35 @@
+"""`make demo` does what it prints: real services, real faults, and nothing left behind.
+
+The demo runs as a real subprocess (`python -m exporter.demo`) with its embedded PostgreSQL
+and Redis, a real Celery worker and beat, and the exporter; the test scrapes its /metrics,
+injects the fault the demo tells users to inject, and stops it the way a user does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CHECKS = ("tree_status_cache", "timelines", "records_without_action")
+
+
+def test_demo_healer_config_and_rules_load_with_every_reference_resolved(tmp_path: Path) -> None:
+    """`--healer` writes a taskmedic.yaml and rules the healer accepts: the Celery app, the
+    checks and the token file they name all exist."""
+    from exporter.demo import configs, healing
+    from healer.config import load_healer_config
+    from healer.rules import load_rules
+
+    files = healing.write_healer_files(tmp_path, "127.0.0.1:9809")
+    assert files.token_file.stat().st_mode & 0o077 == 0, "the token is readable by others"
+    config_file = configs.write_config(
+        tmp_path / "taskmedic.yaml",
+        dsn="postgresql://postgres:@/taskmedic_demo?host=/tmp/x",
+        broker="redis+socket:///tmp/x/redis.socket?virtual_host=0",
+        listen="127.0.0.1:9808",
+        healer=healing.healer_section(files, "postgresql://postgres:@/journal?host=/tmp/x"),
+    )
+    config = load_healer_config(config_file.path)
+    assert [c.name for c in config.checks] == list(CHECKS)
+    assert config.healer.auth.secret_token() == files.token_file.read_text().strip()
+    rules = load_rules(config)
+    assert {r.name for r in rules} == {r["name"] for r in healing.RULES["rules"]}
