@@ -294,6 +294,16 @@ TEXT = st.text(
     | st.characters(max_codepoint=0x7F),
     max_size=12,
 ) | st.text(st.sampled_from(["\xe9", "\u2028", "\x7f"]) | st.characters(), max_size=12)
+
+
+def json_containers(inner: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+    """Lists and objects of `inner` (a named function: hypothesis checks from the source that
+    `extend` uses its argument, which it cannot always read from a lambda)."""
+    return st.lists(inner, max_size=4) | st.dictionaries(
+        TEXT | st.integers(0, 3), inner, max_size=4
+    )
+
+
 JSON = st.recursive(
     st.none()
     | st.booleans()
@@ -302,9 +312,7 @@ JSON = st.recursive(
     | st.sampled_from([1e-7, 2.5e-05, 0.0001, 0.1, 5.0, -0.0, 1e15, 1e16, 1.5e300, 5e-324])
     | st.floats(allow_nan=False, allow_infinity=False)
     | TEXT,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(TEXT | st.integers(0, 3), inner, max_size=4)
-    ),
+    json_containers,
     max_leaves=12,
 )
 
