@@ -1,4 +1,4 @@
-"""The test services themselves work: a worker runs a task end to end."""
+"""The test services themselves work: a fresh PostgreSQL database per test."""
 
 import psycopg
 

@@ -1,9 +1,4 @@
-"""`make demo` does what it prints: real services, real faults, and nothing left behind.
-
-The demo runs as a real subprocess (`python -m exporter.demo`) with its embedded PostgreSQL
-and Redis, a real Celery worker and beat, and the exporter; the test scrapes its /metrics,
-injects the fault the demo tells users to inject, and stops it the way a user does.
-"""
+"""The demo's healer config and rules load with every reference resolved."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""What users copy from rules/ and deploy/ works as shipped.
-
-Prometheus, Alertmanager and systemd read these files with their own tools (promtool, amtool,
-systemd-analyze), run here for real; the healer rule packs and the example config go through
-taskmedic's own `rules check` and `config check` commands.
-"""
+"""What users copy from rules/ and deploy/ parses and fits together: the contract alerts,
+the routes to the healer, the dashboard's metrics, systemd hardening, the Dockerfile."""
 
 from __future__ import annotations
 

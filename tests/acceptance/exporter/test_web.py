@@ -1,5 +1,4 @@
-"""The exporter over real HTTP: /metrics never waits on a database, OpenMetrics negotiation,
-the landing page, /healthz."""
+"""The exporter's /metrics follows each collection and a real worker's death."""
 
 from __future__ import annotations
 

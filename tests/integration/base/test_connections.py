@@ -1,9 +1,4 @@
-"""A MySQL DSN means the same to a check and to a step: TLS options and escapes included.
-
-The exporter's checks and the healer's `sql` and `repair` steps reach a user's database through
-one set of driver arguments. A DSN with `?ssl_ca=...` must keep TLS for both, and a database
-name written with percent-escapes must name the same database for both.
-"""
+"""A MySQL DSN reaches the same MariaDB database from a check and from a step."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""ClusterMonitor on RabbitMQ: liveness from real workers' events over AMQP, and the honest
-limit of a broker whose queues cannot be read without consuming them."""
+"""ClusterMonitor on RabbitMQ without workers: the honest limit of a broker whose queues
+cannot be read without consuming them."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""ClusterMonitor on Redis: worker liveness from real worker processes' events, and where a
-task id stands (worker, queue, result backend, nowhere)."""
+"""ClusterMonitor on Redis without worker processes: a queued task, and an unreachable or hung
+broker or result backend read as unknown, never as lost."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""orphan_tasks and the Celery gauges with real Celery worker processes, a real Redis broker and
-result backend, the real ClusterMonitor and real PostgreSQL, read from the exporter's /metrics."""
+"""orphan_tasks with no worker to ask: a real Redis broker and real PostgreSQL; a queued
+task is not lost, and a broker that is down exports no count."""
 
 from __future__ import annotations
 

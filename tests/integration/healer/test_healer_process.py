@@ -1,4 +1,5 @@
-"""Real `taskmedic healer` processes: two replicas on one journal, SIGTERM, labels never run."""
+"""Labels never run: an injection attempt through alert labels creates no file and runs
+nothing."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""stale_status and orphan_rows on real databases, read through the exporter's own registry;
-the zero-versus-absent rule; the database's clock; run_once."""
+"""Row timestamps of every common shape become UTC datetimes; a value that is no timestamp
+is unknown."""
 
 from __future__ import annotations
 

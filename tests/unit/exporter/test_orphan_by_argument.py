@@ -1,5 +1,4 @@
-"""orphan_tasks for apps that store no task id (Timesketch): rows matched to a Celery task by
-name and argument, on Timesketch's real tables, with a real worker and Redis."""
+"""orphan_tasks matched by argument: the config must say which argument."""
 
 from __future__ import annotations
 

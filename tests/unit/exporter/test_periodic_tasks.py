@@ -1,5 +1,4 @@
-"""Periodic tasks from real `celery beat` and worker processes: a stopped beat, a task that
-keeps failing, and workers started without -E."""
+"""Periodic task config: a task of an undefined cluster is a located config error."""
 
 from __future__ import annotations
 

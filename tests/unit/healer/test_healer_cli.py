@@ -1,4 +1,5 @@
-"""`taskmedic db|actions|rules` on a real journal: what an operator types and reads."""
+"""`taskmedic rules test` and `config check`, which need no journal: what an operator types
+and reads."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""The journal's notification channels are named once: the constants of
-`healer.journal.channels` are what the journal's own functions notify and what the executor and
-the log hub listen on."""
+"""The journal's notification channels are named once: no query of the healer names a
+channel itself."""
 
 from __future__ import annotations
 
