@@ -35,6 +35,15 @@ class DemoRun:
     proc: subprocess.Popen[str]
     dir: Path
     lines: list[str] = field(default_factory=list)
+    pump: threading.Thread | None = None
+
+    def close(self) -> None:
+        """After the demo stopped: let the reader reach the end of its output, then close the
+        pipe (an open pipe left to the garbage collector is a leak the tests refuse)."""
+        if self.pump is not None:
+            self.pump.join(timeout=10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
     def output(self) -> str:
         return "\n".join(self.lines)
@@ -71,7 +80,8 @@ def start_demo(tmp_path: Path, *args: str, env: dict[str, str] | None = None) ->
         for line in proc.stdout:
             run.lines.append(line.rstrip("\n"))
 
-    threading.Thread(target=pump, daemon=True).start()
+    run.pump = threading.Thread(target=pump, daemon=True)
+    run.pump.start()
     return run
 
 
@@ -88,6 +98,7 @@ def demos() -> Iterator[list[DemoRun]]:
             except subprocess.TimeoutExpired:
                 os.killpg(run.proc.pid, signal.SIGKILL)
                 run.proc.wait()
+        run.close()
 
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
