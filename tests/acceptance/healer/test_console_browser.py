@@ -155,7 +155,7 @@ async def no_sideways_scroll(page: Page) -> None:
 
 
 async def test_action_page_shows_output_while_it_runs_and_the_last_line_at_the_end(
-    browser: Browser, healer: HealerProcess, pg_dsn: str, artifacts: Path
+    browser: Browser, healer: HealerProcess, journal_dsn: str, artifacts: Path
 ) -> None:
     """Fire an alert whose script prints a line every 200 ms for 5 s: the page shows the first
     line before the action ends, the final line after, and the final state."""
@@ -168,7 +168,7 @@ async def test_action_page_shows_output_while_it_runs_and_the_last_line_at_the_e
     await row.click()
     await page.wait_for_url(f"{healer.url}/actions/{action_id}")
     await wait_log(page, "line 0 of the ticker")
-    assert await state_of(pg_dsn, action_id) == "running"
+    assert await state_of(journal_dsn, action_id) == "running"
     assert f"line {TICKS - 1} of the ticker" not in await log_text(page)
     await page.screenshot(path=str(artifacts / "action-running-laptop.png"), full_page=True)
 
@@ -178,12 +178,12 @@ async def test_action_page_shows_output_while_it_runs_and_the_last_line_at_the_e
     text = await log_text(page)
     lines = [ln for ln in text.splitlines() if "of the ticker" in ln]
     assert lines == [f"line {i} of the ticker" for i in range(TICKS)]  # in order, no repeats
-    assert await state_of(pg_dsn, action_id) == "succeeded"
+    assert await state_of(journal_dsn, action_id) == "succeeded"
     await page.screenshot(path=str(artifacts / "action-done-laptop.png"), full_page=True)
 
 
 async def test_approve_a_waiting_action_by_clicking(
-    browser: Browser, healer: HealerProcess, pg_dsn: str, artifacts: Path
+    browser: Browser, healer: HealerProcess, journal_dsn: str, artifacts: Path
 ) -> None:
     """The approver sees the plan and its hash, clicks Approve, and the action runs."""
     (action_id,) = await fire(healer, {"alertname": "TestGated", "instance": "db-1"})
@@ -199,7 +199,7 @@ async def test_approve_a_waiting_action_by_clicking(
     await wait_log(page, "approved and ran")
     await page.locator("#state", has_text="succeeded").wait_for()
     assert await page.locator("#approve").count() == 0
-    async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
+    async with await psycopg.AsyncConnection.connect(journal_dsn) as conn:
         cur = await conn.execute(
             "SELECT state, approved_by FROM actions WHERE id = %s", (action_id,)
         )
@@ -230,7 +230,7 @@ async def test_auto_scroll_follows_new_output_until_the_reader_scrolls_up(
 
 
 async def test_pages_fit_a_phone_screen_and_the_list_refreshes_itself(
-    browser: Browser, healer: HealerProcess, pg_dsn: str, artifacts: Path
+    browser: Browser, healer: HealerProcess, journal_dsn: str, artifacts: Path
 ) -> None:
     """390x844: no sideways scrolling; the list (refreshing on its own), the action and its
     live log are usable."""
@@ -244,7 +244,7 @@ async def test_pages_fit_a_phone_screen_and_the_list_refreshes_itself(
     # The list refreshes by itself: approved elsewhere (the API), the row turns succeeded.
     gated_badge = page.locator(f"#rows tr:has(a[href='/actions/{gated}']) .badge")
     await expect(gated_badge).to_have_text("awaiting approval")
-    plan_hash = await plan_hash_of(pg_dsn, gated)
+    plan_hash = await plan_hash_of(journal_dsn, gated)
     async with (
         aiohttp.ClientSession() as s,
         s.post(

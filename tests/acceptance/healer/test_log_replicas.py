@@ -76,7 +76,7 @@ async def follow(
 
 
 async def test_followers_on_both_replicas_see_the_step_live_wherever_it_runs(
-    replicas: list[HealerProcess], pg_dsn: str
+    replicas: list[HealerProcess], journal_dsn: str
 ) -> None:
     """The step runs on one replica; a follower on each replica sees every line, in order,
     the first one while the action still runs, and the `end` event when it is done."""
@@ -90,7 +90,7 @@ async def test_followers_on_both_replicas_see_the_step_live_wherever_it_runs(
             async for e in follow(session, healer, action_id):
                 if e.event == "stdout":
                     if not lines:
-                        state_at_first_line = (await action_state(pg_dsn, action_id))[0]
+                        state_at_first_line = (await action_state(journal_dsn, action_id))[0]
                     lines.extend(e.data.splitlines())
                 elif e.event == "end":
                     return lines, state_at_first_line, json.loads(e.data)["state"]
