@@ -60,6 +60,10 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    if nextitem is None:
+        # The run's last test: its teardown also ends the session's services (drops the
+        # journal template, stops an embedded server), which is not this test's doing.
+        return (yield)
     with _guarded():
         return (yield)
