@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test unit lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +21,17 @@ lint: venv
 	$(VENV)/bin/mypy
 
 # pytest exits 5 when it collected nothing: that is a failure here, loudly.
-test: lint
-	@$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
+PYTEST = $(PY) -m pytest -p no:cacheprovider
+NONE_COLLECTED = rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "FATAL: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# Every tier: tests/unit, tests/integration, tests/acceptance (the testpaths).
+test: lint
+	@$(PYTEST) $(PYTEST_ARGS); $(NONE_COLLECTED)
+
+# The unit tier alone: pure Python, no service, no process; well under 30 s.
+unit: venv
+	@$(PYTEST) tests/unit $(PYTEST_ARGS); $(NONE_COLLECTED)
 
 # query-exporter, the peer the exporter benchmark compares against, lives in its own venv so
 # its dependencies never mix with ours.

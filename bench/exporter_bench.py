@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import statistics
 import sys
 import time
@@ -536,6 +537,10 @@ def versus_query_exporter(
             }
         ],
     )
+
+    def start_peer(pcfg: Path, log_path: Path, port: int) -> Proc:
+        return env.adopt(peer.start(pcfg, port, log_path))
+
     for label, iv in (
         ("query-exporter (interval 15s)", interval),
         ("query-exporter (on scrape)", None),
@@ -544,9 +549,7 @@ def versus_query_exporter(
         pcfg = env.path(f"query-exporter-{mode}.yaml")
         peer.write_config(pcfg, dsn, STATUS_QUERY, 600, iv)
         targets[label] = serve_on_free_port(
-            lambda port, pcfg=pcfg, mode=mode: env.adopt(
-                peer.start(pcfg, port, env.path(f"query-exporter-{mode}.log"))
-            ),
+            functools.partial(start_peer, pcfg, env.path(f"query-exporter-{mode}.log")),
             "/metrics",
             label,
         )
@@ -557,10 +560,13 @@ def versus_query_exporter(
             return by_label(values, "taskmedic_stale_rows", "check").get("tree_status_cache")
         return by_label(values, "stale_rows", "database").get("app")
 
+    def exports_stale_value(label: str, port: int) -> bool:
+        return stale_value(label, port) is not None
+
     found: dict[str, float | None] = {}
     for label, (_, port) in targets.items():
         wait_until(
-            lambda label=label, port=port: stale_value(label, port) is not None,
+            functools.partial(exports_stale_value, label, port),
             30,
             f"{label} to export the stale count",
         )

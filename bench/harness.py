@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -200,7 +201,7 @@ def serve_on_free_port(
         proc = start(port)
         url = f"http://127.0.0.1:{port}{ready_path}"
         try:
-            wait_until(lambda url=url, proc=proc: http_ok(url, proc=proc), timeout, what)
+            wait_until(functools.partial(http_ok, url, proc=proc), timeout, what)
             return proc, port
         except RuntimeError:
             proc.stop()

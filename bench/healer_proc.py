@@ -33,7 +33,7 @@ class Healer:
 
     def query(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.dsn) as conn:
-            return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+            return conn.execute(sql, params).fetchall()
 
     def one(self, sql: str, params: Any = None) -> Any:
         rows = self.query(sql, params)

@@ -79,10 +79,10 @@ class PostgresServer:
         elif not EMBEDDED and reachable("127.0.0.1", 5432):
             self.admin_dsn = "postgresql://postgres@127.0.0.1:5432/postgres"
         else:
-            import pgserver
+            from pgserver.postgres_server import get_server
 
             self._tmp = tempfile.TemporaryDirectory(prefix="taskmedic-pg-")
-            self._embedded = pgserver.get_server(self._tmp.name, cleanup_mode="stop")
+            self._embedded = get_server(self._tmp.name, cleanup_mode="stop")
             self.admin_dsn = self._embedded.get_uri()
         self.embedded = self._embedded is not None
 
@@ -91,11 +91,29 @@ class PostgresServer:
         info["dbname"] = dbname
         return psycopg.conninfo.make_conninfo(**info)  # type: ignore[arg-type]
 
-    def create_database(self) -> tuple[str, str]:
+    def create_database(self, template: str | None = None) -> tuple[str, str]:
+        """A new database, empty or a copy of `template` (which nobody may be connected to)."""
         name = f"tm_test_{uuid.uuid4().hex[:12]}"
+        clone = f' TEMPLATE "{template}"' if template else ""
         with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}"{clone}')
         return name, self.dsn_for(name)
+
+    def freeze_template(self, name: str) -> None:
+        """Refuse new connections to `name`: CREATE DATABASE … TEMPLATE fails while any
+        session is connected to the template, so nothing may connect after it is built."""
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+            # A session that just closed may still be exiting on the server: wait it out.
+            wait_for(
+                lambda: (
+                    conn.execute(
+                        "SELECT count(*) = 0 FROM pg_stat_activity WHERE datname = %s", (name,)
+                    ).fetchone()
+                    == (True,)
+                ),
+                what=f"the last session on {name} to end",
+            )
 
     def drop_database(self, name: str) -> None:
         with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
@@ -140,7 +158,7 @@ def _drop_dead_lock(admin: redis.Redis, key: str) -> None:
     held = admin.get(key)
     if held is None:
         return
-    pid = held.decode(errors="replace").split("-", 1)[0]
+    pid = (held.decode(errors="replace") if isinstance(held, bytes) else held).split("-", 1)[0]
     if not pid.isdigit():
         return
     try:

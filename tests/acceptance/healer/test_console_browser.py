@@ -1,0 +1,265 @@
+"""The web console in headless Chromium, on a real `taskmedic healer` (webhook, executor, journal).
+
+Chromium is Debian's `chromium` package driven by Playwright for Python (never a downloaded
+browser). Without /usr/bin/chromium these tests skip, except in CI where they fail. Screenshots
+go to test-artifacts/<test name>/.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psycopg
+import pytest
+
+from tests.services import ROOT, need_or_skip
+from tests.support.log_helpers import TOKEN, HealerProcess, fire, start_healer, write_config
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless=new",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+LAPTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+
+TICKS = 25  # one line every 200 ms for 5 s
+TICKER = (
+    "import time\n"
+    f"for i in range({TICKS}):\n"
+    "    print(f'line {i} of the ticker', flush=True)\n"
+    "    time.sleep(0.2)\n"
+)
+# A screenful at once, then a line every 200 ms for 4 s: enough to scroll.
+CHATTY = (
+    "import sys, time\n"
+    "for i in range(80):\n"
+    "    print(f'burst {i}')\n"
+    "sys.stdout.flush()\n"
+    "for i in range(20):\n"
+    "    print(f'later {i}', flush=True)\n"
+    "    time.sleep(0.2)\n"
+)
+RULES: list[dict[str, Any]] = [
+    {
+        "name": "ticker",
+        "match": {"alertname": "TestTicker"},
+        "steps": [
+            {
+                "name": "print a line every 200 ms",
+                "script": {"argv": [sys.executable, "-c", TICKER]},
+            }
+        ],
+    },
+    {
+        "name": "chatty",
+        "match": {"alertname": "TestChatty"},
+        "steps": [{"name": "print a lot", "script": {"argv": [sys.executable, "-c", CHATTY]}}],
+    },
+    {
+        "name": "needs-approval",
+        "match": {"alertname": "TestGated"},
+        "approval": True,
+        "steps": [
+            {"name": "say it ran", "script": {"argv": ["/bin/echo", "approved and ran"]}},
+        ],
+    },
+]
+
+try:
+    from playwright.async_api import Browser, Page, async_playwright, expect
+except ImportError:  # pragma: no cover - the dev extra installs it
+    async_playwright = None  # type: ignore[assignment]
+
+
+@pytest.fixture
+def artifacts(request: pytest.FixtureRequest) -> Path:
+    """test-artifacts/<test name>/, emptied of old screenshots."""
+    folder = ROOT / "test-artifacts" / re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.png"):
+        old.unlink()
+    return folder
+
+
+@pytest.fixture
+def healer(journal_dsn: str, tmp_path: Path) -> Iterator[HealerProcess]:
+    need_or_skip(CHROMIUM.exists(), f"Chromium ({CHROMIUM})")
+    proc = start_healer(write_config(tmp_path, journal_dsn, RULES), tmp_path)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+async def browser(healer: HealerProcess) -> AsyncIterator[Browser]:
+    need_or_skip(async_playwright is not None, "Playwright for Python")
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield b
+        await b.close()
+
+
+async def logged_in_page(browser: Browser, healer: HealerProcess, viewport: dict[str, int]) -> Page:
+    """A page that went to the console, was sent to the login form, and logged in with it."""
+    context = await browser.new_context(viewport=viewport)  # type: ignore[arg-type]
+    page = await context.new_page()
+    await page.goto(f"{healer.url}/")
+    assert page.url.startswith(f"{healer.url}/login")
+    await page.fill("input[name=token]", TOKEN)
+    await page.click("button[type=submit]")
+    await page.wait_for_selector("#actions")
+    assert "token" not in page.url and TOKEN not in page.url
+    return page
+
+
+async def state_of(dsn: str, action_id: int) -> str:
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cur = await conn.execute("SELECT state FROM actions WHERE id = %s", (action_id,))
+        row = await cur.fetchone()
+        assert row is not None
+        return str(row[0])
+
+
+async def plan_hash_of(dsn: str, action_id: int) -> str:
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cur = await conn.execute("SELECT plan_hash FROM actions WHERE id = %s", (action_id,))
+        row = await cur.fetchone()
+        assert row is not None
+        return str(row[0])
+
+
+async def log_text(page: Page) -> str:
+    return str(await page.eval_on_selector("#log", "el => el.textContent"))
+
+
+async def wait_log(page: Page, text: str, timeout: float = 30) -> None:
+    # Locator assertions poll without eval(), which the console's CSP forbids (as it should).
+    await expect(page.locator("#log")).to_contain_text(text, timeout=timeout * 1000)
+
+
+async def no_sideways_scroll(page: Page) -> None:
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    assert width <= page.viewport_size["width"] if page.viewport_size else True
+
+
+async def test_action_page_shows_output_while_it_runs_and_the_last_line_at_the_end(
+    browser: Browser, healer: HealerProcess, journal_dsn: str, artifacts: Path
+) -> None:
+    """Fire an alert whose script prints a line every 200 ms for 5 s: the page shows the first
+    line before the action ends, the final line after, and the final state."""
+    (action_id,) = await fire(healer, {"alertname": "TestTicker", "instance": "web-1"})
+    page = await logged_in_page(browser, healer, LAPTOP)
+    row = page.locator(f'#rows a[href="/actions/{action_id}"]').first
+    await row.wait_for()
+    await page.screenshot(path=str(artifacts / "list-laptop.png"), full_page=True)
+
+    await row.click()
+    await page.wait_for_url(f"{healer.url}/actions/{action_id}")
+    await wait_log(page, "line 0 of the ticker")
+    assert await state_of(journal_dsn, action_id) == "running"
+    assert f"line {TICKS - 1} of the ticker" not in await log_text(page)
+    await page.screenshot(path=str(artifacts / "action-running-laptop.png"), full_page=True)
+
+    await wait_log(page, f"line {TICKS - 1} of the ticker")
+    await expect(page.locator("#log-status")).to_have_text("ended: succeeded")
+    await page.locator("#state", has_text="succeeded").wait_for()
+    text = await log_text(page)
+    lines = [ln for ln in text.splitlines() if "of the ticker" in ln]
+    assert lines == [f"line {i} of the ticker" for i in range(TICKS)]  # in order, no repeats
+    assert await state_of(journal_dsn, action_id) == "succeeded"
+    await page.screenshot(path=str(artifacts / "action-done-laptop.png"), full_page=True)
+
+
+async def test_approve_a_waiting_action_by_clicking(
+    browser: Browser, healer: HealerProcess, journal_dsn: str, artifacts: Path
+) -> None:
+    """The approver sees the plan and its hash, clicks Approve, and the action runs."""
+    (action_id,) = await fire(healer, {"alertname": "TestGated", "instance": "db-1"})
+    page = await logged_in_page(browser, healer, LAPTOP)
+    await page.goto(f"{healer.url}/actions/{action_id}")
+    await page.locator("#state", has_text="awaiting approval").wait_for()
+    plan = page.locator("#plan")
+    assert await plan.get_attribute("open") is not None
+    assert "/bin/echo 'approved and ran'" in await plan.inner_text()
+    await page.screenshot(path=str(artifacts / "awaiting-approval-laptop.png"), full_page=True)
+
+    await page.click("#approve")
+    await wait_log(page, "approved and ran")
+    await page.locator("#state", has_text="succeeded").wait_for()
+    assert await page.locator("#approve").count() == 0
+    async with await psycopg.AsyncConnection.connect(journal_dsn) as conn:
+        cur = await conn.execute(
+            "SELECT state, approved_by FROM actions WHERE id = %s", (action_id,)
+        )
+        assert await cur.fetchone() == ("succeeded", "session")
+    await page.screenshot(path=str(artifacts / "approved-laptop.png"), full_page=True)
+
+
+async def test_auto_scroll_follows_new_output_until_the_reader_scrolls_up(
+    browser: Browser, healer: HealerProcess, artifacts: Path
+) -> None:
+    (action_id,) = await fire(healer, {"alertname": "TestChatty", "instance": "w"})
+    page = await logged_in_page(browser, healer, LAPTOP)
+    await page.goto(f"{healer.url}/actions/{action_id}")
+    await wait_log(page, "later 1")
+    at_bottom = "el => el.scrollTop + el.clientHeight >= el.scrollHeight - 8"
+    assert await page.eval_on_selector("#log", at_bottom)  # followed the burst down
+    assert not await page.is_visible("#jump")
+
+    await page.eval_on_selector("#log", "el => { el.scrollTop = 0; }")
+    await page.wait_for_selector("#jump", state="visible")
+    await wait_log(page, "later 5")
+    assert await page.eval_on_selector("#log", "el => el.scrollTop") == 0  # left where it was
+    await page.screenshot(path=str(artifacts / "scrolled-up-laptop.png"))
+
+    await page.click("#jump")
+    await wait_log(page, "later 8")
+    assert await page.eval_on_selector("#log", at_bottom)
+
+
+async def test_pages_fit_a_phone_screen_and_the_list_refreshes_itself(
+    browser: Browser, healer: HealerProcess, journal_dsn: str, artifacts: Path
+) -> None:
+    """390x844: no sideways scrolling; the list (refreshing on its own), the action and its
+    live log are usable."""
+    (action_id,) = await fire(healer, {"alertname": "TestTicker", "instance": "phone"})
+    (gated,) = await fire(healer, {"alertname": "TestGated", "instance": "phone"})
+    page = await logged_in_page(browser, healer, PHONE)
+    await page.locator(f'#rows a[href="/actions/{action_id}"]').first.wait_for()
+    await no_sideways_scroll(page)
+    await page.screenshot(path=str(artifacts / "list-phone.png"), full_page=True)
+
+    # The list refreshes by itself: approved elsewhere (the API), the row turns succeeded.
+    gated_badge = page.locator(f"#rows tr:has(a[href='/actions/{gated}']) .badge")
+    await expect(gated_badge).to_have_text("awaiting approval")
+    plan_hash = await plan_hash_of(journal_dsn, gated)
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"{healer.url}/api/actions/{gated}/approve",
+            json={"plan_hash": plan_hash},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        ) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+    await expect(gated_badge).to_have_text("succeeded", timeout=20_000)
+
+    await page.goto(f"{healer.url}/actions/{action_id}")
+    await wait_log(page, "line 3 of the ticker")
+    await no_sideways_scroll(page)
+    await page.screenshot(path=str(artifacts / "action-running-phone.png"), full_page=True)
+    await wait_log(page, f"line {TICKS - 1} of the ticker")
+    await page.locator("#state", has_text="succeeded").wait_for()
+    await page.screenshot(path=str(artifacts / "action-done-phone.png"), full_page=True)

@@ -1,0 +1,165 @@
+"""`taskmedic db|actions|rules` on a real journal: what an operator types and reads."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from healer.cli import main
+from healer.config import HealerConfig
+from healer.ingest import ingest
+from healer.journal import migrate
+from healer.journal.ingest_writer import IngestWriter
+from healer.journal.pool import open_pool
+from healer.rules import load_rules
+from healer.webhook import parse_notification
+from tests.support.ingest_helpers import (
+    config_for,
+    payload,
+    rows,
+    with_alert,
+    write_config,
+)
+
+APPROVAL = """\
+rules:
+  - name: restart-worker
+    match: {alertname: TaskmedicCeleryWorkerDown}
+    approval: true
+    params:
+      worker: {label: worker, pattern: '^[a-z0-9_.-]+@[a-z0-9_.-]+$'}
+    steps:
+      - name: restart
+        script: {argv: [/usr/bin/systemctl, restart, "celery@{{ params.worker }}"]}
+"""
+
+
+def record(config: HealerConfig, dsn: str, *bodies: dict[str, Any]) -> list[dict[str, Any]]:
+    """Post payloads through the real ingest path (no HTTP needed for the CLI's point)."""
+
+    async def run() -> list[dict[str, Any]]:
+        await migrate.upgrade(dsn)
+        pool = await open_pool(dsn)
+        writer = IngestWriter(pool)
+        try:
+            out = []
+            for body in bodies:
+                n, raw = parse_notification(json.dumps(body).encode())
+                result = await ingest(writer, n, raw, load_rules(config), config.healer)
+                out.append(result.as_json())
+            return out
+        finally:
+            await writer.close()
+            await pool.close()
+
+    return asyncio.run(run())
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_db_upgrade_creates_the_schema_then_has_nothing_to_do(
+    pg_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(tmp_path, pg_dsn)
+    code, out, _ = run_cli(capsys, "db", "upgrade", "--config", str(path))
+    assert code == 0 and "applied migrations 1" in out
+    code, out, _ = run_cli(capsys, "db", "upgrade", "--config", str(path))
+    assert code == 0 and "current" in out
+
+
+def test_actions_list_show_approve_cancel_over_the_journal(
+    pg_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = config_for(tmp_path, pg_dsn, rules=APPROVAL)
+    cfg = str(tmp_path / "taskmedic.yaml")
+    record(config, pg_dsn, payload("grouped_workers_down"))
+    code, out, _ = run_cli(capsys, "actions", "list", "--config", cfg)
+    assert code == 0
+    assert out.count("awaiting_approval") == 3 and "TaskmedicCeleryWorkerDown" in out
+
+    code, out, _ = run_cli(capsys, "actions", "list", "--config", cfg, "--json", "--limit", "2")
+    listed = json.loads(out)
+    assert len(listed["items"]) == 2 and listed["next"]
+    first = listed["items"][0]
+
+    code, out, _ = run_cli(capsys, "actions", "show", str(first["id"]), "--config", cfg)
+    assert code == 0
+    assert f"plan sha256 {first['plan_hash']}" in out
+    assert '["/usr/bin/systemctl", "restart", "celery@' in out
+
+    code, _, err = run_cli(
+        capsys, "actions", "approve", str(first["id"]), "--plan-hash", "f" * 64, "--config", cfg
+    )
+    assert code == 1 and "plan_hash does not match" in err
+    code, out, _ = run_cli(
+        capsys,
+        "actions",
+        "approve",
+        str(first["id"]),
+        "--plan-hash",
+        first["plan_hash"],
+        "--config",
+        cfg,
+        "--by",
+        "alice",
+    )
+    assert code == 0 and "approved" in out
+    assert rows(pg_dsn, "SELECT state, approved_by FROM actions WHERE id = %s", (first["id"],)) == [
+        ("pending", "alice")
+    ]
+
+    second = listed["items"][1]
+    code, out, _ = run_cli(capsys, "actions", "cancel", str(second["id"]), "--config", cfg)
+    assert code == 0 and "cancelled" in out
+    code, _, err = run_cli(capsys, "actions", "cancel", str(second["id"]), "--config", cfg)
+    assert code == 1 and "nothing left to cancel" in err
+    code, _, err = run_cli(capsys, "actions", "show", "424242", "--config", cfg)
+    assert code == 1 and "no action 424242" in err
+
+
+def test_actions_on_an_unreachable_journal_exit_1_without_showing_the_dsn(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dsn = "postgresql://taskmedic:hunter2@127.0.0.1:1/journal"
+    path = write_config(tmp_path, dsn)
+    code, out, err = run_cli(capsys, "actions", "list", "--config", str(path))
+    assert code == 1 and "journal unavailable" in err
+    assert "hunter2" not in out + err
+
+
+def test_rules_replay_runs_stored_alerts_through_todays_rules(
+    pg_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Recorded without a cooldown, replayed with one: the second firing would be skipped."""
+    no_cooldown = """\
+rules:
+  - name: refresh-tree-status
+    match: {alertname: TaskmedicStaleRows}
+    steps:
+      - {name: s, script: {argv: [/bin/echo, refresh]}}
+"""
+    config = config_for(tmp_path, pg_dsn, rules=no_cooldown)
+    first = payload("firing_stale_rows")
+    record(config, pg_dsn, first, first, with_alert(first, startsAt="2024-05-14T09:40:00Z"))
+    assert rows(pg_dsn, "SELECT state FROM actions ORDER BY id") == [("pending",), ("pending",)]
+
+    (tmp_path / "rules" / "healer.yaml").write_text(
+        no_cooldown.replace("    match:", "    cooldown: 1h\n    match:")
+    )
+    cfg = str(tmp_path / "taskmedic.yaml")
+    code, out, _ = run_cli(capsys, "rules", "replay", "--config", cfg, "--since", "1h", "--json")
+    assert code == 0
+    replayed = json.loads(out)
+    assert [r["state"] for o in replayed for r in o["rules"]] == ["pending", "duplicate", "skipped"]
+    assert [len(o["recorded"]) for o in replayed] == [1, 0, 1]
+    code, out, _ = run_cli(capsys, "rules", "replay", "--config", cfg, "--since", "1h")
+    assert "would be skipped: cooldown" in out and "recorded then: refresh-tree-status #" in out
+    assert rows(pg_dsn, "SELECT count(*) FROM actions") == [(2,)]  # replay wrote nothing
