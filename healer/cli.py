@@ -23,6 +23,7 @@ from exporter.base import __version__
 from exporter.base.errors import ConfigError
 from healer import log_cli
 from healer.config import HealerConfig, load_healer_config
+from healer.schema import schema_text, write_schemas
 
 __all__ = ["build_parser", "main"]
 
@@ -288,6 +289,15 @@ def _cmd_rules_replay(args: argparse.Namespace) -> int:
     return _on_journal(args, body)
 
 
+def _cmd_schema(args: argparse.Namespace) -> int:
+    if args.write:
+        for path in write_schemas(Path(args.write)):
+            print(path)
+    else:
+        sys.stdout.write(schema_text(args.kind))
+    return 0
+
+
 # --- parser ---------------------------------------------------------------------------------
 
 
@@ -352,6 +362,11 @@ def register(sub: Any) -> dict[str, Any]:
     p.add_argument("--since", default="24h", help="a duration such as 24h, or an RFC 3339 time")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_guard(_cmd_rules_replay))
+
+    p = sub.add_parser("schema", help="print the JSON Schema of taskmedic.yaml or of rule files")
+    p.add_argument("kind", choices=["config", "rules"], nargs="?", default="config")
+    p.add_argument("--write", metavar="DIR", help="write both schemas into DIR instead")
+    p.set_defaults(func=_guard(_cmd_schema))
     return {"actions": actions_sub, "rules": rules_sub, "db": db_sub}
 
 

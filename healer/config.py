@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     SecretStr,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -51,7 +52,20 @@ def parse_size(value: Any) -> int:
     return size
 
 
-Size = Annotated[int, BeforeValidator(parse_size)]
+Size = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 1},
+                {"type": "string", "pattern": _SIZE.pattern},
+            ],
+            "description": "bytes, or a size such as 512KiB or 1MiB",
+        },
+        mode="validation",
+    ),
+]
 
 
 class BasicAuthSettings(Model):
