@@ -54,7 +54,7 @@ def node() -> str:
 
 def test_the_rule_is_valid_javascript(node: str) -> None:
     # On stdin: node refuses a file named *.rules as an unknown module type.
-    subprocess.run([node, "--check"], stdin=RULE.open("rb"), check=True, timeout=30)
+    subprocess.run([node, "--check"], input=RULE.read_bytes(), check=True, timeout=30)
 
 
 def test_only_restarts_of_the_celery_units_by_taskmedic_are_granted(node: str) -> None:
