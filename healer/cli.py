@@ -172,7 +172,7 @@ def _cmd_actions_list(args: argparse.Namespace) -> int:
 def _cmd_actions_show(args: argparse.Namespace) -> int:
     from healer.actions import get_action
     from healer.plan import Plan
-    from healer.rules_tools import describe_step
+    from healer.rules.tools import describe_step
 
     async def body(conn: psycopg.AsyncConnection[Any]) -> int:
         a = await get_action(conn, args.id)
@@ -246,7 +246,7 @@ def _cmd_rules_check(args: argparse.Namespace) -> int:
 
 def _cmd_rules_test(args: argparse.Namespace) -> int:
     from healer.rules import load_rules
-    from healer.rules_tools import format_outcomes, load_alerts, test_alerts
+    from healer.rules.tools import format_outcomes, load_alerts, test_alerts
 
     config = _load(args)
     rules = load_rules(config)
@@ -267,7 +267,7 @@ def _cmd_rules_replay(args: argparse.Namespace) -> int:
     from healer.api import parse_since
     from healer.journal import replay as journal_replay
     from healer.rules import load_rules
-    from healer.rules_tools import format_outcomes, replay
+    from healer.rules.tools import format_outcomes, replay
 
     config = _load(args)
     rules = load_rules(config)

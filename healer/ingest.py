@@ -28,13 +28,14 @@ import orjson
 from aiohttp import web
 
 from healer import appkeys
-from healer.config import HealerSettings, Rule
+from healer.config import HealerSettings
 from healer.errors import JournalUnavailable
 from healer.journal.ingest_writer import IngestWriter, Notice
 from healer.metrics import HealerMetrics
 from healer.plan import Plan
-from healer.render import RenderError, empty_plan, render
 from healer.rules import CompiledRule, RuleSet
+from healer.rules.models import Rule
+from healer.rules.planning import RenderError, empty_plan, render
 from healer.webhook import Alert, BadPayload, Notification, UnsupportedVersion, parse_notification
 
 __all__ = [

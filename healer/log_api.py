@@ -31,7 +31,7 @@ from healer import appkeys
 from healer.errors import JournalUnavailable
 from healer.journal import logs
 from healer.journal.pool import journal_errors
-from healer.logstream import ActionNotFound, Chunk, End, LogHub
+from healer.log_hub import ActionNotFound, Chunk, End, LogHub
 
 __all__ = ["LOG_HUB", "HubSlot", "hub_of", "iter_log_text", "setup"]
 

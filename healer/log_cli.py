@@ -64,7 +64,7 @@ def _cmd_log(args: argparse.Namespace) -> int:
     from healer.journal import logs
     from healer.journal.pool import open_pool
     from healer.log_api import LogFilter, iter_log_text
-    from healer.logstream import ActionNotFound, Chunk, End, LogHub
+    from healer.log_hub import ActionNotFound, Chunk, End, LogHub
 
     flt = LogFilter(args.stream, args.step)
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from exporter.checks import TraceSource
 from exporter.config import Config
 from healer.errors import StepFailed
-from healer.output import StepOutput
 from healer.plan import PlanStep, UndoSpec
 from healer.steps.celery import CeleryApps, run_celery
+from healer.steps.output_capture import StepOutput
 from healer.steps.repair import run_repair
 from healer.steps.result import StepError, StepResult
 from healer.steps.script import run_script

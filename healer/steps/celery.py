@@ -18,8 +18,8 @@ from kombu.exceptions import KombuError
 
 from exporter.base.connections import celery_app
 from exporter.config import Config
-from healer.output import StepOutput
 from healer.plan import CelerySpec
+from healer.steps.output_capture import StepOutput
 from healer.steps.result import MAX_REPR, StepError, StepResult, short_repr
 
 __all__ = ["CeleryApps", "run_celery"]

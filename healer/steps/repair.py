@@ -18,8 +18,8 @@ from typing import Any
 from exporter.checks import TraceSource, run_once
 from exporter.config import Config
 from exporter.errors import CheckUnknown
-from healer.output import StepOutput
 from healer.plan import RepairSpec
+from healer.steps.output_capture import StepOutput
 from healer.steps.result import StepError, StepResult, jsonable
 from healer.steps.sql import Sessions
 

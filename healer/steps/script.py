@@ -15,8 +15,8 @@ import os
 import signal
 import time
 
-from healer.output import StepOutput
 from healer.plan import ScriptSpec
+from healer.steps.output_capture import StepOutput
 from healer.steps.result import StepError, StepResult
 
 __all__ = ["base_env", "run_script"]

@@ -22,8 +22,8 @@ from typing import Any, TypeVar
 from exporter.base.errors import TaskmedicError
 from exporter.base.sessions import ConnectFailed, DatabaseError, Session, open_session
 from exporter.config import Config
-from healer.output import StepOutput
 from healer.plan import SqlSpec
+from healer.steps.output_capture import StepOutput
 from healer.steps.result import MAX_ITEMS, StepError, StepResult, jsonable
 
 __all__ = ["CommitFailed", "Sessions", "SqlOutcome", "run_sql"]

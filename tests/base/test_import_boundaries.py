@@ -77,7 +77,7 @@ def test_the_base_layer_imports_nothing_else_of_the_exporter() -> None:
 def test_the_boundary_check_sees_a_forbidden_import() -> None:
     """The rule itself: the exporter's runner or database access is off limits to the healer,
     and only the `taskmedic` entry point may mount the exporter's subcommands."""
-    assert not healer_may_import("healer/executor.py", "exporter.runner.Runner")
+    assert not healer_may_import("healer/executor/claims.py", "exporter.runner.Runner")
     assert not healer_may_import("healer/steps/sql.py", "exporter.databases.Database")
     assert not healer_may_import("healer/__init__.py", "exporter.__version__")
     assert not healer_may_import("healer/app.py", "exporter.cli")

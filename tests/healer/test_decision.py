@@ -13,13 +13,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from healer.config import Rule
 from healer.ingest import decision_inputs, ingest
 from healer.journal import replay as journal_replay
 from healer.journal.ingest_writer import IngestWriter
 from healer.journal.pool import open_pool
 from healer.rules import load_rules
-from healer.rules_tools import first_firing, replay
+from healer.rules.models import Rule
+from healer.rules.tools import first_firing, replay
 from healer.webhook import parse_notification
 from tests.healer.ingest_helpers import config_for, payload, upgraded, with_alert
 

@@ -143,8 +143,8 @@ def test_sigterm_stops_taking_alerts_lets_the_step_finish_and_exits_0(
     try:
         code = healer.proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        raise AssertionError(f"the healer did not exit:\n{healer.output()}") from None
-    assert code == 0, healer.output()
+        raise AssertionError(f"the healer did not exit:\n{healer.steps.output_capture()}") from None
+    assert code == 0, healer.steps.output_capture()
     assert rows(pg_dsn, "SELECT state FROM actions") == [("succeeded",)]
     assert rows(pg_dsn, "SELECT count(*) FROM notifications") == [(1 + taken,)]
 
@@ -239,7 +239,7 @@ def test_without_a_journal_dsn_the_healer_runs_an_embedded_journal_in_data_dir(
     assert listed.returncode == 0, listed.stderr
     assert [i["rule"] for i in json.loads(listed.stdout)["items"]] == ["slow"]
     healer.proc.send_signal(signal.SIGTERM)
-    assert healer.proc.wait(timeout=60) == 0, healer.output()
+    assert healer.proc.wait(timeout=60) == 0, healer.steps.output_capture()
 
 
 BURST = 1000
@@ -310,5 +310,5 @@ def test_a_burst_of_connections_while_the_healer_is_busy_is_queued_not_reset(
         )
         bodies.append(json.dumps(p).encode())
     statuses = asyncio.run(_burst(healer.port, healer.proc.pid, bodies))
-    assert set(statuses) == {b"HTTP/1.1 200 OK\r\n"}, healer.output()[-2000:]
+    assert set(statuses) == {b"HTTP/1.1 200 OK\r\n"}, healer.steps.output_capture()[-2000:]
     assert rows(pg_dsn, "SELECT count(*) FROM alerts") == [(BURST,)]

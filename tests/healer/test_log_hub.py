@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from healer.logstream import ActionNotFound, Chunk, End, LogHub
+from healer.log_hub import ActionNotFound, Chunk, End, LogHub
 from tests.healer.log_helpers import append_chunk, create_action, set_state
 
 APP_NAME = "taskmedic-hub-test"

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import pytest
 
 from healer.errors import LeaseLost
-from healer.output import FLUSH_BYTES, OutputChunk, StepOutput
+from healer.steps.output_capture import FLUSH_BYTES, OutputChunk, StepOutput
 from tests.healer.journal_helpers import until
 
 

@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 
 from exporter.base.errors import ConfigError
 from healer.cli import main
-from healer.config import Rule
 from healer.plan import canonical_json, plain_numbers
-from healer.render import RenderError, render
 from healer.rules import CompiledRule, load_rule_files
+from healer.rules.models import Rule
+from healer.rules.planning import RenderError, render
 from healer.webhook import Alert
 from tests.healer.ingest_helpers import config_for
 

@@ -30,7 +30,7 @@ from healer.plan import (
 )
 
 if TYPE_CHECKING:
-    from healer.config import Rule, ScriptStep, SqlStep
+    from healer.rules.models import Rule, ScriptStep, SqlStep
     from healer.webhook import Alert
 
 __all__ = ["ENV", "RenderError", "label_env", "render", "resolve_params"]

@@ -20,11 +20,12 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from healer.config import HealerConfig, Rule
+from healer.config import HealerConfig
 from healer.ingest import decision_inputs, plan_for
 from healer.journal import replay as journal_replay
 from healer.plan import Plan, PlanStep
 from healer.rules import RuleSet
+from healer.rules.models import Rule
 from healer.webhook import Alert, BadPayload, UnsupportedVersion, parse_notification
 
 __all__ = [

@@ -243,7 +243,7 @@ class StepOutput:
                 return
             self._wake.clear()
             waiter = asyncio.ensure_future(self._wake.wait())
-            try:  # not asyncio.wait_for: see healer.executor.wait_event
+            try:  # not asyncio.wait_for: see healer.executor.claims.wait_event
                 await asyncio.wait({waiter}, timeout=due)
             finally:
                 waiter.cancel()

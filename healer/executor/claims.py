@@ -1,4 +1,4 @@
-"""The executor: claims pending actions from the journal, runs them, and rescues the lost ones.
+"""The executor loop: claims pending actions from the journal, starts their runs, sweeps.
 
 Claiming: `FOR UPDATE SKIP LOCKED` under a short advisory lock, respecting each rule's
 `max_concurrent`; the claim sets `running`, a lease and a new attempt token (the fencing token,
@@ -7,12 +7,7 @@ see `healer.journal.executor`) in one transaction with its event. Executors are 
 a lost notification (or a journal restart) delays an action, never strands it. Cancel requests
 for running actions arrive the same way, on `taskmedic_cancel`, and by the same polling.
 
-Rescue: every executor also sweeps. A `running` action whose lease expired (its healer was
-killed, or stalled past the lease) becomes `interrupted`, then `pending` again
-(on_interrupt: retry; steps recorded as done are not re-run) or `failed`; the step that was
-running is marked `interrupted` and keeps the output it flushed. Approvals waiting past their
-deadline become `cancelled`. So no action stays `running` for ever, whatever happened to the
-process that ran it.
+Rescue: every executor also sweeps on a timer (`healer.executor.rescue`).
 
 `stop(grace)`: no new claims; running actions get `grace` seconds to finish; the ones still
 running are then stopped (their process groups signalled) and recorded `interrupted` with the
@@ -38,10 +33,11 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from exporter.checks import TraceSource
 from exporter.config import Config
 from healer.errors import JournalUnavailable
+from healer.executor.attempt import ActionRun, RunSettings
+from healer.executor.rescue import sweep
 from healer.journal import channels
 from healer.journal import executor as journal_executor
 from healer.metrics import HealerMetrics
-from healer.runner import MAX_ATTEMPTS, ActionRun, RunSettings, count
 from healer.steps import CeleryApps
 
 __all__ = ["Executor"]
@@ -186,16 +182,7 @@ class Executor:
 
     async def sweep(self) -> list[journal_executor.Settled]:
         """One sweep now: expired leases and expired approvals. Returns what it settled."""
-        journal = self._need_journal()
-        settled = await journal.run(
-            lambda c: journal_executor.sweep_expired(c, self.owner, MAX_ATTEMPTS)
-        )
-        settled += await journal.run(
-            lambda c: journal_executor.expire_approvals(c, self.approval_timeout, self.owner)
-        )
-        for s in settled:
-            count(self.metrics, s)
-            log.info("swept action %s (rule %s): now %s", s.action_id, s.rule, s.state)
+        settled = await sweep(self._need_journal(), self.owner, self.approval_timeout, self.metrics)
         if any(s.state == "pending" for s in settled):
             self._wake.set()
         return settled

@@ -1,6 +1,6 @@
 """Loading rule files from the configured globs, with every problem as `file:line: message`.
 
-A rule file is `rules: [...]` (see `healer.config.Rule`). Beyond the models, loading checks
+A rule file is `rules: [...]` (see `healer.rules.models.Rule`). Beyond the models, loading checks
 what they cannot: regexes compile, templates parse and use only declared `params`, SQL text is
 never a template (alert values reach SQL only as bound parameters), rule names are unique
 across files, and, given the config, that named databases, Celery apps and checks exist.
@@ -20,9 +20,10 @@ from pydantic import ValidationError
 
 from exporter.base.configfile import Located, Path_, load_yaml, validate
 from exporter.base.errors import ConfigError, Problem
-from healer.config import HealerConfig, Rule, RulesFile, StepRule
+from healer.config import HealerConfig
 from healer.plan import canonical_json
-from healer.render import ENV
+from healer.rules.models import Rule, RulesFile, StepRule
+from healer.rules.planning import ENV
 
 __all__ = ["CompiledRule", "RuleSet", "load_rule_files", "load_rules"]
 

@@ -31,9 +31,9 @@ from exporter.base.errors import TaskmedicError
 from exporter.checks import TraceSource
 from exporter.config import Config
 from healer.errors import JournalUnavailable, LeaseLost
+from healer.executor.lease import renew_lease
 from healer.journal import executor as journal_executor
 from healer.metrics import HealerMetrics
-from healer.output import JournalLogSink, StepOutput
 from healer.plan import Plan, PlanStep
 from healer.steps import (
     CeleryApps,
@@ -44,6 +44,7 @@ from healer.steps import (
     run_step,
     run_undo,
 )
+from healer.steps.output_capture import JournalLogSink, StepOutput
 from healer.steps.sql import CommitFailed
 
 __all__ = ["MAX_ATTEMPTS", "ActionRun", "RunSettings", "count"]
@@ -112,7 +113,10 @@ class ActionRun:
         self._changed.set()
 
     async def run(self) -> None:
-        renewer = asyncio.create_task(self._renew(), name=f"lease-{self.claim.id}")
+        renewer = asyncio.create_task(
+            renew_lease(self.s.journal, self.fence, self.s.lease, self.interrupt),
+            name=f"lease-{self.claim.id}",
+        )
         try:
             try:
                 await self._run()
@@ -411,20 +415,6 @@ class ActionRun:
             await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
         return task.result()
-
-    async def _renew(self) -> None:
-        while True:
-            await asyncio.sleep(self.s.lease / 3)
-            try:
-                cancel = await self.s.journal.run(
-                    lambda c: journal_executor.renew(c, self.fence, self.s.lease)
-                )
-            except (LeaseLost, JournalUnavailable) as exc:
-                log.warning("action %s: lease not renewed: %s", self.claim.id, exc)
-                self.interrupt("lease_lost")
-                return
-            if cancel:
-                self.interrupt("cancel")
 
 
 def _join(*parts: str) -> str:

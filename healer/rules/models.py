@@ -1,0 +1,181 @@
+"""The models a rule file is validated against: a rule, its parameters, steps and limits.
+
+They check what one value can tell on its own; `healer.rules.loading` adds the checks that
+need the whole file or the config (templates, unique names, databases, apps and checks).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, Field, model_validator
+
+from exporter.base.types import Duration, Model, Name
+from healer.plan import floats_in
+
+__all__ = [
+    "CeleryStep",
+    "Limit",
+    "ParamSpec",
+    "RepairStep",
+    "Rule",
+    "RulesFile",
+    "ScriptStep",
+    "SqlStep",
+    "StepKind",
+    "StepRule",
+    "UndoRule",
+]
+
+# A template is a string; the rule loader checks it references only declared `params`.
+Template = str
+
+
+def _finite(value: Any) -> Any:
+    """Refuse NaN and infinity anywhere in a step's values: JSON has neither, so the journal
+    could not store the plan (and the plan's hash is of JSON)."""
+    for v in floats_in(value):
+        if not math.isfinite(v):
+            raise ValueError(f"{v} is not a JSON number: use a finite number or a string")
+    return value
+
+
+# A value a step passes on (SQL parameters, task arguments): anything YAML gives but NaN or
+# infinity.
+StepValue = Annotated[Any, AfterValidator(_finite)]
+LabelName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+ParamName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)]
+
+
+class ParamSpec(Model):
+    """A value taken from the alert and checked against `pattern` before any template sees it.
+
+    `pattern` must match the WHOLE value (re.fullmatch), so `^[a-z0-9.-]+$` and `[a-z0-9.-]+`
+    mean the same; a label that does not match makes the action fail with nothing run.
+    """
+
+    label: LabelName | None = None
+    annotation: str | None = None
+    pattern: str = Field(min_length=1)
+    default: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ParamSpec:
+        if (self.label is None) == (self.annotation is None):
+            raise ValueError("give exactly one of label or annotation")
+        try:
+            re.compile(self.pattern)
+        except re.error as exc:
+            raise ValueError(f"pattern is not a valid regular expression: {exc}") from None
+        return self
+
+
+class ScriptStep(Model):
+    argv: list[Template] = Field(min_length=1)
+    env: dict[str, Template] = Field(default_factory=dict)
+    cwd: str | None = None
+    timeout: Duration = 60.0
+    kill_grace: Duration = 5.0
+
+
+class SqlStep(Model):
+    database: Name
+    query: str = Field(min_length=1)
+    params: dict[str, StepValue] = Field(default_factory=dict)
+    timeout: Duration = 30.0
+
+
+class CeleryStep(Model):
+    app: Name
+    task: str = Field(min_length=1)
+    args: list[StepValue] = Field(default_factory=list)
+    kwargs: dict[str, StepValue] = Field(default_factory=dict)
+    queue: str | None = None
+    wait: Duration | None = None
+
+
+class RepairStep(Model):
+    check: Name
+    sql: str = Field(min_length=1)
+    params: dict[str, StepValue] = Field(default_factory=dict)
+    timeout: Duration = 30.0
+
+
+class UndoRule(Model):
+    script: ScriptStep | None = None
+    sql: SqlStep | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> UndoRule:
+        if (self.script is None) == (self.sql is None):
+            raise ValueError("undo takes exactly one of script or sql")
+        return self
+
+
+StepKind = Literal["script", "sql", "celery", "repair"]
+
+
+class StepRule(Model):
+    name: str = Field(min_length=1, max_length=200)
+    script: ScriptStep | None = None
+    sql: SqlStep | None = None
+    celery: CeleryStep | None = None
+    repair: RepairStep | None = None
+    undo: UndoRule | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> StepRule:
+        kinds = [k for k in ("script", "sql", "celery", "repair") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("a step takes exactly one of script, sql, celery or repair")
+        return self
+
+    @property
+    def kind(self) -> StepKind:
+        for k in ("script", "sql", "celery", "repair"):
+            if getattr(self, k) is not None:
+                return k
+        raise AssertionError("validated step without a kind")
+
+
+class Limit(Model):
+    """Circuit breaker: at most `count` actions per rule and target within `per`."""
+
+    count: int = Field(ge=1)
+    per: Duration
+
+    @model_validator(mode="after")
+    def _positive(self) -> Limit:
+        if self.per <= 0:
+            raise ValueError("per must be a positive duration")
+        return self
+
+
+class Rule(Model):
+    name: Name
+    match: dict[LabelName, str] = Field(default_factory=dict)
+    match_re: dict[LabelName, str] = Field(default_factory=dict)
+    on: Literal["firing", "resolved"] = "firing"
+    # The labels that identify what is being repaired (cooldown, limit); default: all labels.
+    target: list[LabelName] | None = None
+    cooldown: Duration = 0.0
+    max_concurrent: int = Field(default=1, ge=1)
+    approval: bool = False
+    dry_run: bool = False
+    on_interrupt: Literal["retry", "fail"] = "fail"
+    transaction: Literal["none", "single"] = "none"
+    limit: Limit | None = None
+    params: dict[ParamName, ParamSpec] = Field(default_factory=dict)
+    steps: list[StepRule] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _matchers(self) -> Rule:
+        if not self.match and not self.match_re:
+            raise ValueError("a rule needs match or match_re (a rule matching every alert)")
+        return self
+
+
+class RulesFile(Model):
+    rules: list[Rule] = Field(default_factory=list)
