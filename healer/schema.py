@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from healer.config import HealerConfig, RulesFile
+from healer.config import HealerConfig
+from healer.rules.models import RulesFile
 
 __all__ = ["SCHEMA_FILES", "Kind", "schema", "schema_text", "write_schemas"]
 

@@ -77,8 +77,11 @@ def test_a_check_defined_twice_across_files_points_at_the_included_copy(tmp_path
     [
         ('["missing/*.yaml"]', {}, "'missing/*.yaml' matches no file"),
         ('"pack.yaml"', {}, "must be a list of paths or globs"),
-        ('["a.yaml"]', {"a.yaml": "include: [b.yaml]\n", "b.yaml": "include: [a.yaml]\n"},
-         "'a.yaml' includes itself"),
+        (
+            '["a.yaml"]',
+            {"a.yaml": "include: [b.yaml]\n", "b.yaml": "include: [a.yaml]\n"},
+            "'a.yaml' includes itself",
+        ),
         ('["a.yaml"]', {"a.yaml": "databases: {}\n"}, "may hold only include, checks"),
         ('["a.yaml"]', {"a.yaml": "healer: {listen: 0.0.0.0:1}\n"}, "may hold only include"),
     ],

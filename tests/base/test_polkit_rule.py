@@ -40,7 +40,7 @@ CASES = [
     ((MANAGE, "taskmedic", "celery.service", "stop"), None),
     ((MANAGE, "taskmedic", "postgresql.service", "restart"), None),
     ((MANAGE, "www-data", "celerybeat.service", "restart"), None),
-    (("org.freedesktop.systemd1.manage-unit-files", "taskmedic", "celery.service", "restart"), None),
+    ((MANAGE.replace("units", "unit-files"), "taskmedic", "celery.service", "restart"), None),
 ]
 
 
