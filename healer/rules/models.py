@@ -107,6 +107,16 @@ class BasicAuthRef(Model):
     password_file: str = Field(min_length=1)
 
 
+def _http_url(value: str) -> str:
+    # A validator, not a schema pattern: in the file the URL may start with ${VAR}, which
+    # is expanded before the model sees it.
+    if not re.match(r"^https?://[^/\s]", value):
+        raise ValueError("expected an http:// or https:// URL")
+    return value
+
+
+HttpUrlTemplate = Annotated[str, AfterValidator(_http_url)]
+
 HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
@@ -122,7 +132,7 @@ class HttpStep(Model):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     method: HttpMethod = "POST"
-    url: Template = Field(pattern=r"^https?://", min_length=8)
+    url: HttpUrlTemplate
     headers: dict[str, Template] = Field(default_factory=dict)
     header_files: dict[str, str] = Field(default_factory=dict)
     basic_auth: BasicAuthRef | None = None
@@ -168,7 +178,7 @@ class VerifyStep(Model):
     equals: float = 0.0
     within: Duration = 300.0
     interval: Duration = 5.0
-    url: str | None = Field(default=None, pattern=r"^https?://")
+    url: HttpUrlTemplate | None = None
 
     @model_validator(mode="after")
     def _positive(self) -> VerifyStep:

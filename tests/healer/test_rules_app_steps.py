@@ -67,7 +67,7 @@ def step(text: str) -> str:
         ),
         (
             "http: {url: 'ftp://h/x'}",
-            "8: rules[0].steps[0].http.url: String should match pattern",
+            "8: rules[0].steps[0].http.url: expected an http:// or https:// URL",
         ),
         (
             "verify: {series: 'up{job=\"x\"}'}",
