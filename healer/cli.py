@@ -23,6 +23,7 @@ from exporter.base import __version__
 from exporter.base.errors import ConfigError
 from healer import log_cli
 from healer.config import HealerConfig, load_healer_config
+from healer.schema import schema_text, write_schemas
 
 __all__ = ["build_parser", "main"]
 
@@ -245,12 +246,15 @@ def _cmd_rules_check(args: argparse.Namespace) -> int:
 
 def _cmd_rules_test(args: argparse.Namespace) -> int:
     from healer.rules import load_rules
-    from healer.rules.tools import format_outcomes, load_alerts, test_alerts
+    from healer.rules.tools import alert_from_labels, format_outcomes, load_alerts, test_alerts
 
     config = _load(args)
     rules = load_rules(config)
     try:
-        alerts = load_alerts(Path(args.alert))
+        if args.alert is not None:
+            alerts = load_alerts(Path(args.alert))
+        else:
+            alerts = [alert_from_labels(args.label, args.annotation, resolved=args.resolved)]
     except (OSError, ValueError) as exc:
         _err(f"taskmedic: {exc}")
         return 2
@@ -286,6 +290,15 @@ def _cmd_rules_replay(args: argparse.Namespace) -> int:
         return 0
 
     return _on_journal(args, body)
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    if args.write:
+        for path in write_schemas(Path(args.write)):
+            print(path)
+    else:
+        sys.stdout.write(schema_text(args.kind))
+    return 0
 
 
 # --- parser ---------------------------------------------------------------------------------
@@ -344,7 +357,13 @@ def register(sub: Any) -> dict[str, Any]:
     p.set_defaults(func=_guard(_cmd_rules_check))
     p = rules_sub.add_parser("test", help="which rules match an alert, and the plan; runs nothing")
     _config_arg(p)
-    p.add_argument("--alert", required=True, help="a webhook payload (or one alert) as JSON")
+    given = p.add_mutually_exclusive_group(required=True)
+    given.add_argument("--alert", help="a webhook payload (or one alert) as a JSON file")
+    given.add_argument(
+        "--label", action="append", metavar="NAME=VALUE", help="the alert's labels (repeat)"
+    )
+    p.add_argument("--annotation", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--resolved", action="store_true", help="with --label: a resolved alert")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_guard(_cmd_rules_test))
     p = rules_sub.add_parser("replay", help="stored alerts through today's rules; runs nothing")
@@ -352,6 +371,11 @@ def register(sub: Any) -> dict[str, Any]:
     p.add_argument("--since", default="24h", help="a duration such as 24h, or an RFC 3339 time")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_guard(_cmd_rules_replay))
+
+    p = sub.add_parser("schema", help="print the JSON Schema of taskmedic.yaml or of rule files")
+    p.add_argument("kind", choices=["config", "rules"], nargs="?", default="config")
+    p.add_argument("--write", metavar="DIR", help="write both schemas into DIR instead")
+    p.set_defaults(func=_guard(_cmd_schema))
     return {"actions": actions_sub, "rules": rules_sub, "db": db_sub}
 
 

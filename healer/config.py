@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     SecretStr,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -47,7 +48,20 @@ def parse_size(value: Any) -> int:
     return size
 
 
-Size = Annotated[int, BeforeValidator(parse_size)]
+Size = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 1},
+                {"type": "string", "pattern": _SIZE.pattern},
+            ],
+            "description": "bytes, or a size such as 512KiB or 1MiB",
+        },
+        mode="validation",
+    ),
+]
 
 
 class BasicAuthSettings(Model):

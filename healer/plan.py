@@ -96,16 +96,54 @@ class CelerySpec(_Frozen):
     wait: float | None = None  # seconds to wait for the result; None sends and moves on
 
 
-class RepairSpec(_Frozen):
-    """Re-run exporter check `check` now, then apply `query` to the confirmed keys only.
+# In a repair's http request, the confirmed key: the plan keeps it as this text, replaced when
+# each request is sent (the key comes from the check, not from the alert).
+REPAIR_KEY = "{{ key }}"
 
-    The query receives `%(keys)s` (a list of the confirmed row keys) plus `params`.
-    """
+
+class BasicAuthSpec(_Frozen):
+    username: str
+    password_file: str  # read when the request is sent; the password is never in a plan
+
+
+class HttpSpec(_Frozen):
+    """One HTTP request; header values from `header_files` and the basic-auth password are
+    read from their files when it is sent."""
+
+    method: str
+    url: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    header_files: dict[str, str] = Field(default_factory=dict)
+    basic_auth: BasicAuthSpec | None = None
+    body: Any = None
+    expect_status: list[int] | None = None  # None: any 2xx
+    expect_json: dict[str, Any] | None = None
+    timeout: float = 10.0
+
+
+class RepairSpec(_Frozen):
+    """Re-run exporter check `check` now, then repair the confirmed keys only: with `query`
+    on `database` (default: the check's), which receives `%(keys)s` plus `params`, or with
+    `http` sent once per key, `{{ key }}` in its url and json replaced by the key."""
 
     check: str
-    query: str
+    database: str | None = None
+    query: str | None = None
+    http: HttpSpec | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     timeout: float = 30.0
+
+
+class VerifySpec(_Frozen):
+    """Wait until the exporter's `series{labels}` equals `equals`, at most `within` seconds;
+    `url` None: the exporter of the healer's config."""
+
+    series: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    equals: float = 0.0
+    within: float = 300.0
+    interval: float = 5.0
+    url: str | None = None
 
 
 class UndoSpec(_Frozen):
@@ -117,11 +155,13 @@ class UndoSpec(_Frozen):
 
 class PlanStep(_Frozen):
     name: str
-    kind: Literal["script", "sql", "celery", "repair"]
+    kind: Literal["script", "sql", "celery", "repair", "http", "verify"]
     script: ScriptSpec | None = None
     sql: SqlSpec | None = None
     celery: CelerySpec | None = None
     repair: RepairSpec | None = None
+    http: HttpSpec | None = None
+    verify: VerifySpec | None = None
     undo: UndoSpec | None = None
 
 
@@ -145,7 +185,8 @@ class Plan(_Frozen):
         strings only (Alert.as_json)."""
         values: list[Any] = []
         for step in self.steps:
-            specs: list[Any] = [step.script, step.sql, step.celery, step.repair]
+            specs: list[Any] = [step.script, step.sql, step.celery, step.repair, step.verify]
+            specs += [step.http, step.repair.http if step.repair is not None else None]
             if step.undo is not None:
                 specs += [step.undo.script, step.undo.sql]
             for spec in specs:
@@ -155,6 +196,10 @@ class Plan(_Frozen):
                     values += [spec.timeout, spec.params]
                 elif isinstance(spec, CelerySpec):
                     values += [spec.wait, spec.args, spec.kwargs]
+                elif isinstance(spec, HttpSpec):
+                    values += [spec.timeout, spec.body, spec.expect_json]
+                elif isinstance(spec, VerifySpec):
+                    values += [spec.equals, spec.within, spec.interval]
         return plain_numbers(*values)
 
     def hash(self) -> str:

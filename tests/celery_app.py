@@ -95,3 +95,33 @@ def touch(path: str, text: str = "") -> str:
     with open(path, "a", encoding="utf-8") as f:
         f.write(text + "\n")
     return path
+
+
+@task(name="core.tasks.cache_db_fields_task")
+def cache_db_fields_task() -> None:
+    """A stand-in for TacticalRMM's tree-icon task, with its real name and signature, on
+    TacticalRMM's own clients_site and clients_client tables (tests/apps/tacticalrmm.sql, in
+    the database `$TASKMEDIC_TEST_TRMM_DSN` names).
+
+    TacticalRMM sets each site's failing_checks to {"error": bool, "warning": bool} from its
+    agents' checks, and each client's from all its agents (those of its sites). The agents and
+    checks tables are not in the test schema, so here no agent has a failing check: every site
+    gets {"error": false, "warning": false} and each client the OR of its sites', which is
+    what TacticalRMM writes when no agent fails. Like TacticalRMM's
+    (update_fields=["failing_checks"]), it moves no timestamp.
+    """
+    import psycopg
+
+    with psycopg.connect(os.environ["TASKMEDIC_TEST_TRMM_DSN"]) as conn:
+        conn.execute(
+            """UPDATE clients_site SET failing_checks = '{"error": false, "warning": false}'"""
+        )
+        conn.execute(
+            """
+            UPDATE clients_client c SET failing_checks = (
+                SELECT jsonb_build_object(
+                    'error', coalesce(bool_or((s.failing_checks->>'error')::boolean), false),
+                    'warning', coalesce(bool_or((s.failing_checks->>'warning')::boolean), false))
+                FROM clients_site s WHERE s.client_id = c.id)
+            """
+        )

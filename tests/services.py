@@ -244,10 +244,13 @@ class Worker:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
-def start_beat(broker_url: str, tmp: Path, task: str, every: float) -> Worker:
-    """Start a real `celery beat` that sends `task` every `every` seconds (stopped like a
-    worker: `kill()` is a crash, `stop()` a clean stop)."""
-    log = tmp / f"beat-{uuid.uuid4().hex[:6]}.log"
+def beat_command(
+    broker_url: str, tmp: Path, task: str, every: float
+) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment of a real `celery beat` that sends `task` every `every`
+    seconds, its schedule file in `tmp`: what `start_beat` runs, for a test that starts the
+    same beat again from elsewhere (it then finds the schedule its predecessor left, as a
+    restarted beat service does)."""
     env = {
         **os.environ,
         "TASKMEDIC_TEST_BROKER": broker_url,
@@ -255,21 +258,22 @@ def start_beat(broker_url: str, tmp: Path, task: str, every: float) -> Worker:
         "TASKMEDIC_TEST_TASK_EVENTS": "0",  # the task events under test come from workers
         "PYTHONPATH": str(ROOT),
     }
+    argv = [
+        *(sys.executable, "-m", "celery", "-A", "tests.celery_app", "beat"),
+        *("-s", str(tmp / f"beat-{task}-schedule")),
+        *("--pidfile=", "-l", "INFO"),
+    ]
+    return argv, env
+
+
+def start_beat(broker_url: str, tmp: Path, task: str, every: float) -> Worker:
+    """Start a real `celery beat` that sends `task` every `every` seconds (stopped like a
+    worker: `kill()` is a crash, `stop()` a clean stop)."""
+    log = tmp / f"beat-{uuid.uuid4().hex[:6]}.log"
+    argv, env = beat_command(broker_url, tmp, task, every)
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "tests.celery_app",
-                "beat",
-                "-s",
-                str(tmp / f"{log.stem}-schedule"),
-                "--pidfile=",
-                "-l",
-                "INFO",
-            ],
+            argv,
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
@@ -364,10 +368,11 @@ def free_port() -> int:
 
 
 def start_healer_process(
-    config: Path, log: Path, *, timeout: float = 60.0
+    config: Path, log: Path, *, timeout: float = 60.0, env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[bytes], int]:
     """Start a real `taskmedic healer --config F` on a free loopback port (in its own process
-    group) and wait until its /readyz answers 200; the process is killed if it never does."""
+    group) and wait until its /readyz answers 200; the process is killed if it never does.
+    `env` is added to (or replaces parts of) the test's own environment."""
     import urllib.request
 
     port = free_port()
@@ -380,7 +385,7 @@ def start_healer_process(
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=str(ROOT),
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
             start_new_session=True,
         )
 

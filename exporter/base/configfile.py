@@ -7,11 +7,15 @@ string scalars here (``$$`` is a literal dollar), so interpolated values are val
 other. Nothing else in taskmedic parses YAML.
 
 `load` is the whole way from a file to a validated model: any pydantic model, so the exporter
-and the healer load the same file each with its own model.
+and the healer load the same file each with its own model. On the way it follows the file's
+top-level `include:` list (paths or globs, relative to the including file): rule packs ship
+their checks, periodic tasks and healer rule files as a fragment a user includes, so a pack is
+copied, never edited. Merged entries keep the file and line they came from.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 from collections.abc import Mapping
@@ -31,6 +35,7 @@ __all__ = [
     "expand_vars",
     "format_path",
     "load",
+    "load_with_includes",
     "load_yaml",
     "parse_yaml",
     "validate",
@@ -49,6 +54,8 @@ class Located:
     file: str
     data: Any
     lines: dict[Path_, int] = field(default_factory=dict)
+    # Entries merged in from included files: their path here -> (file, their path there).
+    origins: dict[Path_, tuple[str, Path_]] = field(default_factory=dict)
 
     def line_of(self, path: Path_) -> int | None:
         """The line of the deepest existing prefix of `path` (a missing key: its parent)."""
@@ -58,8 +65,18 @@ class Located:
                 return line
         return None
 
+    def origin_of(self, path: Path_) -> tuple[str, Path_]:
+        """The file `path` came from and its path in that file (merged entries come from an
+        included file, under another index)."""
+        for end in range(len(path), 0, -1):
+            origin = self.origins.get(tuple(path[:end]))
+            if origin is not None:
+                return origin[0], (*origin[1], *path[end:])
+        return self.file, path
+
     def problem(self, path: Path_, message: str) -> Problem:
-        return Problem(self.file, self.line_of(path), format_path(path), message)
+        file, there = self.origin_of(path)
+        return Problem(file, self.line_of(path), format_path(there), message)
 
 
 def format_path(path: Path_) -> str:
@@ -205,10 +222,124 @@ class CrossChecked(Protocol):
         what the model needs of its file (where it is, to resolve relative paths)."""
 
 
+# What an included file may hold: lists that are appended to the including file's own, and
+# `healer.rules` globs (made absolute, since they are relative to the file that names them).
+INCLUDABLE_LISTS = ("checks", "periodic_tasks")
+
+
+def load_with_includes(path: str | Path, env: Mapping[str, str] | None = None) -> Located:
+    """`load_yaml`, then every file named by top-level `include:` merged in, recursively."""
+    env = os.environ if env is None else env
+    root = load_yaml(path, env)
+    problems: list[Problem] = []
+    _include(root, root, env, (str(Path(path).resolve()),), problems)
+    if problems:
+        raise ConfigError(problems)
+    return root
+
+
+def _include(
+    into: Located,
+    source: Located,
+    env: Mapping[str, str],
+    chain: tuple[str, ...],
+    problems: list[Problem],
+) -> None:
+    """Merge the files `source` includes into `into` (`source` is `into` or an included file)."""
+    data = source.data
+    if not isinstance(data, dict) or "include" not in data:
+        return
+    entries = data.pop("include")
+    if source is into:
+        into.lines.pop(("include",), None)
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        problems.append(source.problem(("include",), "must be a list of paths or globs"))
+        return
+    base = Path(source.file).resolve().parent
+    for i, entry in enumerate(entries):
+        pattern = entry if Path(entry).is_absolute() else str(base / entry)
+        found = sorted(p for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+        if not found:
+            problems.append(source.problem(("include", i), f"{entry!r} matches no file"))
+        for file in found:
+            resolved = str(Path(file).resolve())
+            if resolved in chain:
+                problems.append(source.problem(("include", i), f"{entry!r} includes itself"))
+                continue
+            try:
+                included = load_yaml(file, env)
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+                continue
+            _merge(into, included, problems)
+            _include(into, included, env, (*chain, resolved), problems)
+
+
+def _merge(into: Located, included: Located, problems: list[Problem]) -> None:
+    data = included.data
+    if data is None:
+        return
+    if not isinstance(data, dict):
+        problems.append(included.problem((), "an included file must be a mapping"))
+        return
+    target = into.data if isinstance(into.data, dict) else {}
+    into.data = target
+    for key, value in data.items():
+        if key == "include":
+            continue
+        if key in INCLUDABLE_LISTS and isinstance(value, list):
+            mine = target.setdefault(key, [])
+            if not isinstance(mine, list):
+                continue  # the including file's own shape error is reported by validation
+            _append(into, included, (key,), (key,), mine, value)
+        elif key == "healer" and isinstance(value, dict) and set(value) <= {"rules"}:
+            rules = value.get("rules", [])
+            if not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
+                problems.append(included.problem(("healer", "rules"), "must be a list of globs"))
+                continue
+            base = Path(included.file).resolve().parent
+            healer = target.setdefault("healer", {})
+            if not isinstance(healer, dict):
+                continue
+            mine = healer.setdefault("rules", [])
+            if not isinstance(mine, list):
+                continue
+            absolute = [r if Path(r).is_absolute() else str(base / r) for r in rules]
+            _append(into, included, ("healer", "rules"), ("healer", "rules"), mine, absolute)
+        else:
+            problems.append(
+                included.problem(
+                    (key,),
+                    "an included file may hold only include, checks, periodic_tasks and "
+                    "healer.rules",
+                )
+            )
+
+
+def _append(
+    into: Located,
+    included: Located,
+    at: Path_,
+    src: Path_,
+    mine: list[Any],
+    items: list[Any],
+) -> None:
+    """Append `items` (found at `src` in `included`) to `mine` (at `at` in `into`), carrying
+    every line below each item over to its new index."""
+    for j, item in enumerate(items):
+        new = (*at, len(mine))
+        old = (*src, j)
+        mine.append(item)
+        into.origins[new] = included.origin_of(old)
+        for p, line in included.lines.items():
+            if p[: len(old)] == old:
+                into.lines[(*new, *p[len(old) :])] = line
+
+
 def load(model: type[M], path: str | Path, env: Mapping[str, str] | None = None) -> M:
-    """Read `path`, validate it as `model`, then run the model's own `loaded_from` if it has
-    one; raises ConfigError listing every located problem."""
-    located = load_yaml(path, env)
+    """Read `path` with its includes, validate it as `model`, then run the model's own
+    `loaded_from` if it has one; raises ConfigError listing every located problem."""
+    located = load_with_includes(path, env)
     loaded = validate(model, located)
     if isinstance(loaded, CrossChecked):
         loaded.loaded_from(located)

@@ -11,7 +11,7 @@ import math
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 __all__ = [
     "Duration",
@@ -45,7 +45,18 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+# What an editor is told a duration looks like (the JSON Schema of `taskmedic schema`).
+DURATION_SCHEMA = {
+    "anyOf": [
+        {"type": "number", "minimum": 0},
+        {"type": "string", "pattern": _DURATION.pattern},
+    ],
+    "description": "seconds, or a duration such as 30s, 10m, 1h30m or 250ms",
+}
+
+Duration = Annotated[
+    float, BeforeValidator(parse_duration), WithJsonSchema(DURATION_SCHEMA, mode="validation")
+]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$", max_length=100)]
 
 
@@ -57,7 +68,14 @@ def _listen(value: Any) -> str:
     return value
 
 
-Listen = Annotated[str, BeforeValidator(_listen)]
+Listen = Annotated[
+    str,
+    BeforeValidator(_listen),
+    WithJsonSchema(
+        {"type": "string", "pattern": r"^(\[[0-9a-fA-F:]+\]|[^:\s]*):\d{1,5}$"},
+        mode="validation",
+    ),
+]
 
 
 def split_listen(listen: str) -> tuple[str, int]:

@@ -83,7 +83,7 @@ CREATE TABLE steps (
     action_id     bigint NOT NULL REFERENCES actions (id),
     idx           integer NOT NULL,
     name          text NOT NULL,
-    kind          text NOT NULL CHECK (kind IN ('script', 'sql', 'celery', 'repair')),
+    kind          text NOT NULL CHECK (kind IN ('script', 'sql', 'celery', 'repair', 'http', 'verify')),
     state         text NOT NULL DEFAULT 'pending' CHECK (state IN (
                       'pending', 'running', 'succeeded', 'failed', 'cancelled', 'interrupted',
                       'skipped', 'undone', 'undo_failed')),

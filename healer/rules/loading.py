@@ -177,8 +177,8 @@ def _check_rule(
         except re.error as exc:
             bad(("match_re", label), f"invalid regular expression: {exc}")
     for i, step in enumerate(rule.steps):
-        for path, template in _templates(step):
-            for message in _template_problems(template, set(rule.params)):
+        for path, template, extra in _templates(step):
+            for message in _template_problems(template, set(rule.params), extra):
                 bad(("steps", i, *path), message)
         for path, sql in _sql_texts(step):
             if "{{" in sql or "{%" in sql:
@@ -192,20 +192,40 @@ def _check_rule(
     return out
 
 
-def _templates(step: StepRule) -> Iterator[tuple[Path_, str]]:
-    """Every templated string of a step (argv, env, cwd, parameter values), with its path."""
-    yield from _script_templates(step.script, ("script",))
+# Names a template may use besides params: a repair's http request has the confirmed key.
+_NO_EXTRA: frozenset[str] = frozenset()
+_KEY = frozenset({"key"})
+
+
+def _templates(step: StepRule) -> Iterator[tuple[Path_, str, frozenset[str]]]:
+    """Every templated string of a step (argv, env, cwd, parameter values, http url, headers
+    and body, verify labels), with its path and the names it may use besides params."""
+    plain: list[tuple[Path_, str]] = list(_script_templates(step.script, ("script",)))
     if step.sql is not None:
-        yield from _walk_strings(step.sql.params, ("sql", "params"))
+        plain += _walk_strings(step.sql.params, ("sql", "params"))
     if step.celery is not None:
-        yield from _walk_strings(step.celery.args, ("celery", "args"))
-        yield from _walk_strings(step.celery.kwargs, ("celery", "kwargs"))
+        plain += _walk_strings(step.celery.args, ("celery", "args"))
+        plain += _walk_strings(step.celery.kwargs, ("celery", "kwargs"))
     if step.repair is not None:
-        yield from _walk_strings(step.repair.params, ("repair", "params"))
+        plain += _walk_strings(step.repair.params, ("repair", "params"))
+        if step.repair.http is not None:
+            h = step.repair.http
+            yield ("repair", "http", "url"), h.url, _KEY
+            for path, text in _walk_strings(h.body, ("repair", "http", "json")):
+                yield path, text, _KEY
+            plain += _walk_strings(h.headers, ("repair", "http", "headers"))
+    if step.http is not None:
+        plain.append((("http", "url"), step.http.url))
+        plain += _walk_strings(step.http.body, ("http", "json"))
+        plain += _walk_strings(step.http.headers, ("http", "headers"))
+    if step.verify is not None:
+        plain += _walk_strings(step.verify.labels, ("verify", "labels"))
     if step.undo is not None:
-        yield from _script_templates(step.undo.script, ("undo", "script"))
+        plain += _script_templates(step.undo.script, ("undo", "script"))
         if step.undo.sql is not None:
-            yield from _walk_strings(step.undo.sql.params, ("undo", "sql", "params"))
+            plain += _walk_strings(step.undo.sql.params, ("undo", "sql", "params"))
+    for path, text in plain:
+        yield path, text, _NO_EXTRA
 
 
 def _script_templates(script: Any, base: Path_) -> Iterator[tuple[Path_, str]]:
@@ -233,25 +253,36 @@ def _walk_strings(value: Any, path: Path_) -> Iterator[tuple[Path_, str]]:
 def _sql_texts(step: StepRule) -> Iterator[tuple[Path_, str]]:
     if step.sql is not None:
         yield ("sql", "query"), step.sql.query
-    if step.repair is not None:
+    if step.repair is not None and step.repair.sql is not None:
         yield ("repair", "sql"), step.repair.sql
     if step.undo is not None and step.undo.sql is not None:
         yield ("undo", "sql", "query"), step.undo.sql.query
 
 
-def _template_problems(source: str, declared: set[str]) -> list[str]:
-    """A template may read only `params.NAME` for a declared NAME; nothing else of the alert."""
+_BARE_KEY = re.compile(r"\{\{\s*key\s*\}\}")
+
+
+def _template_problems(
+    source: str, declared: set[str], extra: frozenset[str] = _NO_EXTRA
+) -> list[str]:
+    """A template may read only `params.NAME` for a declared NAME; nothing else of the alert.
+    In a repair's http request `{{ key }}` (bare: it is replaced when each request is sent)
+    is the confirmed key."""
     if "{" not in source:
         return []
     try:
         ast = ENV.parse(source)
+        rest = ENV.parse(_BARE_KEY.sub("", source)) if "key" in extra else ast
     except TemplateSyntaxError as exc:
         return [f"template syntax error: {exc.message}"]
     problems: list[str] = []
     names = [n for n in ast.find_all(nodes.Name) if n.ctx == "load"]
     for n in names:
-        if n.name != "params":
-            problems.append(f"template uses {n.name!r}: templates may use only params.NAME")
+        if n.name != "params" and n.name not in extra:
+            only = "params.NAME or {{ key }}" if extra else "params.NAME"
+            problems.append(f"template uses {n.name!r}: templates may use only {only}")
+    if any(n.name == "key" for n in rest.find_all(nodes.Name)):
+        problems.append("write the key as {{ key }}, alone between the braces")
     used: list[str] = []
     wrapped = 0
     for node in ast.find_all(nodes.Getattr):
@@ -302,15 +333,21 @@ def _references(rule: Rule, located: Located, where: Path_, config: HealerConfig
                 )
             )
         if step.repair is not None:
+            r = step.repair
             try:
-                databases.add(config.check(step.repair.check).database)
+                check_db = config.check(r.check).database
             except KeyError:
                 out.append(
                     located.problem(
                         (*where, "steps", i, "repair", "check"),
-                        f"check {step.repair.check!r} is not defined under checks",
+                        f"check {r.check!r} is not defined under checks",
                     )
                 )
+                continue
+            if r.database is not None:
+                need_db(("steps", i, "repair", "database"), r.database)
+            if r.sql is not None:
+                databases.add(r.database or check_db)
     if rule.transaction == "single" and len(databases) > 1:
         out.append(
             located.problem(

@@ -10,13 +10,16 @@ import math
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
 from exporter.base.types import Duration, Model, Name
 from healer.plan import floats_in
 
 __all__ = [
+    "STEP_KINDS",
+    "BasicAuthRef",
     "CeleryStep",
+    "HttpStep",
     "Limit",
     "ParamSpec",
     "RepairStep",
@@ -27,6 +30,7 @@ __all__ = [
     "StepKind",
     "StepRule",
     "UndoRule",
+    "VerifyStep",
 ]
 
 # A template is a string; the rule loader checks it references only declared `params`.
@@ -96,11 +100,93 @@ class CeleryStep(Model):
     wait: Duration | None = None
 
 
+class BasicAuthRef(Model):
+    """HTTP basic auth whose password stays in a file, read when the request is sent."""
+
+    username: str = Field(min_length=1)
+    password_file: str = Field(min_length=1)
+
+
+def _http_url(value: str) -> str:
+    # A validator, not a schema pattern: in the file the URL may start with ${VAR}, which
+    # is expanded before the model sees it.
+    if not re.match(r"^https?://[^/\s]", value):
+        raise ValueError("expected an http:// or https:// URL")
+    return value
+
+
+HttpUrlTemplate = Annotated[str, AfterValidator(_http_url)]
+
+HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+class HttpStep(Model):
+    """One request to an application's own API.
+
+    `url`, `headers` and `json` are templates of declared parameters; secrets come from
+    files (`header_files`, `basic_auth.password_file`) so that no plan or journal row holds
+    them. The answer must have a status of `expect_status` (default: any 2xx) and, when
+    `expect_json` is given, hold those top-level keys with those values.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    method: HttpMethod = "POST"
+    url: HttpUrlTemplate
+    headers: dict[str, Template] = Field(default_factory=dict)
+    header_files: dict[str, str] = Field(default_factory=dict)
+    basic_auth: BasicAuthRef | None = None
+    body: StepValue = Field(default=None, alias="json")
+    expect_status: list[Annotated[int, Field(ge=100, le=599)]] | None = Field(
+        default=None, min_length=1
+    )
+    expect_json: dict[str, StepValue] | None = None
+    timeout: Duration = 10.0
+
+
 class RepairStep(Model):
+    """Re-run exporter check `check` now and repair only the keys it confirms, with `sql` (on
+    `database`, default the check's own) or with one `http` request per key (`{{ key }}` in
+    its url or json is the key)."""
+
     check: Name
-    sql: str = Field(min_length=1)
+    # The database the repair writes to: a login with write rights, where the check's own
+    # database entry is the exporter's read-only one.
+    database: Name | None = None
+    sql: str | None = Field(default=None, min_length=1)
+    http: HttpStep | None = None
     params: dict[str, StepValue] = Field(default_factory=dict)
     timeout: Duration = 30.0
+
+    @model_validator(mode="after")
+    def _one_way(self) -> RepairStep:
+        if (self.sql is None) == (self.http is None):
+            raise ValueError("a repair takes exactly one of sql or http")
+        if self.http is not None and self.database is not None:
+            raise ValueError("database is for sql repairs; an http repair writes nothing here")
+        return self
+
+
+class VerifyStep(Model):
+    """Wait until the exporter shows `series{labels}` equal to `equals`, for at most `within`.
+
+    Reads the exporter of this config (`exporter.listen`) unless `url` names a `/metrics`.
+    """
+
+    series: str = Field(pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+    labels: dict[LabelName, Template] = Field(default_factory=dict)
+    equals: float = 0.0
+    within: Duration = 300.0
+    interval: Duration = 5.0
+    url: HttpUrlTemplate | None = None
+
+    @model_validator(mode="after")
+    def _positive(self) -> VerifyStep:
+        if self.within <= 0 or self.interval <= 0:
+            raise ValueError("within and interval must be positive durations")
+        if not math.isfinite(self.equals):
+            raise ValueError("equals must be a finite number")
+        return self
 
 
 class UndoRule(Model):
@@ -114,7 +200,8 @@ class UndoRule(Model):
         return self
 
 
-StepKind = Literal["script", "sql", "celery", "repair"]
+StepKind = Literal["script", "sql", "celery", "repair", "http", "verify"]
+STEP_KINDS: tuple[StepKind, ...] = ("script", "sql", "celery", "repair", "http", "verify")
 
 
 class StepRule(Model):
@@ -123,18 +210,20 @@ class StepRule(Model):
     sql: SqlStep | None = None
     celery: CeleryStep | None = None
     repair: RepairStep | None = None
+    http: HttpStep | None = None
+    verify: VerifyStep | None = None
     undo: UndoRule | None = None
 
     @model_validator(mode="after")
     def _one(self) -> StepRule:
-        kinds = [k for k in ("script", "sql", "celery", "repair") if getattr(self, k) is not None]
+        kinds = [k for k in STEP_KINDS if getattr(self, k) is not None]
         if len(kinds) != 1:
-            raise ValueError("a step takes exactly one of script, sql, celery or repair")
+            raise ValueError(f"a step takes exactly one of {', '.join(STEP_KINDS)}")
         return self
 
     @property
     def kind(self) -> StepKind:
-        for k in ("script", "sql", "celery", "repair"):
+        for k in STEP_KINDS:
             if getattr(self, k) is not None:
                 return k
         raise AssertionError("validated step without a kind")

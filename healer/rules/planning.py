@@ -20,17 +20,21 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from exporter.base.errors import TaskmedicError
 from healer.plan import (
+    REPAIR_KEY,
+    BasicAuthSpec,
     CelerySpec,
+    HttpSpec,
     Plan,
     PlanStep,
     RepairSpec,
     ScriptSpec,
     SqlSpec,
     UndoSpec,
+    VerifySpec,
 )
 
 if TYPE_CHECKING:
-    from healer.rules.models import Rule, ScriptStep, SqlStep
+    from healer.rules.models import HttpStep, Rule, ScriptStep, SqlStep
     from healer.webhook import Alert
 
 __all__ = ["ENV", "RenderError", "label_env", "render", "resolve_params"]
@@ -90,24 +94,24 @@ def _compiled(source: str) -> Template:
     return ENV.from_string(source)
 
 
-def _render_str(source: str, params: dict[str, str]) -> str:
+def _render_str(source: str, params: dict[str, str], extra: dict[str, str] | None = None) -> str:
     if "{" not in source:
         return source
     try:
-        return _compiled(source).render(params=params)
+        return _compiled(source).render(params=params, **(extra or {}))
     except TemplateError as exc:
         raise RenderError(f"template {source!r}: {exc}") from None
     except (TypeError, ValueError, ArithmeticError) as exc:
         raise RenderError(f"template {source!r}: {type(exc).__name__}: {exc}") from None
 
 
-def _render_value(value: Any, params: dict[str, str]) -> Any:
+def _render_value(value: Any, params: dict[str, str], extra: dict[str, str] | None = None) -> Any:
     if isinstance(value, str):
-        return _render_str(value, params)
+        return _render_str(value, params, extra)
     if isinstance(value, list):
-        return [_render_value(v, params) for v in value]
+        return [_render_value(v, params, extra) for v in value]
     if isinstance(value, dict):
-        return {k: _render_value(v, params) for k, v in value.items()}
+        return {k: _render_value(v, params, extra) for k, v in value.items()}
     return value
 
 
@@ -130,6 +134,24 @@ def _sql(step: SqlStep, params: dict[str, str]) -> SqlSpec:
         database=step.database,
         query=step.query,
         params=_render_value(step.params, params),
+        timeout=step.timeout,
+    )
+
+
+def _http(step: HttpStep, params: dict[str, str], *, per_key: bool = False) -> HttpSpec:
+    key = {"key": REPAIR_KEY} if per_key else None
+    auth = step.basic_auth
+    return HttpSpec(
+        method=step.method,
+        url=_render_str(step.url, params, key),
+        headers={k: _render_str(v, params) for k, v in step.headers.items()},
+        header_files=dict(step.header_files),
+        basic_auth=BasicAuthSpec(username=auth.username, password_file=auth.password_file)
+        if auth is not None
+        else None,
+        body=_render_value(step.body, params, key),
+        expect_status=step.expect_status,
+        expect_json=step.expect_json,
         timeout=step.timeout,
     )
 
@@ -168,9 +190,23 @@ def render(rule: Rule, alert: Alert, *, dry_run: bool = False) -> Plan:
             r = s.repair
             spec["repair"] = RepairSpec(
                 check=r.check,
+                database=r.database,
                 query=r.sql,
+                http=_http(r.http, params, per_key=True) if r.http is not None else None,
                 params=_render_value(r.params, params),
                 timeout=r.timeout,
+            )
+        elif s.http is not None:
+            spec["http"] = _http(s.http, params)
+        elif s.verify is not None:
+            v = s.verify
+            spec["verify"] = VerifySpec(
+                series=v.series,
+                labels={k: _render_str(t, params) for k, t in v.labels.items()},
+                equals=v.equals,
+                within=v.within,
+                interval=v.interval,
+                url=v.url,
             )
         steps.append(PlanStep(name=s.name, kind=s.kind, undo=undo, **spec))
     return Plan(

@@ -11,10 +11,12 @@ is a duplicate; skipped actions do not count, as in the journal).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +25,14 @@ from psycopg import AsyncConnection
 from healer.config import HealerConfig
 from healer.ingest import decision_inputs, plan_for
 from healer.journal import replay as journal_replay
-from healer.plan import Plan, PlanStep
+from healer.plan import HttpSpec, Plan, PlanStep
 from healer.rules import RuleSet
 from healer.rules.models import Rule
 from healer.webhook import Alert, BadPayload, UnsupportedVersion, parse_notification
 
 __all__ = [
     "RuleOutcome",
+    "alert_from_labels",
     "describe_step",
     "first_firing",
     "load_alerts",
@@ -95,6 +98,45 @@ def load_alerts(path: Path) -> list[Alert]:
     except (BadPayload, UnsupportedVersion) as exc:
         raise ValueError(f"{path}: {exc}") from None
     return notification.alerts
+
+
+LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def alert_from_labels(
+    labels: list[str], annotations: list[str] | None = None, *, resolved: bool = False
+) -> Alert:
+    """An alert as Alertmanager would send it, from `NAME=VALUE` words of a command line.
+
+    Its fingerprint is a hash of the labels (as Alertmanager's is) and it starts now.
+    """
+
+    def pairs(words: list[str], what: str) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for word in words:
+            name, eq, value = word.partition("=")
+            if not eq or not LABEL_NAME.fullmatch(name):
+                raise ValueError(f"{what} {word!r}: write NAME=VALUE (NAME as a Prometheus label)")
+            if name in out:
+                raise ValueError(f"{what} {name!r} is given twice")
+            out[name] = value
+        return out
+
+    got = pairs(labels, "label")
+    if "alertname" not in got:
+        raise ValueError("give the alert's name too: --label alertname=NAME")
+    fingerprint = hashlib.sha256(json.dumps(got, sort_keys=True).encode()).hexdigest()[:16]
+    now = datetime.now(UTC)
+    return Alert.model_validate(
+        {
+            "status": "resolved" if resolved else "firing",
+            "labels": got,
+            "annotations": pairs(annotations or [], "annotation"),
+            "startsAt": now.isoformat(),
+            "endsAt": now.isoformat() if resolved else "0001-01-01T00:00:00Z",
+            "fingerprint": fingerprint,
+        }
+    )
 
 
 def first_firing(rule: Rule, render_error: str | None) -> tuple[str, str]:
@@ -198,11 +240,29 @@ def describe_step(step: PlanStep) -> str:
         return f"celery {c.app}: {c.task}({args}){queue} wait={_seconds(c.wait)}"
     if step.repair is not None:
         r = step.repair
+        if r.http is not None:
+            return f"repair check {r.check}, then for each confirmed key: {_http(r.http)}"
         return (
-            f"repair check {r.check}, then on confirmed keys: {r.query} "
+            f"repair check {r.check}, then on confirmed keys"
+            f"{f' (on {r.database})' if r.database else ''}: {r.query} "
             f"params={json.dumps(r.params, sort_keys=True)}"
         )
+    if step.http is not None:
+        return _http(step.http)
+    if step.verify is not None:
+        v = step.verify
+        labels = ",".join(f'{k}="{val}"' for k, val in sorted(v.labels.items()))
+        return (
+            f"verify {v.series}{{{labels}}} == {v.equals:g} within {_seconds(v.within)}"
+            f"{f' at {v.url}' if v.url else ''}"
+        )
     return step.kind
+
+
+def _http(h: HttpSpec) -> str:
+    body = f" json={json.dumps(h.body, sort_keys=True)}" if h.body is not None else ""
+    want = "2xx" if h.expect_status is None else "/".join(map(str, h.expect_status))
+    return f"http {h.method} {h.url}{body} expect {want} (timeout {_seconds(h.timeout)})"
 
 
 def format_outcomes(outcomes: list[AlertOutcome]) -> str:

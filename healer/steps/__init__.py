@@ -1,4 +1,4 @@
-"""The step kinds of a plan (script, sql, celery, repair) and the dispatch between them.
+"""The step kinds of a plan (script, sql, celery, repair, http, verify) and the dispatch.
 
 A step function returns a `StepResult` (what the journal records in `steps.result`) or raises
 `StepFailed` with the message the journal records as the step's error. Cancellation (a cancel
@@ -16,11 +16,13 @@ from exporter.config import Config
 from healer.errors import StepFailed
 from healer.plan import PlanStep, UndoSpec
 from healer.steps.celery import CeleryApps, run_celery
+from healer.steps.http import run_http
 from healer.steps.output_capture import StepOutput
 from healer.steps.repair import run_repair
 from healer.steps.result import StepResult
 from healer.steps.script import run_script
 from healer.steps.sql import Sessions, run_sql
+from healer.steps.verify import run_verify
 
 __all__ = [
     "CeleryApps",
@@ -51,7 +53,8 @@ def _skipped(what: str) -> StepResult:
 
 
 async def run_step(step: PlanStep, ctx: StepContext) -> StepResult:
-    """Run one plan step; in dry run scripts and tasks are skipped, SQL is rolled back."""
+    """Run one plan step; in dry run scripts, tasks, requests and verifications are skipped,
+    SQL is rolled back."""
     if step.kind == "script" and step.script is not None:
         if ctx.dry_run:
             return _skipped("script")
@@ -65,6 +68,14 @@ async def run_step(step: PlanStep, ctx: StepContext) -> StepResult:
         return await run_celery(step.celery, ctx.celery, ctx.output)
     if step.kind == "repair" and step.repair is not None:
         return await run_repair(step.repair, ctx.config, ctx.sessions, ctx.output, ctx.monitors)
+    if step.kind == "http" and step.http is not None:
+        if ctx.dry_run:
+            return _skipped("http request")
+        return await run_http(step.http, ctx.output)
+    if step.kind == "verify" and step.verify is not None:
+        if ctx.dry_run:
+            return _skipped("verification (nothing was changed)")
+        return await run_verify(step.verify, ctx.config, ctx.output)
     raise StepFailed(f"the plan's {step.kind} step {step.name!r} has no {step.kind} spec")
 
 

@@ -1,4 +1,4 @@
-"""What users copy from rules/ and deploy/ parses and fits together: the contract alerts,
+"""What users copy from rules/ and deploy/ parses and fits together: the alerts packs match on,
 the routes to the healer, the dashboard's metrics, systemd hardening, the Dockerfile."""
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ PROMETHEUS_YML = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 ALERTMANAGER_YML = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "taskmedic-dashboard.json"
 EXAMPLE = ROOT / "deploy" / "taskmedic.example.yaml"
-PACKS = sorted((ROOT / "rules" / "healer").glob("*.yaml"))
+PACKS = sorted((ROOT / "rules").glob("*/healer.yaml"))
 UNITS = sorted((ROOT / "deploy" / "systemd").glob("*.service"))
 DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
 
 # The alert names the healer's rule packs match on.
-CONTRACT_ALERTS = {
+PACK_ALERTS = {
     "TaskmedicStaleRows",
     "TaskmedicOrphanTasks",
     "TaskmedicOrphanRows",
@@ -111,12 +111,12 @@ def test_every_shipped_yaml_file_parses(path: Path) -> None:
     assert isinstance(yaml.safe_load(path.read_text()), dict)
 
 
-def test_alerting_rules_define_the_contract_alerts_on_real_metric_names() -> None:
+def test_alerting_rules_define_the_alerts_packs_match_on_real_metric_names() -> None:
     """Every alert the healer packs rely on exists, and no rule reads a metric nobody exports."""
     groups = yaml.safe_load(RULES.read_text())["groups"]
     rules = [r for g in groups for r in g["rules"]]
     names = {r["alert"] for r in rules}
-    assert names >= CONTRACT_ALERTS
+    assert names >= PACK_ALERTS
     known = EXPORTER_METRICS | healer_metrics()
     for rule in rules:
         assert metric_names(rule["expr"]) <= known, rule["alert"]
@@ -134,11 +134,11 @@ def test_healer_rule_packs_match_only_alerts_that_exist_and_are_routed_to_the_he
     (matcher,) = healer_routes[0]["matchers"]
     routed = re.fullmatch(r'alertname =~ "(.*)"', matcher)
     assert routed is not None
-    assert PACKS, "no healer rule packs under rules/healer"
+    assert PACKS, "no healer rule packs under rules/*/healer.yaml"
     for pack in PACKS:
         for rule in yaml.safe_load(pack.read_text())["rules"]:
             alertname = rule["match"]["alertname"]
-            assert alertname in defined, f"{pack.name}: {rule['name']}"
+            assert alertname in defined, f"{pack.parent.name}: {rule['name']}"
             assert re.fullmatch(routed.group(1), alertname), f"{alertname} not routed"
 
 
@@ -207,13 +207,15 @@ def secrets_env(tmp_path: Path) -> dict[str, str]:
     """The environment and secret files the example config refers to."""
     creds = tmp_path / "credentials"
     creds.mkdir()
-    (creds / "timesketch-dsn").write_text("postgresql://ts_ro:dsn-secret-1@127.0.0.1/timesketch")
+    (creds / "timesketch-write-dsn").write_text(
+        "postgresql://ts_rw:dsn-secret-1@127.0.0.1/timesketch"
+    )
     for name in ("ibex-db-password", "journal-password", "healer-token", "healer-ops-password"):
         (creds / name).write_text(f"file-secret-{name}\n")
     return {
         "CREDENTIALS_DIRECTORY": str(creds),
         "STATE_DIRECTORY": str(tmp_path / "state"),
-        "TRMM_DB_PASSWORD": "env-secret-trmm",
+        "TIMESKETCH_DB_PASSWORD": "env-secret-timesketch",
         "TIMESKETCH_REDIS_PASSWORD": "env-secret-redis",
     }
 
@@ -230,9 +232,10 @@ def test_example_config_loads_the_rule_packs_with_every_reference_resolved(
     config = load_healer_config(EXAMPLE)
     rules = load_rules(config)
     assert {r.name for r in rules} >= {
-        "trmm-refresh-tree-status",
-        "timesketch-fail-stuck-timelines",
-        "ibex-cancel-records-without-action",
+        "tacticalrmm-beat-stopped",
+        "tacticalrmm-worker-crashed",
+        "timesketch-fail-orphaned-imports",
+        "ibex-cancel-unrecorded-tasks",
     }
 
 
