@@ -177,8 +177,10 @@ class PgSession:
                 assert head is not None
                 now: datetime = head[-1]
                 # The statement is the operator's own (config or rule file), never request
-                # input; values reach it only as bound parameters.
-                cur.execute(query, params)
+                # input; values reach it only as bound parameters. Without parameters psycopg
+                # would use the simple query protocol, which runs `SELECT 1; COMMIT; DELETE
+                # ...` whole: prepared, it goes by the extended protocol, one statement only.
+                cur.execute(query, params or None, prepare=True if not params else None)
                 if cur.description is None:
                     return QueryResult((), [], now.astimezone(UTC), cur.rowcount, False)
                 columns = tuple(d.name for d in cur.description)
