@@ -161,8 +161,10 @@ class EventStream:
         *,
         tasks: TaskTable | None = None,
         enable_events: bool = False,
+        scrub: Callable[[str], str] = str,
     ) -> None:
         self._app = app
+        self._scrub = scrub  # hides the broker's secrets in an error before it is logged
         self._table = table
         self._tasks = tasks
         self._enable_events = enable_events
@@ -228,7 +230,7 @@ class EventStream:
                     "celery events from %s: %s: %s (retrying)",
                     self._where,
                     type(exc).__name__,
-                    exc,
+                    self._scrub(str(exc)),
                 )
             except Exception:
                 # Not a broker outage: a bug or an unexpected transport error. Log it in full

@@ -15,7 +15,6 @@ import binascii
 import contextlib
 import json
 import logging
-import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +28,7 @@ from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
 from exporter.base.connections import CeleryConfig, celery_app
+from exporter.base.types import mask_dsn
 from exporter.celery_events import EventStream, WorkerStatus, WorkerTable
 from exporter.config import PeriodicTask
 from exporter.errors import CheckUnknown
@@ -80,10 +80,6 @@ class ClusterSnapshot:
     task_events: int = 0  # task events received since start, from any worker
 
 
-def _masked(text: str) -> str:
-    return re.sub(r"([a-z][a-z0-9+.-]*://[^:/@\s]*):[^@/\s]*@", r"\1:***@", text, flags=re.I)
-
-
 class ClusterMonitor:
     """Live view of one Celery cluster: worker liveness from its events, task whereabouts on
     demand. `start()` before use, `stop()` at the end."""
@@ -94,7 +90,7 @@ class ClusterMonitor:
         # Reads only: it sends no task and creates nothing beyond the reply queues of inspect
         # and the event queue, which the broker auto-deletes.
         self._app = celery_app(config, name=name)
-        self._where = _masked(config.broker.get_secret_value())
+        self._where = mask_dsn(config.broker.get_secret_value())
         self._table = WorkerTable(config.purge_offline_after, config.forget_crashed_after)
         self._tasks = TaskTable(
             {t.task: TaskExpectation(t.expect_every, t.effective_grace) for t in tasks}
@@ -105,6 +101,7 @@ class ClusterMonitor:
             self._where,
             tasks=self._tasks,
             enable_events=config.enable_events,
+            scrub=config.scrub,
         )
         probe = self._app.connection_for_read()  # not connected; only asks for error classes
         self._broker_errors: tuple[type[BaseException], ...] = (
@@ -167,7 +164,7 @@ class ClusterMonitor:
         except self._broker_errors as exc:
             raise CheckUnknown(
                 f"celery cluster {self.name!r}: broker {self._where} unreachable: "
-                f"{_masked(str(exc)) or type(exc).__name__}"
+                f"{self.config.scrub(str(exc)) or type(exc).__name__}"
             ) from None
 
         finished = self._finished([t for t in wanted if t not in on_workers and t not in queued])
@@ -204,7 +201,7 @@ class ClusterMonitor:
         except self._broker_errors as exc:
             raise CheckUnknown(
                 f"celery cluster {self.name!r}: broker {self._where} unreachable: "
-                f"{_masked(str(exc)) or type(exc).__name__}"
+                f"{self.config.scrub(str(exc)) or type(exc).__name__}"
             ) from None
         nowhere = TaskTrace.UNKNOWN if unreadable else TaskTrace.LOST
         return {
@@ -363,7 +360,7 @@ class ClusterMonitor:
         except errors as exc:
             raise CheckUnknown(
                 f"celery cluster {self.name!r}: result backend unreachable: "
-                f"{_masked(str(exc)) or type(exc).__name__}"
+                f"{self.config.scrub(str(exc)) or type(exc).__name__}"
             ) from None
         return {t for t, status in statuses.items() if status in _FINISHED_STATES}
 

@@ -177,8 +177,13 @@ class Runner:
             state.last_attempt = started
             state.collections += 1
 
-    @staticmethod
-    def _failed(check: Check, state: CheckState, error: str) -> None:
+    def _failed(self, check: Check, state: CheckState, error: str) -> None:
+        # Errors reach the public `/` page and the log: whatever raised them, no secret of
+        # any configured database or cluster may show.
+        for database in self.config.databases.values():
+            error = database.scrub(error)
+        for cluster in self.config.celery.values():
+            error = cluster.scrub(error)
         if state.up is not False or state.error != error:
             log.warning("check %s: cannot tell: %s", check.name, error)
         check.reset()

@@ -24,12 +24,18 @@ from exporter.base.errors import ConfigError
 from healer import log_cli
 from healer.config import HealerConfig, load_healer_config
 from healer.schema import schema_text, write_schemas
+from healer.terminal import printable
 
 __all__ = ["build_parser", "main"]
 
 
 def _err(message: str) -> None:
     print(message, file=sys.stderr)
+
+
+def _say(line: str) -> None:
+    """Print one line that may hold text from an alert or a step: control characters escaped."""
+    print(printable(line))
 
 
 def _load(args: argparse.Namespace) -> HealerConfig:
@@ -156,14 +162,14 @@ def _cmd_actions_list(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"items": items, "next": nxt}, indent=2))
             return 0
-        print(f"{'ID':>6}  {'STATE':<17} {'RULE':<28} {'ALERT':<28} {'CREATED':<25} REASON")
+        _say(f"{'ID':>6}  {'STATE':<17} {'RULE':<28} {'ALERT':<28} {'CREATED':<25} REASON")
         for a in items:
-            print(
+            _say(
                 f"{a['id']:>6}  {a['state']:<17} {a['rule']:<28} "
                 f"{a['alert']['alertname']:<28} {a['created_at'][:25]:<25} {a['reason']}"
             )
         if nxt:
-            print(f"(more: older actions exist before id {nxt})")
+            _say(f"(more: older actions exist before id {nxt})")
         return 0
 
     return _on_journal(args, body)
@@ -180,28 +186,26 @@ def _cmd_actions_show(args: argparse.Namespace) -> int:
             print(json.dumps(a, indent=2))
             return 0
         labels = ", ".join(f'{k}="{v}"' for k, v in sorted(a["alert"]["labels"].items()))
-        print(f"action {a['id']}  rule {a['rule']}  state {a['state']}")
+        _say(f"action {a['id']}  rule {a['rule']}  state {a['state']}")
         if a["reason"]:
-            print(f"  reason: {a['reason']}")
-        print(f"  alert: {{{labels}}} fingerprint {a['alert']['fingerprint']}")
-        print(
-            f"  created {a['created_at']}  started {a['started_at']}  finished {a['finished_at']}"
-        )
+            _say(f"  reason: {a['reason']}")
+        _say(f"  alert: {{{labels}}} fingerprint {a['alert']['fingerprint']}")
+        _say(f"  created {a['created_at']}  started {a['started_at']}  finished {a['finished_at']}")
         if a["state"] == "awaiting_approval":
-            print(f"  approval expires {a['approval_expires_at']}")
-        print(f"  plan sha256 {a['plan_hash']}{'  (dry run)' if a['dry_run'] else ''}")
+            _say(f"  approval expires {a['approval_expires_at']}")
+        _say(f"  plan sha256 {a['plan_hash']}{'  (dry run)' if a['dry_run'] else ''}")
         plan = Plan.model_validate(a["plan"])
         for i, (step, row) in enumerate(zip(plan.steps, a["steps"], strict=False)):
             outcome = row["state"] + (
                 f" exit {row['exit_code']}" if row["exit_code"] is not None else ""
             )
-            print(f"  {i + 1}. {step.name} [{outcome}]: {describe_step(step)}")
+            _say(f"  {i + 1}. {step.name} [{outcome}]: {describe_step(step)}")
             if row["error"]:
-                print(f"     error: {row['error']}")
-        print("  events:")
+                _say(f"     error: {row['error']}")
+        _say("  events:")
         for e in a["events"]:
             arrow = f"{e['from_state'] or '-'} -> {e['to_state'] or '-'}"
-            print(f"    {e['at']}  {e['actor']:<10} {e['kind']:<16} {arrow}  {e['message']}")
+            _say(f"    {e['at']}  {e['actor']:<10} {e['kind']:<16} {arrow}  {e['message']}")
         return 0
 
     return _on_journal(args, body)

@@ -1,14 +1,18 @@
 """`taskmedic actions log ID [-f]` and `taskmedic journal prune`: the log in a terminal.
 
 Both work straight on the journal the config names, like the other `actions` commands. The log
-is written as the step wrote it (bytes, stdout to stdout, stderr and system notes to stderr);
-`-f` follows it through the same hub as the web console until the action ends.
+is written stdout to stdout, stderr and system notes to stderr, as UTF-8 text whose control
+characters (ANSI escapes, carriage returns, bidi overrides; not newlines and tabs) are shown as
+escapes, so a step's output cannot rewrite the terminal; `--raw` writes the bytes exactly as the
+step wrote them. `-f` follows the log through the same hub as the web console until the action
+ends.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import codecs
 import contextlib
 import sys
 from collections.abc import Awaitable, Callable
@@ -19,6 +23,7 @@ import psycopg
 from exporter.base.errors import ConfigError
 from exporter.base.types import parse_duration
 from healer.errors import JournalUnavailable
+from healer.terminal import printable
 
 __all__ = ["register_actions_log", "register_journal"]
 
@@ -60,6 +65,28 @@ def _out(stream: str) -> BinaryIO:
     return sys.stdout.buffer if stream == "stdout" else sys.stderr.buffer
 
 
+class _Writer:
+    """Writes log chunks to the terminal: escaped (one UTF-8 decoder per stream, so a
+    character split between chunks stays whole) or, `raw`, the bytes as they are."""
+
+    def __init__(self, raw: bool) -> None:
+        self.raw = raw
+        self._decoders: dict[str, codecs.IncrementalDecoder] = {}
+
+    def write(self, stream: str, data: bytes) -> None:
+        out = _out(stream)
+        if self.raw:
+            out.write(data)
+        else:
+            decoder = self._decoders.get(stream)
+            if decoder is None:
+                decoder = self._decoders[stream] = codecs.getincrementaldecoder("utf-8")(
+                    "backslashreplace"
+                )
+            out.write(printable(decoder.decode(data), multiline=True).encode())
+        out.flush()
+
+
 def _cmd_log(args: argparse.Namespace) -> int:
     from healer.actions import ActionNotFound
     from healer.journal import logs
@@ -68,6 +95,7 @@ def _cmd_log(args: argparse.Namespace) -> int:
     from healer.log_hub import Chunk, End, LogHub
 
     flt = LogFilter(args.stream, args.step)
+    writer = _Writer(args.raw)
 
     async def body(dsn: str) -> int:
         pool = await open_pool(dsn, max_size=2)
@@ -78,8 +106,7 @@ def _cmd_log(args: argparse.Namespace) -> int:
                         _err(f"taskmedic: no action {args.id}")
                         return 1
                 async for c in iter_log_text(pool, args.id, flt):
-                    _out(c.stream).write(c.data)
-                    _out(c.stream).flush()
+                    writer.write(c.stream, c.data)
                 return 0
             hub = LogHub(dsn, pool)
             try:
@@ -91,8 +118,7 @@ def _cmd_log(args: argparse.Namespace) -> int:
                             return 0
                         assert isinstance(item, Chunk)
                         if flt.keeps(item):
-                            _out(item.stream).write(item.data)
-                            _out(item.stream).flush()
+                            writer.write(item.stream, item.data)
             except ActionNotFound:
                 _err(f"taskmedic: no action {args.id}")
                 return 1
@@ -137,6 +163,12 @@ def register_actions_log(actions_sub: Any) -> None:
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
     p.add_argument("--stream", choices=("stdout", "stderr", "system"))
     p.add_argument("--step", type=int, help="only this step (0 is the first)")
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="write the output's bytes exactly as the step wrote them, control characters "
+        "included (by default they are shown escaped, e.g. \\x1b)",
+    )
     p.set_defaults(func=_cmd_log)
 
 

@@ -9,6 +9,7 @@ picked up without a restart.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -16,7 +17,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from exporter.base.types import Duration, Model, mask_dsn
+from exporter.base.types import Duration, Model, mask_dsn, scrub
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -30,6 +31,8 @@ __all__ = [
     "parse_mysql_dsn",
     "pg_connect_args",
     "read_secret",
+    "url_password",
+    "validate_dsn",
 ]
 
 
@@ -66,6 +69,42 @@ def dsn_kind(raw: str) -> Literal["postgresql", "mysql"]:
         "dsn must start with postgresql://, postgres://, mysql:// or mariadb:// "
         "(or be a libpq key=value string)"
     )
+
+
+def validate_dsn(raw: str) -> Literal["postgresql", "mysql"]:
+    """`dsn_kind`, and the DSN parsed as its driver will parse it: a DSN the driver would
+    refuse (an unencoded `%` in the password) fails when the config loads, not later in a
+    driver error that quotes it. The error never echoes the DSN or any part of it."""
+    kind = dsn_kind(raw)
+    if "://" in raw and raw.split("://", 1)[1].split("/", 1)[0].count("@") > 1:
+        raise ValueError("dsn has an unencoded @ in its user or password: write it as %40")
+    if kind == "postgresql":
+        from psycopg import ProgrammingError  # here: only a PostgreSQL DSN needs psycopg
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:
+            conninfo_to_dict(raw)
+        except ProgrammingError:
+            raise ValueError(
+                "dsn is not a valid PostgreSQL connection string (in a URL, percent-encode a "
+                "%, @, / or : in the password: % as %25; in key=value form, quote values "
+                "with spaces)"
+            ) from None
+    return kind
+
+
+def url_password(url: str) -> str:
+    """The password of a URL as written, user info taken up to the last `@` ('' if none)."""
+    if "://" not in url:
+        return ""
+    authority = url.split("://", 1)[1]
+    userinfo = authority.rpartition("@")[0] if "@" in authority else ""
+    return userinfo.split(":", 1)[1] if ":" in userinfo else ""
+
+
+def _secrets_of_url(url: str) -> list[str]:
+    password = url_password(url)
+    return [url, password, unquote(password)]
 
 
 def parse_mysql_dsn(dsn: str) -> dict[str, Any]:
@@ -122,14 +161,14 @@ class DatabaseConfig(Model):
     @classmethod
     def _dsn_scheme(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
-            dsn_kind(value.get_secret_value())
+            validate_dsn(value.get_secret_value())
         return value
 
     @field_validator("dsn_file")
     @classmethod
     def _dsn_file_readable(cls, value: Path | None) -> Path | None:
         if value is not None:
-            dsn_kind(read_secret(value, "dsn_file"))
+            validate_dsn(read_secret(value, "dsn_file"))
         return value
 
     @field_validator("password_file")
@@ -166,6 +205,25 @@ class DatabaseConfig(Model):
     def display(self) -> str:
         return mask_dsn(self.secret_dsn())
 
+    def secrets(self) -> list[str]:
+        """Every secret of this database a driver's error could quote: the DSN, its password
+        (as written, decoded, and as libpq reads it), the password file's content."""
+        dsn = self.secret_dsn() if self.dsn is not None else ""
+        found = _secrets_of_url(dsn)
+        if self.kind == "postgresql":
+            import psycopg  # here: loading a config needs no driver
+            from psycopg.conninfo import conninfo_to_dict
+
+            with contextlib.suppress(psycopg.Error):  # unparsable: the others still count
+                found.append(str(conninfo_to_dict(dsn).get("password") or ""))
+        with contextlib.suppress(ValueError):
+            found.append(self.password() or "")
+        return found
+
+    def scrub(self, text: str) -> str:
+        """`text` with every secret of this database hidden: how a driver error is shown."""
+        return scrub(text, self.secrets())
+
     def shown(self) -> dict[str, Any]:
         """The settings as plain data, the DSN's password masked."""
         out: dict[str, Any] = {"dsn": self.display()}
@@ -192,6 +250,17 @@ class CeleryConfig(Model):
     # Ask workers to send task events (Celery's `enable_events` control command), for
     # workers started without -E. Off by default: it changes the workers' behaviour.
     enable_events: bool = False
+
+    def secrets(self) -> list[str]:
+        """The broker's and result backend's URLs and their passwords."""
+        found = _secrets_of_url(self.broker.get_secret_value())
+        if self.backend is not None:
+            found += _secrets_of_url(self.backend.get_secret_value())
+        return found
+
+    def scrub(self, text: str) -> str:
+        """`text` with every secret of this cluster hidden: how a broker error is shown."""
+        return scrub(text, self.secrets())
 
     def display(self) -> dict[str, Any]:
         return {

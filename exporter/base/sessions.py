@@ -37,6 +37,7 @@ from psycopg import errors as pg_errors
 
 from exporter.base.connections import DatabaseConfig, mysql_connect_args, pg_connect_args
 from exporter.base.errors import TaskmedicError
+from exporter.base.types import scrub
 
 __all__ = [
     "ConnectFailed",
@@ -120,13 +121,6 @@ def open_session(
     return MySqlSession(config, name, read_only=read_only, read_timeout=read_timeout)
 
 
-def _scrub(message: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        if secret:
-            message = message.replace(secret, "***")
-    return message
-
-
 def _ms(timeout: float) -> int:
     return max(1, int(timeout * 1000))
 
@@ -139,6 +133,7 @@ class PgSession:
     ) -> None:
         self.name = name
         self.read_only = read_only
+        self._scrub = config.scrub
         try:
             self._conn = psycopg.connect(
                 **pg_connect_args(config, application_name=application_name)
@@ -149,7 +144,7 @@ class PgSession:
                     cur.execute("SET TIME ZONE 'UTC'")
                 self._conn.commit()
         except psycopg.Error as exc:
-            detail = _pg_message(exc)
+            detail = self._message(exc)
             raise ConnectFailed(
                 f"cannot connect to database {name} ({config.display()}): {detail}", detail
             ) from None
@@ -182,8 +177,10 @@ class PgSession:
                 assert head is not None
                 now: datetime = head[-1]
                 # The statement is the operator's own (config or rule file), never request
-                # input; values reach it only as bound parameters.
-                cur.execute(query, params)
+                # input; values reach it only as bound parameters. Without parameters psycopg
+                # would use the simple query protocol, which runs `SELECT 1; COMMIT; DELETE
+                # ...` whole: prepared, it goes by the extended protocol, one statement only.
+                cur.execute(query, params or None, prepare=True if not params else None)
                 if cur.description is None:
                     return QueryResult((), [], now.astimezone(UTC), cur.rowcount, False)
                 columns = tuple(d.name for d in cur.description)
@@ -191,12 +188,12 @@ class PgSession:
                 rows = [tuple(r) for r in fetched]
                 return QueryResult(columns, rows, now.astimezone(UTC), cur.rowcount)
         except pg_errors.QueryCanceled as exc:
-            detail = _pg_message(exc)
+            detail = self._message(exc)
             raise DatabaseError(
                 f"query on database {self.name} timed out after {timeout:g}s: {detail}", detail
             ) from None
         except psycopg.Error as exc:
-            detail = _pg_message(exc)
+            detail = self._message(exc)
             kind = ConnectionLost if self._conn.broken or self._conn.closed else DatabaseError
             raise kind(f"query on database {self.name} failed: {detail}", detail) from None
         finally:
@@ -214,7 +211,7 @@ class PgSession:
         try:
             how()
         except psycopg.Error as exc:
-            detail = _pg_message(exc)
+            detail = self._message(exc)
             raise DatabaseError(
                 f"{what} on database {self.name} failed: {detail}", detail
             ) from None
@@ -227,10 +224,9 @@ class PgSession:
         with contextlib.suppress(psycopg.Error):
             self._conn.close()
 
-
-def _pg_message(exc: psycopg.Error) -> str:
-    primary = exc.diag.message_primary if exc.diag is not None else None
-    return (primary or str(exc).strip() or type(exc).__name__).strip()
+    def _message(self, exc: psycopg.Error) -> str:
+        primary = exc.diag.message_primary if exc.diag is not None else None
+        return self._scrub((primary or str(exc).strip() or type(exc).__name__).strip())
 
 
 class MySqlSession:
@@ -243,7 +239,7 @@ class MySqlSession:
         self.read_only = read_only
         self.read_timeout = read_timeout
         self._args = mysql_connect_args(config)
-        self._secrets = [str(self._args.get("password") or "")]
+        self._secrets = [*config.secrets(), str(self._args.get("password") or "")]
         try:
             self._conn = self._connect(read_timeout)
             with self._conn.cursor() as cur:
@@ -274,7 +270,7 @@ class MySqlSession:
             text = f"({exc.args[0]}) {exc.args[1]}"
         else:
             text = str(exc) or type(exc).__name__
-        return _scrub(text, self._secrets)
+        return scrub(text, self._secrets)
 
     def run(
         self,

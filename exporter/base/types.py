@@ -2,13 +2,15 @@
 
 Every model forbids unknown keys (`Model`); durations accept `90s`, `10m`, `1h30m`, `250ms` or
 seconds; names are what may label a metric or appear in a URL; listen addresses are
-`host:port`. `mask_dsn` is how any DSN is shown: with its password hidden.
+`host:port`. `mask_dsn` is how any DSN is shown: with its password hidden; `scrub` is how any
+driver's error text is shown: with every secret it may quote hidden.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
@@ -20,6 +22,7 @@ __all__ = [
     "Name",
     "mask_dsn",
     "parse_duration",
+    "scrub",
     "split_listen",
 ]
 
@@ -100,6 +103,22 @@ def mask_dsn(dsn: str) -> str:
     if ":" in userinfo:
         userinfo = userinfo.split(":", 1)[0] + ":***"
     return f"{m.group(1)}{userinfo}@{rest}"
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """`text` (a driver's or broker's error) with every secret in it hidden.
+
+    Each known secret (a whole DSN, its password, a password file's content) becomes `***`,
+    longest first; then any password a URL or a `password=` pair still carries is masked, so
+    a secret we were not told of cannot show either.
+    """
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    text = re.sub(
+        r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&\"]+)", r"\1***", text, flags=re.IGNORECASE
+    )
+    # user:password@ in a URL, up to the last @ of the word: an unescaped @ hides more.
+    return re.sub(r"([a-z][a-z0-9+.-]*://[^:/@\s]*):\S*@", r"\1:***@", text, flags=re.IGNORECASE)
 
 
 class Model(BaseModel):

@@ -28,6 +28,7 @@ from healer.journal import replay as journal_replay
 from healer.plan import HttpSpec, Plan, PlanStep
 from healer.rules import RuleSet
 from healer.rules.models import Rule
+from healer.terminal import printable
 from healer.webhook import Alert, BadPayload, UnsupportedVersion, parse_notification
 
 __all__ = [
@@ -266,6 +267,7 @@ def _http(h: HttpSpec) -> str:
 
 
 def format_outcomes(outcomes: list[AlertOutcome]) -> str:
+    """The outcomes as terminal lines; text from alerts has its control characters escaped."""
     lines: list[str] = []
     for o in outcomes:
         a = o.alert
@@ -298,4 +300,4 @@ def format_outcomes(outcomes: list[AlertOutcome]) -> str:
                 got = "no action"
             lines.append(f"  recorded then: {got}")
     lines.append("Nothing was executed.")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)

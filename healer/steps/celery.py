@@ -52,6 +52,11 @@ class CeleryApps:
         app = self._apps[name] = celery_app(cluster, name=name)
         return app
 
+    def scrub(self, name: str, text: str) -> str:
+        """A broker's or backend's error text with the cluster's secrets hidden."""
+        cluster = self.config.celery.get(name)
+        return cluster.scrub(text) if cluster is not None else text
+
     def close(self) -> None:
         for app in self._apps.values():
             app.close()
@@ -80,7 +85,8 @@ async def run_celery(spec: CelerySpec, apps: CeleryApps, output: StepOutput) -> 
     try:
         task_id = await asyncio.to_thread(send)
     except _TRANSPORT_ERRORS as exc:
-        raise StepFailed(f"cannot send {spec.task} to cluster {spec.app}: {exc}") from None
+        why = apps.scrub(spec.app, str(exc))
+        raise StepFailed(f"cannot send {spec.task} to cluster {spec.app}: {why}") from None
     output.system(f"sent {spec.task} to {spec.app} as {task_id}")
     result: dict[str, Any] = {"task_id": task_id, "task": spec.task, "state": "SENT"}
     if spec.wait is None:
@@ -94,8 +100,9 @@ async def run_celery(spec: CelerySpec, apps: CeleryApps, output: StepOutput) -> 
             try:
                 state, value, traceback = await _state(app, task_id)
             except _TRANSPORT_ERRORS as exc:
+                why = apps.scrub(spec.app, str(exc))
                 raise StepFailed(
-                    f"cannot read the result of {task_id}: {exc}", result=result
+                    f"cannot read the result of {task_id}: {why}", result=result
                 ) from None
             result["state"] = state
             if state in _READY:

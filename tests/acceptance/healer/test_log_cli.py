@@ -39,11 +39,11 @@ async def test_log_prints_each_stream_to_its_own_descriptor_byte_for_byte(
     await append_chunk(journal_conn, aid, b"out \xff raw\n")
     await append_chunk(journal_conn, aid, b"err line\n", stream="stderr")
     await append_chunk(journal_conn, aid, b"second step\n", step=1)
-    done = await run("actions", "log", "--config", str(config), str(aid))
+    done = await run("actions", "log", "--config", str(config), str(aid), "--raw")
     assert done.returncode == 0, done.stderr
     assert done.stdout == b"out \xff raw\nsecond step\n"
     assert done.stderr == b"err line\n"
-    only = await run("actions", "log", "--config", str(config), str(aid), "--step", "1")
+    only = await run("actions", "log", "--config", str(config), str(aid), "--raw", "--step", "1")
     assert only.stdout == b"second step\n"
 
 
