@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         with BenchEnv() as env:
             try:
                 report["results"][name] = _suite(name)(env, args.quick)
-            except Exception as e:  # one failed suite must not hide the others' figures
+            except Exception as e:  # noqa: BLE001 - one failed suite must not hide the others
                 traceback.print_exc()
                 report["errors"][name] = f"{type(e).__name__}: {e}"
         log(f"=== {name} done in {time.monotonic() - t0:.0f}s ===")

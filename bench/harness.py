@@ -202,13 +202,14 @@ def serve_on_free_port(
         url = f"http://127.0.0.1:{port}{ready_path}"
         try:
             wait_until(functools.partial(http_ok, url, proc=proc), timeout, what)
-            return proc, port
         except RuntimeError:
             proc.stop()
             if attempt < 2 and "in use" in proc.output():
                 log(f"{what}: port {port} was taken meanwhile; trying another")
                 continue
             raise
+        else:
+            return proc, port
     raise AssertionError("unreachable")
 
 

@@ -15,7 +15,9 @@ READY_PREFIX = "taskmedic-demo ready"
 
 def ready_line(demo: Demo) -> str:
     """One machine-readable line: URLs and every PID the demo started (tests parse it)."""
-    assert demo.config and demo.postgres and demo.redis
+    assert demo.config
+    assert demo.postgres
+    assert demo.redis
     fields: dict[str, object] = {
         "metrics": f"{demo.config.base_url}/metrics",
         "landing": f"{demo.config.base_url}/",
@@ -33,8 +35,12 @@ def ready_line(demo: Demo) -> str:
 
 
 def guide(demo: Demo) -> str:
-    assert demo.config and demo.worker and demo.beat and demo.exporter
-    assert demo.postgres and demo.redis
+    assert demo.config
+    assert demo.worker
+    assert demo.beat
+    assert demo.exporter
+    assert demo.postgres
+    assert demo.redis
     url = demo.config.base_url
     w, b = demo.worker.pid, demo.beat.pid
     taskmedic = " ".join(demo.taskmedic)
@@ -85,7 +91,8 @@ Break something and watch /metrics:
 
 def healer_guide(demo: Demo) -> str:
     files = demo.healer_files
-    assert files is not None and demo.config is not None
+    assert files is not None
+    assert demo.config is not None
     taskmedic = " ".join(demo.taskmedic)
     text = f"""
 The healer runs the demo's rules ({files.rules_file}):

@@ -123,13 +123,14 @@ class Database:
                     call.session = session
                 try:
                     result = session.run(query, timeout)
-                    ok = True
-                    return result
                 except ConnectionLost:
                     # It broke while idle (a restart between collections): once more, fresh.
                     session.close()
                     if call.abandoned:
                         raise
+                else:
+                    ok = True
+                    return result
             session = self._open(read_timeout)
             with self._lock:
                 call.session = session
@@ -196,7 +197,7 @@ def in_daemon_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
     def run() -> None:
         try:
             result = fn(*args)
-        except BaseException as exc:  # handed to the awaiting coroutine, not swallowed
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 loop.call_soon_threadsafe(settle, False, exc)
             return

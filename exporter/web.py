@@ -244,7 +244,10 @@ async def serve(config: Config) -> int:
         try:
             await site.start()
         except OSError as exc:
-            log.error("cannot listen on %s: %s", config.exporter.listen, exc.strerror or exc)
+            # An expected failure with its reason; a traceback would only bury it.
+            log.error(  # noqa: TRY400
+                "cannot listen on %s: %s", config.exporter.listen, exc.strerror or exc
+            )
             return 1
         log.info(
             "taskmedic exporter %s on http://%s/metrics (%d checks, %d clusters)",

@@ -36,7 +36,8 @@ _SIZE = re.compile(r"^\s*(\d+)\s*([kKmM]i?[bB]|[bB])?\s*$")
 def parse_size(value: Any) -> int:
     """`1048576`, `"512KiB"`, `"1MiB"`, `"2MB"` -> bytes."""
     if isinstance(value, bool):
-        raise ValueError("expected a size such as 1MiB or 65536")
+        # ValueError, not TypeError: pydantic turns only ValueError into a located error.
+        raise ValueError("expected a size such as 1MiB or 65536")  # noqa: TRY004
     if isinstance(value, int):
         size = value
     elif isinstance(value, str) and (m := _SIZE.match(value)):

@@ -183,7 +183,9 @@ class LogHub:
 
     # --- following ------------------------------------------------------------------------
 
-    async def follow(self, action_id: int, after: int = 0) -> AsyncGenerator[Chunk | End, None]:
+    async def follow(  # noqa: C901 - one loop over the follower's states reads best whole
+        self, action_id: int, after: int = 0
+    ) -> AsyncGenerator[Chunk | End, None]:
         """Every chunk of `action_id` with an id above `after`, in order, then `End`.
 
         Returns without `End` when the hub stops. Raises ActionNotFound, JournalUnavailable.
@@ -209,20 +211,11 @@ class LogHub:
                     me.lagging = False
                     me.buffer.clear()
                     me.size = 0
-                    while True:
-                        page = await read_page(self._pool, action_id, cursor, self.page_size)
-                        self.stats.catchup_queries += 1
-                        if page.state is None:
-                            raise ActionNotFound(action_id)
-                        for c in page.chunks:
-                            yield c
-                            cursor = c.id
-                        if page.full:
-                            continue
-                        if page.final:
-                            yield End(page.state)
+                    async for item in self._catch_up(action_id, cursor):
+                        yield item
+                        if isinstance(item, End):
                             return
-                        break
+                        cursor = item.id
                     continue
                 while me.buffer and not me.lagging:
                     c = me.take()
@@ -241,6 +234,22 @@ class LogHub:
             feed.followers.discard(me)
             if not feed.followers and self._feeds.get(action_id) is feed:
                 del self._feeds[action_id]
+
+    async def _catch_up(self, action_id: int, cursor: int) -> AsyncGenerator[Chunk | End, None]:
+        """The stored chunks after `cursor`, page by page, then `End` if the action is over."""
+        while True:
+            page = await read_page(self._pool, action_id, cursor, self.page_size)
+            self.stats.catchup_queries += 1
+            if page.state is None:
+                raise ActionNotFound(action_id)
+            for c in page.chunks:
+                yield c
+                cursor = c.id
+            if page.full:
+                continue
+            if page.final:
+                yield End(page.state)
+            return
 
     async def _init(self, feed: _Feed) -> None:
         """Start the shared reads after the last chunk that exists now (followers catch up)."""

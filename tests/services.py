@@ -343,7 +343,7 @@ def start_worker(
 
         def answered() -> bool:
             if proc.poll() is not None:
-                raise AssertionError(f"worker exited early:\n{worker.output()}")
+                raise AssertionError(f"worker exited early:\n{worker.output()}")  # noqa: TRY301
             replies = app.control.ping(destination=[hostname], timeout=0.5)
             return bool(replies)
 

@@ -34,7 +34,8 @@ _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 def parse_duration(value: Any) -> float:
     """`"90s"`, `"10m"`, `"1h30m"`, `"250ms"` or a number of seconds -> seconds as float."""
     if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30s, 10m or 1h")
+        # ValueError, not TypeError: pydantic turns only ValueError into a located error.
+        raise ValueError("expected a duration such as 30s, 10m or 1h")  # noqa: TRY004
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str) and _DURATION.match(value):

@@ -233,7 +233,8 @@ class ActionRun:
         )
 
     def _context(self, out: StepOutput) -> StepContext:
-        assert self._plan is not None and self._sessions is not None
+        assert self._plan is not None
+        assert self._sessions is not None
         return StepContext(
             config=self.s.config,
             output=out,
@@ -256,7 +257,8 @@ class ActionRun:
 
     async def _complete(self, completed: list[int], earlier: int) -> None:
         """Every step ran: commit the shared transactions, then the outcome."""
-        assert self._plan is not None and self._sessions is not None
+        assert self._plan is not None
+        assert self._sessions is not None
         shared = sorted(self._shared)
         if self._dry:
             await self._sessions.rollback()
@@ -306,7 +308,8 @@ class ActionRun:
 
     async def _unwind(self, completed: list[int], why: str) -> str:
         """Roll back shared transactions, then undo completed steps in reverse order."""
-        assert self._plan is not None and self._sessions is not None
+        assert self._plan is not None
+        assert self._sessions is not None
         rolled = sorted(self._shared)
         await self._sessions.rollback()
         self._shared.clear()

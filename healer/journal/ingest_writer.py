@@ -175,7 +175,7 @@ class IngestWriter:
                 except asyncio.CancelledError:
                     _settle_all(batch, JournalUnavailable("journal unavailable (cancelled)"))
                     raise
-                except Exception as exc:  # a bug here: loud, in every request it concerns
+                except Exception as exc:  # noqa: BLE001 - a bug: loud, in every request it concerns
                     _settle_all(batch, exc)
                 finally:
                     del self._writing[me]
@@ -188,7 +188,7 @@ class IngestWriter:
         except JournalUnavailable as exc:
             _settle_all(batch, exc)
             return
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any other error: each notification alone
             if len(batch) == 1:
                 _settle(batch[0], exc)
                 return

@@ -283,6 +283,13 @@ def _template_problems(
             problems.append(f"template uses {n.name!r}: templates may use only {only}")
     if any(n.name == "key" for n in rest.find_all(nodes.Name)):
         problems.append("write the key as {{ key }}, alone between the braces")
+    problems += _params_problems(ast, declared, sum(1 for n in names if n.name == "params"))
+    return problems
+
+
+def _params_problems(ast: nodes.Template, declared: set[str], mentions: int) -> list[str]:
+    """Every use of `params` reads one declared name, as params.NAME or params["NAME"]."""
+    problems: list[str] = []
     used: list[str] = []
     wrapped = 0
     for node in ast.find_all(nodes.Getattr):
@@ -298,11 +305,13 @@ def _template_problems(
                 used.append(item.arg.value)
             else:
                 problems.append("params[...] needs a constant name: write params.NAME")
-    if wrapped < sum(1 for n in names if n.name == "params"):
+    if wrapped < mentions:
         problems.append("use params.NAME, not params itself")
-    for name in used:
-        if name not in declared:
-            problems.append(f"params.{name} is not declared under the rule's params")
+    problems += [
+        f"params.{name} is not declared under the rule's params"
+        for name in used
+        if name not in declared
+    ]
     return problems
 
 

@@ -170,11 +170,12 @@ class Sessions:
                 await conn.rollback()
             else:
                 await conn.commit()
-            return outcome
         except DatabaseError as exc:
             with contextlib.suppress(DatabaseError):
                 await conn.rollback()
             raise StepFailed(f"{database}: {exc.detail}") from None
+        else:
+            return outcome
         finally:
             await conn.close()
 

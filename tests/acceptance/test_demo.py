@@ -259,7 +259,8 @@ def test_demo_prometheus_and_alertmanager_configs_pass_their_own_checks(tmp_path
     out = subprocess.run(
         ["/usr/bin/promtool", "check", "config", str(prom)], capture_output=True, text=True
     )
-    assert out.returncode == 0 and "rules found" in out.stdout, out.stdout + out.stderr
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "rules found" in out.stdout, out.stdout
     out = subprocess.run(
         ["/usr/bin/amtool", "check-config", str(am)], capture_output=True, text=True
     )

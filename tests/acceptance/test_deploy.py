@@ -145,7 +145,8 @@ def test_systemd_units_verify_cleanly(tmp_path: Path) -> None:
         copies.append(str(copy))
     out = run([analyze, "verify", *copies])
     problems = [ln for ln in (out.stdout + out.stderr).splitlines() if str(tmp_path) in ln]
-    assert out.returncode == 0 and not problems, out.stdout + out.stderr
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not problems, out.stdout + out.stderr
 
 
 # --- the packs' SQL on real databases -------------------------------------------------------

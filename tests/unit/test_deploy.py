@@ -154,7 +154,8 @@ def test_alertmanager_calls_the_healer_webhook_with_a_bearer_token_file_and_reso
     assert hook["max_alerts"] > 0
     auth = hook["http_config"]["authorization"]
     assert auth["type"] == "Bearer"
-    assert "credentials_file" in auth and "credentials" not in auth
+    assert "credentials_file" in auth
+    assert "credentials" not in auth
 
 
 def test_prometheus_scrapes_the_exporter_and_healer_default_addresses() -> None:
@@ -173,7 +174,9 @@ def test_prometheus_scrapes_the_exporter_and_healer_default_addresses() -> None:
 def test_grafana_dashboard_is_valid_and_queries_only_metrics_taskmedic_exports() -> None:
     """Grafana imports it, and no panel stays empty because of a misspelt metric name."""
     dash = json.loads(DASHBOARD.read_text())
-    assert dash["title"] and dash["uid"] and dash["schemaVersion"] >= 30
+    assert dash["title"]
+    assert dash["uid"]
+    assert dash["schemaVersion"] >= 30
     panels = dash["panels"]
     ids = [p["id"] for p in panels]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
@@ -194,7 +197,8 @@ def test_grafana_dashboard_is_valid_and_queries_only_metrics_taskmedic_exports()
     # The dashboard covers the exporter's findings and liveness, and the healer's outcomes.
     for name in ("taskmedic_stale_rows", "taskmedic_orphan_tasks", "taskmedic_check_up"):
         assert name in used
-    assert "taskmedic_celery_worker_up" in used and "taskmedic_actions_total" in used
+    assert "taskmedic_celery_worker_up" in used
+    assert "taskmedic_actions_total" in used
 
 
 # --- Prometheus and Alertmanager's own tools ------------------------------------------------
@@ -271,7 +275,8 @@ def test_dockerfile_installs_the_package_and_runs_as_a_non_root_user() -> None:
                 assert (ROOT / src).exists(), f"COPY source {src} does not exist"
     assert any(re.match(r"RUN pip install \.(\s|$)", ln) for ln in instructions)
     users = [ln.split()[1] for ln in instructions if ln.startswith("USER ")]
-    assert users and users[-1].split(":")[0] not in ("0", "root")
+    assert users
+    assert users[-1].split(":")[0] not in ("0", "root")
     assert instructions[-2:] == [
         'ENTRYPOINT ["taskmedic"]',
         'CMD ["exporter", "--config", "/etc/taskmedic/taskmedic.yaml"]',

@@ -38,7 +38,8 @@ def test_a_stopped_beat_makes_its_task_overdue_within_expect_every_plus_grace(
         timeout=20,
         what="a success of the beat-sent task",
     )
-    assert first.last_received is not None and first.last_started is not None
+    assert first.last_received is not None
+    assert first.last_started is not None
     wait_for(
         lambda: (
             (t := task_status(monitor, "tests.add"))
@@ -142,4 +143,6 @@ async def test_metrics_and_landing_page_show_declared_tasks_and_only_those(
     tasks_seen = {dict(k[1]).get("task") for k in m if k[0].startswith("taskmedic_celery_task_")}
     assert tasks_seen <= {"tests.add", None}
     page = await (await client.get("/")).text()
-    assert "Periodic tasks" in page and "tests.add" in page and "on time" in page
+    assert "Periodic tasks" in page
+    assert "tests.add" in page
+    assert "on time" in page

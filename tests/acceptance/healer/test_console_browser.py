@@ -120,7 +120,8 @@ async def logged_in_page(browser: Browser, healer: HealerProcess, viewport: dict
     await page.fill("input[name=token]", TOKEN)
     await page.click("button[type=submit]")
     await page.wait_for_selector("#actions")
-    assert "token" not in page.url and TOKEN not in page.url
+    assert "token" not in page.url
+    assert TOKEN not in page.url
     return page
 
 

@@ -98,7 +98,8 @@ async def test_kill_9_during_a_script_leaves_the_action_interrupted_then_failed(
     assert row["state"] == "failed"
     assert "the lease of victim expired" in row["reason"]
     (step,) = await steps(journal_dsn, action_id)
-    assert step["state"] == "interrupted" and "lease of victim expired" in step["error"]
+    assert step["state"] == "interrupted"
+    assert "lease of victim expired" in step["error"]
     assert await output(journal_dsn, action_id, "stdout") == b"working\n"
     transitions = [(e["from_state"], e["to_state"]) for e in await events(journal_dsn, action_id)]
     assert transitions[-2:] == [("running", "interrupted"), ("interrupted", "failed")]
@@ -127,7 +128,8 @@ async def test_kill_9_with_retry_re_runs_only_the_unfinished_steps(
 
     await executors(lease=2.0)
     row = await state_in(journal_dsn, action_id, "succeeded", "failed", timeout=20)
-    assert row["state"] == "succeeded" and row["attempt"] == 2
+    assert row["state"] == "succeeded"
+    assert row["attempt"] == 2
     assert log.read_text().split() == ["first", "resumed"]
     first, second_step = await steps(journal_dsn, action_id)
     assert (first["state"], first["attempt"]) == ("succeeded", 1)

@@ -159,7 +159,8 @@ def test_without_a_journal_dsn_the_healer_runs_an_embedded_journal_in_data_dir(
     )
     healer = start_healer(config)
     status, body = healer.request("POST", "/alerts", payload("firing_stale_rows"))
-    assert status == 200 and body["actions"][0]["state"] == "pending"
+    assert status == 200
+    assert body["actions"][0]["state"] == "pending"
     assert (data_dir / "journal" / "PG_VERSION").exists()
     listed = subprocess.run(
         [sys.executable, "-m", "healer.cli", "actions", "list", "--config", str(config), "--json"],

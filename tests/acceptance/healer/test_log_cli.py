@@ -74,7 +74,8 @@ async def test_log_follow_prints_new_output_until_the_action_ends(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout is not None
+    assert proc.stderr is not None
     try:
         assert await asyncio.wait_for(proc.stdout.readline(), 30) == b"already there\n"
         for i in range(3):

@@ -46,7 +46,8 @@ async def test_a_celery_step_sends_a_real_task_and_waits_for_its_result(
     row = await state_in(journal_dsn, action_id, "succeeded", "failed", timeout=40)
     assert row["state"] == "succeeded", row["reason"]
     (step,) = await steps(journal_dsn, action_id)
-    assert step["result"]["state"] == "SUCCESS" and step["result"]["result"] == "5"
+    assert step["result"]["state"] == "SUCCESS"
+    assert step["result"]["result"] == "5"
     assert len(step["result"]["task_id"]) == 36
     log = (await output(journal_dsn, action_id, "system")).decode()
     assert f"sent tests.add to main as {step['result']['task_id']}" in log
@@ -68,7 +69,8 @@ async def test_a_task_that_fails_fails_the_step_with_its_error(
     assert row["state"] == "failed"
     (step,) = await steps(journal_dsn, action_id)
     assert step["result"]["state"] == "FAILURE"
-    assert "ended FAILURE" in step["error"] and "cache rebuild broke" in step["error"]
+    assert "ended FAILURE" in step["error"]
+    assert "cache rebuild broke" in step["error"]
     assert "RuntimeError" in step["result"]["traceback"]
 
 

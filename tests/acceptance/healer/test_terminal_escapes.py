@@ -34,11 +34,14 @@ async def test_list_and_show_escape_labels_and_reasons(
         assert done.returncode == 0, done.stderr
         out = done.stdout.decode()
         assert SHOWN in out, out
-        assert "\x1b" not in out and "\r" not in out and "\u202e" not in out
+        assert "\x1b" not in out
+        assert "\r" not in out
+        assert "\u202e" not in out
         exact = await run("actions", command, "--config", str(config), *args, "--json")
         parsed = json.loads(exact.stdout)
         item = parsed["items"][0] if command == "list" else parsed
-        assert item["reason"] == LABEL and item["alert"]["labels"]["host"] == LABEL
+        assert item["reason"] == LABEL
+        assert item["alert"]["labels"]["host"] == LABEL
         assert b"\x1b" not in exact.stdout  # JSON escapes it: exact, and safe to print
 
 

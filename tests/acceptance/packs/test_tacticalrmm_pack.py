@@ -395,7 +395,8 @@ def beat_is_watched_then_killed(trmm: Trmm) -> float:
         == 1
     )
     assert trmm.worker.hostname.startswith("w1@")
-    assert trmm_rows(trmm.app_dsn) and all(c == RIGHT for _, c, _ in trmm_rows(trmm.app_dsn))
+    assert trmm_rows(trmm.app_dsn)
+    assert all(c == RIGHT for _, c, _ in trmm_rows(trmm.app_dsn))
 
     trmm.beat.kill()
     set_failing_checks(trmm.app_dsn, WRONG)  # the icons go wrong while beat is down

@@ -268,7 +268,8 @@ async def test_an_import_whose_worker_was_killed_is_failed_after_dry_run_and_app
         "datasource": "fail",
     }
     reason = error_message(timesketch, ORPHANED)
-    assert reason is not None and "worker killed or task gone" in reason
+    assert reason is not None
+    assert "worker killed or task gone" in reason
     counts = execute(
         timesketch,
         "SELECT count(*) FROM timeline_status WHERE parent_id = %(id)s",

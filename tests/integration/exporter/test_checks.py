@@ -84,13 +84,15 @@ async def test_stale_rows_are_counted_and_zero_after_the_cache_is_refreshed(
     assert sample(registry, "taskmedic_check_up", check="cache") == 1
     assert sample(registry, "taskmedic_stale_rows", check="cache") == 2
     oldest = sample(registry, "taskmedic_stale_oldest_age_seconds", check="cache")
-    assert oldest is not None and 1800 <= oldest < 1800 + 60
+    assert oldest is not None
+    assert 1800 <= oldest < 1800 + 60
 
     pg_exec(status_cache, "UPDATE agents_status_cache SET updated_at = now()")
     await runner.collect("cache")
     assert sample(registry, "taskmedic_stale_rows", check="cache") == 0
     oldest = sample(registry, "taskmedic_stale_oldest_age_seconds", check="cache")
-    assert oldest is not None and oldest < 60
+    assert oldest is not None
+    assert oldest < 60
 
 
 async def test_an_empty_result_is_zero_and_a_failing_database_is_absent(
@@ -129,7 +131,8 @@ async def test_an_empty_result_is_zero_and_a_failing_database_is_absent(
     )
     assert sample(registry, "taskmedic_check_duration_seconds", check="elsewhere") is not None
     error = runner.state("elsewhere").error
-    assert error is not None and "cannot connect to database gone" in error
+    assert error is not None
+    assert "cannot connect to database gone" in error
     assert "pw@" not in error
 
 

@@ -157,7 +157,8 @@ async def test_a_task_seen_again_on_the_second_look_is_no_orphan(
         age = registry.get_sample_value(
             "taskmedic_orphan_oldest_age_seconds", {"check": "timelines"}
         )
-        assert age is not None and age >= 3600
+        assert age is not None
+        assert age >= 3600
     finally:
         await runner.stop()
 

@@ -160,11 +160,13 @@ async def test_landing_page_lists_checks_with_state_and_escaped_errors(
     assert resp.status == 200
     assert resp.content_type == "text/html"
     page = await resp.text()
-    assert "broken" in page and "fine" in page
+    assert "broken" in page
+    assert "fine" in page
     assert "invalid input syntax for type integer" in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "<script>" not in page
-    assert ">down<" in page and ">up<" in page
+    assert ">down<" in page
+    assert ">up<" in page
 
     resp = await client.get("/healthz")
     assert resp.status == 200

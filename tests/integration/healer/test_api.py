@@ -160,7 +160,8 @@ async def test_cancel_a_running_action_asks_the_executor_to_stop_it(
     # Followers of the log learn of the state change; the executors, that it should stop.
     assert notified == {("taskmedic_state", str(a["id"])), ("taskmedic_cancel", str(a["id"]))}
     [(state, requested)] = rows(pg_dsn, "SELECT state, cancel_requested_at FROM actions")
-    assert state == "running" and requested is not None
+    assert state == "running"
+    assert requested is not None
     assert rows(pg_dsn, "SELECT kind FROM events ORDER BY id")[-1] == ("cancel_requested",)
 
 
@@ -176,18 +177,22 @@ async def test_list_filters_by_state_and_rule_and_pages_with_a_cursor(client: Cl
     await _post(client, payload("grouped_workers_down"))  # 3 pending (rule plain)
     resp = await client.get("/api/actions?limit=2", headers=AUTH)
     page1 = await resp.json()
-    assert len(page1["items"]) == 2 and page1["next"]
+    assert len(page1["items"]) == 2
+    assert page1["next"]
     page2 = await (
         await client.get(f"/api/actions?limit=2&cursor={page1['next']}", headers=AUTH)
     ).json()
-    assert len(page2["items"]) == 2 and page2["next"] is None
+    assert len(page2["items"]) == 2
+    assert page2["next"] is None
     ids = [i["id"] for i in page1["items"] + page2["items"]]
-    assert ids == sorted(ids, reverse=True) and len(set(ids)) == 4
+    assert ids == sorted(ids, reverse=True)
+    assert len(set(ids)) == 4
     item = page1["items"][0]
     assert {"id", "rule", "state", "alert", "created_at"} <= set(item)
 
     got = await (await client.get("/api/actions?state=pending", headers=AUTH)).json()
-    assert {i["rule"] for i in got["items"]} == {"plain"} and len(got["items"]) == 3
+    assert {i["rule"] for i in got["items"]} == {"plain"}
+    assert len(got["items"]) == 3
     got = await (await client.get("/api/actions?rule=refresh-tree-status", headers=AUTH)).json()
     assert [i["state"] for i in got["items"]] == ["awaiting_approval"]
     got = await (

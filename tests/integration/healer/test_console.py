@@ -98,7 +98,8 @@ async def test_login_sets_a_strict_httponly_session_cookie(
     assert "HttpOnly" in cookie
     assert "SameSite=Strict" in cookie
     assert "Path=/" in cookie
-    assert TOKEN not in cookie and PASSWORD not in cookie
+    assert TOKEN not in cookie
+    assert PASSWORD not in cookie
     resp = await client.get("/", allow_redirects=False)
     assert resp.status == 200
     assert "Log out" in await resp.text()
@@ -188,13 +189,16 @@ async def test_action_list_shows_state_rule_alert_start_and_duration_and_filters
     assert '<option value="fail-stuck-timelines">' in html
 
     html = await (await client.get("/", params={"state": "running"})).text()
-    assert f"/actions/{a2}" in html and f"/actions/{a1}" not in html
+    assert f"/actions/{a2}" in html
+    assert f"/actions/{a1}" not in html
     html = await (await client.get("/", params={"rule": "fail-stuck-timelines"})).text()
-    assert f"/actions/{a2}" in html and f"/actions/{a3}" in html
+    assert f"/actions/{a2}" in html
+    assert f"/actions/{a3}" in html
     assert f"/actions/{a1}" not in html
     rows = await (await client.get("/", params={"fragment": "rows", "state": "running"})).text()
     assert rows.lstrip().startswith("<tr")
-    assert f"/actions/{a2}" in rows and "<html" not in rows
+    assert f"/actions/{a2}" in rows
+    assert "<html" not in rows
     resp = await client.get("/", params={"state": "bogus"})
     assert resp.status == 400
 
@@ -216,15 +220,18 @@ async def test_action_page_shows_steps_plan_and_the_buttons_its_state_allows(
     assert f'data-post="/api/actions/{waiting}/cancel"' in html
     assert "/bin/echo &#39;hello 1&#39;" in html  # the rendered argv of step 2
     assert '<details id="plan" open>' in html  # the plan is in view for the approver
-    assert "step 0" in html and "step 1" in html
+    assert "step 0" in html
+    assert "step 1" in html
     assert f'data-src="/api/actions/{waiting}/log?follow=1"' in html
 
     html = await (await client.get(f"/actions/{done}")).text()
-    assert "/approve" not in html and "/cancel" not in html
+    assert "/approve" not in html
+    assert "/cancel" not in html
     assert "succeeded" in html
     assert "data-poll" not in html  # a finished action needs no refreshing
     frag = await (await client.get(f"/actions/{done}", params={"fragment": "detail"})).text()
-    assert "<html" not in frag and "Steps" in frag
+    assert "<html" not in frag
+    assert "Steps" in frag
     assert (await client.get("/actions/99999")).status == 404
 
 
@@ -238,7 +245,8 @@ async def test_pages_escape_what_alerts_put_in_labels(
     for path in ("/", f"/actions/{aid}"):
         resp = await client.get(path)
         html = await resp.text()
-        assert "<script>alert" not in html and "<img src=x" not in html
+        assert "<script>alert" not in html
+        assert "<img src=x" not in html
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
         assert "script-src 'self'" in resp.headers["Content-Security-Policy"]
 

@@ -35,7 +35,8 @@ async def test_steps_run_in_order_and_the_action_succeeds(
 
     row = await state_in(journal_dsn, action_id, "succeeded", "failed")
     assert row["state"] == "succeeded", row["reason"]
-    assert row["attempt"] == 1 and row["lease_expires_at"] is None
+    assert row["attempt"] == 1
+    assert row["lease_expires_at"] is None
     assert log.read_text().split() == ["0", "1", "2"]
     rows = await steps(journal_dsn, action_id)
     assert [(s["state"], s["exit_code"]) for s in rows] == [("succeeded", 0)] * 3
@@ -96,7 +97,8 @@ async def test_a_failing_step_undoes_completed_steps_in_reverse_order(
     assert log.read_text().split() == ["do0", "do1", "do2", "undo2", "undo0"]
     rows = await steps(journal_dsn, action_id)
     assert [s["state"] for s in rows] == ["undone", "succeeded", "undone", "failed", "skipped"]
-    assert rows[3]["exit_code"] == 3 and rows[3]["error"] == "exit code 3"
+    assert rows[3]["exit_code"] == 3
+    assert rows[3]["error"] == "exit code 3"
     assert rows[4]["error"] == "not run: step 3 failed"
     assert rows[0]["result"]["undo"]["by"] == "script"
     assert "step 3 'breaks' failed" in rows[0]["result"]["undo"]["why"]
@@ -119,7 +121,8 @@ async def test_an_undo_that_fails_is_recorded_and_the_others_still_run(
     )
     action_id = await insert_action(journal_dsn, p)
     row = await state_in(journal_dsn, action_id, "succeeded", "failed")
-    assert "undo failed: steps 1" in row["reason"] and "undone: steps 0" in row["reason"]
+    assert "undo failed: steps 1" in row["reason"]
+    assert "undone: steps 0" in row["reason"]
     rows = await steps(journal_dsn, action_id)
     assert [s["state"] for s in rows] == ["undone", "undo_failed", "failed"]
     assert rows[1]["undo_error"] == "exit code 7"

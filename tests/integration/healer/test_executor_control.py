@@ -54,7 +54,8 @@ async def test_a_timeout_ends_the_whole_process_group(
     assert row["state"] == "failed"
     (step,) = await steps(journal_dsn, action_id)
     assert step["error"].startswith("timed out after 1s (killed by SIGKILL)")
-    assert step["exit_code"] == -9 and step["result"]["timed_out"] is True
+    assert step["exit_code"] == -9
+    assert step["result"]["timed_out"] is True
     child = int((tmp_path / "child").read_text())
     await until(lambda: asyncio.sleep(0, gone(child)), 5, "the child sleep to be gone")
     assert gone(int((tmp_path / "leader").read_text()))
@@ -242,7 +243,8 @@ async def test_stop_past_grace_interrupts_and_requeues_a_retry_action(
     child = int(await wait_file(tmp_path / "child"))
     await ex.stop(grace=0.2)
     row = await action(journal_dsn, action_id)
-    assert row["state"] == "pending" and row["lease_owner"] is None
+    assert row["state"] == "pending"
+    assert row["lease_owner"] is None
     assert "retrying after interruption" in row["reason"]
     assert [s["state"] for s in await steps(journal_dsn, action_id)] == ["succeeded", "interrupted"]
     assert [e["to_state"] for e in await events(journal_dsn, action_id)][-2:] == [
@@ -259,7 +261,9 @@ async def test_stop_past_grace_interrupts_and_requeues_a_retry_action(
     row = await action(journal_dsn, action_id)
     assert row["attempt"] == 2
     first, second = await steps(journal_dsn, action_id)
-    assert first["attempt"] == 1 and second["attempt"] == 2 and second["state"] == "running"
+    assert first["attempt"] == 1
+    assert second["attempt"] == 2
+    assert second["state"] == "running"
     kill_quietly(int((tmp_path / "child").read_text()))
 
 
@@ -271,10 +275,13 @@ async def test_stop_past_grace_fails_an_action_without_retry(
     await wait_file(tmp_path / "child")
     await ex.stop(grace=0)
     row = await action(journal_dsn, action_id)
-    assert row["state"] == "failed" and "on_interrupt: fail" in row["reason"]
-    assert row["finished_at"] is not None and row["lease_expires_at"] is None
+    assert row["state"] == "failed"
+    assert "on_interrupt: fail" in row["reason"]
+    assert row["finished_at"] is not None
+    assert row["lease_expires_at"] is None
     (step,) = await steps(journal_dsn, action_id)
-    assert step["state"] == "interrupted" and "stopped before the action finished" in step["error"]
+    assert step["state"] == "interrupted"
+    assert "stopped before the action finished" in step["error"]
 
 
 async def test_a_step_longer_than_the_lease_keeps_its_lease_by_renewing(

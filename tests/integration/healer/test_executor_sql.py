@@ -111,7 +111,8 @@ async def test_transaction_single_commits_all_or_nothing(
     first, second = await steps(jobs, action_id)
     assert first["state"] == "undone"
     assert first["result"]["undo"]["by"] == "rollback"
-    assert second["state"] == "failed" and "division by zero" in second["error"]
+    assert second["state"] == "failed"
+    assert "division by zero" in second["error"]
 
 
 async def test_transaction_single_commits_every_statement_at_the_end(
@@ -165,12 +166,15 @@ async def test_dry_run_changes_no_row_and_records_the_counts(
     )
     action_id = await insert_action(jobs, p)
     row = await state_in(jobs, action_id, "succeeded", "failed", "skipped")
-    assert row["state"] == "skipped" and "dry run" in row["reason"]
+    assert row["state"] == "skipped"
+    assert "dry run" in row["reason"]
     assert not marker.exists()
     assert await statuses(jobs) == {1: "processing", 2: "processing", 3: "done"}
     script_step, update, delete = await steps(jobs, action_id)
-    assert script_step["state"] == "skipped" and script_step["result"]["dry_run"] is True
-    assert update["result"]["rowcount"] == 2 and update["result"]["transaction"] == "rolled_back"
+    assert script_step["state"] == "skipped"
+    assert script_step["result"]["dry_run"] is True
+    assert update["result"]["rowcount"] == 2
+    assert update["result"]["transaction"] == "rolled_back"
     assert delete["result"]["rowcount"] == 2  # sees the update it follows, then all rolled back
 
 

@@ -70,9 +70,11 @@ def test_db_upgrade_creates_the_schema_then_has_nothing_to_do(
 ) -> None:
     path = write_config(tmp_path, pg_dsn)
     code, out, _ = run_cli(capsys, "db", "upgrade", "--config", str(path))
-    assert code == 0 and "applied migrations 1" in out
+    assert code == 0
+    assert "applied migrations 1" in out
     code, out, _ = run_cli(capsys, "db", "upgrade", "--config", str(path))
-    assert code == 0 and "current" in out
+    assert code == 0
+    assert "current" in out
 
 
 def test_actions_list_show_approve_cancel_over_the_journal(
@@ -83,11 +85,13 @@ def test_actions_list_show_approve_cancel_over_the_journal(
     record(config, pg_dsn, payload("grouped_workers_down"))
     code, out, _ = run_cli(capsys, "actions", "list", "--config", cfg)
     assert code == 0
-    assert out.count("awaiting_approval") == 3 and "TaskmedicCeleryWorkerDown" in out
+    assert out.count("awaiting_approval") == 3
+    assert "TaskmedicCeleryWorkerDown" in out
 
     code, out, _ = run_cli(capsys, "actions", "list", "--config", cfg, "--json", "--limit", "2")
     listed = json.loads(out)
-    assert len(listed["items"]) == 2 and listed["next"]
+    assert len(listed["items"]) == 2
+    assert listed["next"]
     first = listed["items"][0]
 
     code, out, _ = run_cli(capsys, "actions", "show", str(first["id"]), "--config", cfg)
@@ -98,7 +102,8 @@ def test_actions_list_show_approve_cancel_over_the_journal(
     code, _, err = run_cli(
         capsys, "actions", "approve", str(first["id"]), "--plan-hash", "f" * 64, "--config", cfg
     )
-    assert code == 1 and "plan_hash does not match" in err
+    assert code == 1
+    assert "plan_hash does not match" in err
     code, out, _ = run_cli(
         capsys,
         "actions",
@@ -111,18 +116,22 @@ def test_actions_list_show_approve_cancel_over_the_journal(
         "--by",
         "alice",
     )
-    assert code == 0 and "approved" in out
+    assert code == 0
+    assert "approved" in out
     assert rows(pg_dsn, "SELECT state, approved_by FROM actions WHERE id = %s", (first["id"],)) == [
         ("pending", "alice")
     ]
 
     second = listed["items"][1]
     code, out, _ = run_cli(capsys, "actions", "cancel", str(second["id"]), "--config", cfg)
-    assert code == 0 and "cancelled" in out
+    assert code == 0
+    assert "cancelled" in out
     code, _, err = run_cli(capsys, "actions", "cancel", str(second["id"]), "--config", cfg)
-    assert code == 1 and "nothing left to cancel" in err
+    assert code == 1
+    assert "nothing left to cancel" in err
     code, _, err = run_cli(capsys, "actions", "show", "424242", "--config", cfg)
-    assert code == 1 and "no action 424242" in err
+    assert code == 1
+    assert "no action 424242" in err
 
 
 def test_actions_on_an_unreachable_journal_exit_1_without_showing_the_dsn(
@@ -131,7 +140,8 @@ def test_actions_on_an_unreachable_journal_exit_1_without_showing_the_dsn(
     dsn = "postgresql://taskmedic:hunter2@127.0.0.1:1/journal"
     path = write_config(tmp_path, dsn)
     code, out, err = run_cli(capsys, "actions", "list", "--config", str(path))
-    assert code == 1 and "journal unavailable" in err
+    assert code == 1
+    assert "journal unavailable" in err
     assert "hunter2" not in out + err
 
 
@@ -161,5 +171,6 @@ rules:
     assert [r["state"] for o in replayed for r in o["rules"]] == ["pending", "duplicate", "skipped"]
     assert [len(o["recorded"]) for o in replayed] == [1, 0, 1]
     code, out, _ = run_cli(capsys, "rules", "replay", "--config", cfg, "--since", "1h")
-    assert "would be skipped: cooldown" in out and "recorded then: refresh-tree-status #" in out
+    assert "would be skipped: cooldown" in out
+    assert "recorded then: refresh-tree-status #" in out
     assert rows(pg_dsn, "SELECT count(*) FROM actions") == [(2,)]  # replay wrote nothing

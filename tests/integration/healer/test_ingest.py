@@ -123,7 +123,8 @@ async def test_resolved_cancels_actions_that_have_not_started(
     [(action_id, state, reason)] = rows(
         pg_dsn, "SELECT id, state, reason FROM actions WHERE trigger = 'firing'"
     )
-    assert state == "cancelled" and "resolved" in reason
+    assert state == "cancelled"
+    assert "resolved" in reason
     assert body["cancelled"] == [action_id]
     assert rows(
         pg_dsn,
@@ -165,7 +166,8 @@ async def test_truncated_alerts_are_recorded_and_counted(
     metrics = HealerMetrics()
     client = await make_client(metrics=metrics)
     status, body = await post(client, payload("truncated_workers_down"))
-    assert status == 200 and body["alerts"] == 2
+    assert status == 200
+    assert body["alerts"] == 2
     assert rows(pg_dsn, "SELECT truncated_alerts FROM notifications") == [(3,)]
     assert metrics.registry.get_sample_value("taskmedic_alerts_truncated_total") == 3
     assert (
@@ -185,7 +187,8 @@ async def test_cooldown_skips_a_new_firing_of_the_same_target(
     status, body = await post(client, again)
     assert status == 200
     [action] = body["actions"]
-    assert action["state"] == "skipped" and action["reason"].startswith("cooldown")
+    assert action["state"] == "skipped"
+    assert action["reason"].startswith("cooldown")
     other = with_alert(first, startsAt="2024-05-14T09:41:00Z", labels={"check": "other"})
     other["alerts"][0]["fingerprint"] = "0000000000000001"
     _, body = await post(client, other)
@@ -255,7 +258,8 @@ async def test_healer_wide_dry_run_marks_every_plan(make_client: MakeClient, pg_
     client = await make_client(healer={"dry_run": True})
     await post(client, payload("firing_stale_rows"))
     [(dry_run, plan_dry)] = rows(pg_dsn, "SELECT dry_run, (plan->>'dry_run')::bool FROM actions")
-    assert dry_run is True and plan_dry is True
+    assert dry_run is True
+    assert plan_dry is True
 
 
 async def test_label_that_fails_its_pattern_fails_the_action_with_nothing_to_run(
@@ -269,7 +273,8 @@ async def test_label_that_fails_its_pattern_fails_the_action_with_nothing_to_run
     assert status == 200
     assert [a["state"] for a in body["actions"]] == ["failed"] * 3
     for a in body["actions"]:
-        assert "does not match pattern" in a["reason"] and "nothing was run" in a["reason"]
+        assert "does not match pattern" in a["reason"]
+        assert "nothing was run" in a["reason"]
     assert journal_counts(pg_dsn)["steps"] == 0
     assert rows(pg_dsn, "SELECT DISTINCT jsonb_array_length(plan->'steps') FROM actions") == [(0,)]
     assert not list(tmp_path.glob("pwned_*"))

@@ -44,7 +44,8 @@ async def test_each_action_of_a_grouped_notification_points_at_its_own_alert(
     alert row of the same fingerprint, and the stored plan hashes to the recorded plan_hash."""
     client = await make_client()
     status, body = await post(client, payload("grouped_workers_down"))
-    assert status == 200 and len(body["actions"]) == 3
+    assert status == 200
+    assert len(body["actions"]) == 3
     recorded = rows(
         pg_dsn,
         "SELECT a.fingerprint, al.fingerprint, al.notification_id, a.plan, a.plan_hash, "
@@ -143,7 +144,8 @@ async def test_rows_of_a_firing_alert_are_those_of_the_statement_per_row_ingest(
     resolved = with_alert(payload("firing_stale_rows"), status="resolved")
     resolved["status"] = "resolved"
     status, body2 = await post(client, resolved)
-    assert status == 200 and body2["cancelled"] == [body["actions"][0]["id"]]
+    assert status == 200
+    assert body2["cancelled"] == [body["actions"][0]["id"]]
     assert rows(pg_dsn, "SELECT actor, kind, data FROM events ORDER BY id")[1] == (
         "ingest",
         "cancelled",

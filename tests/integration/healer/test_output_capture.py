@@ -47,7 +47,8 @@ async def test_stdout_and_stderr_stay_apart_and_in_order(
     rows = await chunks(journal_dsn, action_id)
     for stream in ("stdout", "stderr"):
         stamps = [c["at"] for c in rows if c["stream"] == stream]
-        assert len(stamps) > 1 and stamps == sorted(stamps)
+        assert len(stamps) > 1
+        assert stamps == sorted(stamps)
     (step,) = await steps(journal_dsn, action_id)
     assert step["output_bytes"] == sum(len(f"out {i}\n") * 2 for i in range(3000))
 
@@ -63,7 +64,8 @@ async def test_a_partial_line_is_in_the_journal_while_the_step_still_runs(
     seen = await until(lambda: output(journal_dsn, action_id, "stdout"), 5, "the partial line")
     assert seen == b"half a line"
     (step,) = await steps(journal_dsn, action_id)
-    assert step["state"] == "running" and not go.exists()
+    assert step["state"] == "running"
+    assert not go.exists()
     go.touch()
     await state_in(journal_dsn, action_id, "succeeded")
     assert await output(journal_dsn, action_id, "stdout") == b"half a line and the rest"

@@ -48,7 +48,8 @@ async def test_dry_run_sends_no_task(
     action_id = await insert_action(journal_dsn, plan(task("tests.add", 1, 1), dry_run=True))
     assert (await state_in(journal_dsn, action_id, "skipped", "failed"))["state"] == "skipped"
     (step,) = await steps(journal_dsn, action_id)
-    assert step["state"] == "skipped" and step["result"]["dry_run"] is True
+    assert step["state"] == "skipped"
+    assert step["result"]["dry_run"] is True
     assert redis_target.client().llen("celery") == 0  # nothing reached the broker queue
 
 

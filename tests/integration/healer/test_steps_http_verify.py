@@ -133,9 +133,11 @@ async def test_an_http_step_sends_the_request_with_secrets_read_from_files(
     expected = base64.b64encode(f"user001:{SECRET}".encode()).decode()
     assert req["headers"]["Authorization"] == f"Basic {expected}"
     (step,) = await steps(journal_dsn, action_id)
-    assert step["result"]["status"] == 200 and step["result"]["answer"] == {"err": ""}
+    assert step["result"]["status"] == 200
+    assert step["result"]["answer"] == {"err": ""}
     recorded = await everything_recorded(journal_dsn, action_id)
-    assert SECRET not in recorded and "tok-123" not in recorded
+    assert SECRET not in recorded
+    assert "tok-123" not in recorded
 
 
 @pytest.mark.parametrize(
@@ -176,7 +178,8 @@ async def test_an_unreadable_secret_file_fails_before_anything_is_sent(
     row = await state_in(journal_dsn, action_id, "succeeded", "failed")
     assert row["state"] == "failed"
     (step,) = await steps(journal_dsn, action_id)
-    assert "cannot read the password file" in step["error"] and str(tmp_path) in step["error"]
+    assert "cannot read the password file" in step["error"]
+    assert str(tmp_path) in step["error"]
     assert api.seen == []
 
 
@@ -187,9 +190,11 @@ async def test_a_dry_run_sends_no_request(
     p = plan(http_step(HttpSpec(method="POST", url=f"{api.url}/x")), dry_run=True)
     action_id = await insert_action(journal_dsn, p)
     row = await state_in(journal_dsn, action_id, "succeeded", "failed", "skipped")
-    assert row["state"] == "skipped" and "dry run" in row["reason"]
+    assert row["state"] == "skipped"
+    assert "dry run" in row["reason"]
     (step,) = await steps(journal_dsn, action_id)
-    assert step["state"] == "skipped" and step["result"]["dry_run"] is True
+    assert step["state"] == "skipped"
+    assert step["result"]["dry_run"] is True
     assert api.seen == []
 
 
@@ -237,7 +242,8 @@ async def test_verify_fails_the_action_when_the_fault_stays(
     row = await state_in(journal_dsn, action_id, "succeeded", "failed")
     assert row["state"] == "failed"
     (step,) = await steps(journal_dsn, action_id)
-    assert "not verified within 0.5s" in step["error"] and "values [1.0]" in step["error"]
+    assert "not verified within 0.5s" in step["error"]
+    assert "values [1.0]" in step["error"]
 
 
 async def test_verify_reads_the_exporter_of_the_config_by_default(
@@ -350,7 +356,8 @@ async def test_a_repair_by_http_stops_at_the_first_wrong_answer(
         assert row["state"] == "failed"
         assert len(api.seen) == 1
         (done,) = await steps(journal_dsn, action_id)
-        assert "record not found" in done["error"] and "0 of 2 keys repaired" in done["error"]
+        assert "record not found" in done["error"]
+        assert "0 of 2 keys repaired" in done["error"]
     finally:
         pg_server.drop_database(name)
 

@@ -93,8 +93,10 @@ async def test_repair_changes_only_the_rows_the_check_confirms_now(
     assert await record_statuses(records) == {1: "orphaned", 2: "new", 3: "orphaned", 4: "new"}
     (step,) = await steps(records, action_id)
     result = step["result"]
-    assert sorted(result["confirmed_keys"]) == [1, 3] and result["confirmed"] == 2
-    assert sorted(result["changed_keys"]) == [1, 3] and result["rowcount"] == 2
+    assert sorted(result["confirmed_keys"]) == [1, 3]
+    assert result["confirmed"] == 2
+    assert sorted(result["changed_keys"]) == [1, 3]
+    assert result["rowcount"] == 2
     assert result["transaction"] == "committed"
 
 
@@ -106,7 +108,8 @@ async def test_repair_in_dry_run_counts_and_changes_nothing(
     assert (await state_in(records, action_id, "skipped", "failed"))["state"] == "skipped"
     assert set((await record_statuses(records)).values()) == {"new"}
     (step,) = await steps(records, action_id)
-    assert step["result"]["rowcount"] == 2 and step["result"]["dry_run"] is True
+    assert step["result"]["rowcount"] == 2
+    assert step["result"]["dry_run"] is True
 
 
 async def test_repair_changes_nothing_when_the_check_cannot_see(
@@ -186,4 +189,5 @@ async def test_sql_steps_on_mariadb_bind_parameters_and_commit_all_or_nothing(
     assert (await state_in(journal_dsn, broken, "succeeded", "failed"))["state"] == "failed"
     assert mysql_statuses(dsn, table)[2] == "processing"
     first, second = await steps(journal_dsn, broken)
-    assert first["state"] == "undone" and "no_such_table" in second["error"]
+    assert first["state"] == "undone"
+    assert "no_such_table" in second["error"]

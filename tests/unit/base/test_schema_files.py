@@ -55,7 +55,8 @@ def test_every_shipped_file_names_its_schema_and_passes_it(path: Path) -> None:
     named = _NAMED.search(text)
     assert named, f"{path.name} lacks '# yaml-language-server: $schema=...'"
     target = (path.parent / named.group(1)).resolve()
-    assert target.parent == SCHEMAS and target.name in SCHEMA_FILES.values()
+    assert target.parent == SCHEMAS
+    assert target.name in SCHEMA_FILES.values()
     validator = jsonschema.Draft202012Validator(json.loads(target.read_text()))
     data = yaml.safe_load(text) or {}
     assert [f"{e.json_path}: {e.message}" for e in validator.iter_errors(data)] == []

@@ -46,7 +46,8 @@ def test_a_task_that_keeps_failing_becomes_overdue() -> None:
         t.event("task-received", f"f{i}", TICK, 60.0 * i)
         t.event("task-failed", f"f{i}", None, 60.0 * i + 1)
     s = t.statuses(300.0, 0.0)[0]
-    assert s.last_failed == 241.0 and s.last_succeeded is None
+    assert s.last_failed == 241.0
+    assert s.last_succeeded is None
     assert s.overdue
 
 

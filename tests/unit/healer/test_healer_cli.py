@@ -59,7 +59,8 @@ def test_rules_test_reports_a_bad_payload_file(
     bad = tmp_path / "bad.json"
     bad.write_text("{")
     code, _, err = run_cli(capsys, "rules", "test", "--config", str(path), "--alert", str(bad))
-    assert code == 2 and "not valid JSON" in err
+    assert code == 2
+    assert "not valid JSON" in err
 
 
 def test_config_check_validates_the_healer_section_too(
@@ -77,4 +78,5 @@ def test_config_check_validates_the_healer_section_too(
     assert main(["config", "check", "--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"{path}:3: healer.listen: expected host:port" in err
-    assert "hunter2" not in err and "s3cret" not in err
+    assert "hunter2" not in err
+    assert "s3cret" not in err

@@ -22,10 +22,13 @@ def test_defaults_follow_the_contract(tmp_path: Path) -> None:
     path.write_text("healer: {auth: {bearer_token: t}}\n")
     h = load_healer_config(path).healer
     assert h.listen == "127.0.0.1:9809"
-    assert h.journal is None and h.data_dir == Path(".taskmedic")
+    assert h.journal is None
+    assert h.data_dir == Path(".taskmedic")
     assert (h.max_body, h.output_cap) == (1 << 20, 1 << 20)
     assert (h.lease, h.approval_timeout, h.shutdown_grace) == (30.0, 3600.0, 30.0)
-    assert h.log_retention == 30 * 86400.0 and h.executor_concurrency == 4 and not h.dry_run
+    assert h.log_retention == 30 * 86400.0
+    assert h.executor_concurrency == 4
+    assert not h.dry_run
 
 
 def test_healer_section_errors_are_located(tmp_path: Path) -> None:
@@ -55,7 +58,8 @@ def test_the_exporter_alone_reads_the_shared_file_and_leaves_the_healer_section_
     path = tmp_path / "taskmedic.yaml"
     path.write_text("databases: {app: {dsn: 'postgresql://u@h/db'}}\nhealer:\n  listen: 9809\n")
     config = load_config(path)
-    assert type(config) is Config and "healer" not in config.display()
+    assert type(config) is Config
+    assert "healer" not in config.display()
     with pytest.raises(ConfigError, match=f"{path}:3: healer.listen: expected host:port"):
         load_healer_config(path)
     path.write_text("databases: {}\nhealr: {}\n")
@@ -80,7 +84,8 @@ def test_config_check_shows_the_healer_section_with_every_secret_masked(
     assert main(["config", "check", "--config", str(path)]) == 0
     out = capsys.readouterr().out
     shown = yaml.safe_load(out)["healer"]
-    assert shown["listen"] == "127.0.0.1:9809" and shown["lease"] == 30.0
+    assert shown["listen"] == "127.0.0.1:9809"
+    assert shown["lease"] == 30.0
     assert shown["journal"]["dsn"] == "postgresql://j:***@h/journal"
     assert shown["auth"]["bearer_token"] == "***"
     assert shown["auth"]["basic_auth"] == {"username": "ops", "password": "***"}

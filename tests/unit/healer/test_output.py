@@ -97,11 +97,13 @@ async def test_the_cap_keeps_head_and_tail_around_an_elision_marker() -> None:
     assert kinds.count("system") == 1
     assert sink.chunks[marker_at].data == "[… 924 bytes elided …]\n".encode()
     before, after = sink.chunks[:marker_at], sink.chunks[marker_at + 1 :]
-    assert sum(len(c.data) for c in before) == 50 and sum(len(c.data) for c in after) == 50
+    assert sum(len(c.data) for c in before) == 50
+    assert sum(len(c.data) for c in after) == 50
     for stream, whole in fed.items():
         head = b"".join(c.data for c in before if c.stream == stream)
         tail = b"".join(c.data for c in after if c.stream == stream)
-        assert whole.startswith(head) and whole.endswith(tail)
+        assert whole.startswith(head)
+        assert whole.endswith(tail)
     assert b"".join(c.data for c in after)[-7:] == data[-7:]  # the very last bytes survive
     assert sink.writes[-1][1] == 1024  # the true count, reported with the last write
 
@@ -141,7 +143,8 @@ async def test_a_lost_lease_stops_the_writing_and_is_reported_once() -> None:
         out.feed("stdout", b"one\n")
         await until(lambda: asyncio.sleep(0, errors), 2, "the error")
         out.feed("stdout", b"two\n")
-    assert len(errors) == 1 and isinstance(out.failed, LeaseLost)
+    assert len(errors) == 1
+    assert isinstance(out.failed, LeaseLost)
     assert out.total == 8
 
 

@@ -271,7 +271,8 @@ def test_a_missing_label_fails_unless_the_param_has_a_default() -> None:
         render(Rule.model_validate(spec), alert())
     spec["params"] = {"q": {"label": "queue", "pattern": "[a-z]+", "default": "celery"}}
     script = render(Rule.model_validate(spec), alert()).steps[0].script
-    assert script is not None and script.argv == ["/bin/echo", "celery"]
+    assert script is not None
+    assert script.argv == ["/bin/echo", "celery"]
 
 
 def test_the_sandbox_refuses_reaching_into_python_objects() -> None:

@@ -126,12 +126,14 @@ def test_http_and_verify_templates_render_from_params_and_the_key_stays_for_run_
     (rule,) = load_rule_files([path]).rules
     plan = render(rule.rule, alert(task="core.tasks.x"))
     repair, verify = plan.steps
-    assert repair.repair is not None and repair.repair.http is not None
+    assert repair.repair is not None
+    assert repair.repair.http is not None
     assert repair.repair.http.url == f"http://api/core.tasks.x/{REPAIR_KEY}"
     assert repair.repair.http.body == {"action": "cancel", "id": REPAIR_KEY, "task": "core.tasks.x"}
     assert repair.repair.http.basic_auth is not None
     assert repair.repair.http.basic_auth.password_file == "/run/secrets/pw"
-    assert verify.verify is not None and verify.verify.labels == {"task": "core.tasks.x"}
+    assert verify.verify is not None
+    assert verify.verify.labels == {"task": "core.tasks.x"}
     assert verify.verify.within == 300
 
 
@@ -173,7 +175,8 @@ def test_rules_test_takes_the_alert_as_labels_on_the_command_line(
     assert outcome["labels"] == {"alertname": "A", "task": "core.tasks.x"}
     assert outcome["status"] == "firing"
     (rule,) = outcome["rules"]
-    assert rule["rule"] == "r" and rule["state"] == "pending"
+    assert rule["rule"] == "r"
+    assert rule["state"] == "pending"
     # A label that breaks the rule's pattern: the plan fails, nothing would run.
     assert main([*args, "--label", "task=core tasks; rm -rf /"]) == 0
     assert "would be failed" in capsys.readouterr().out
