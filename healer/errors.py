@@ -7,11 +7,16 @@ from typing import Any
 
 from exporter.base.errors import TaskmedicError
 
-__all__ = ["JournalUnavailable", "LeaseLost", "StepFailed"]
+__all__ = ["JournalRefused", "JournalUnavailable", "LeaseLost", "StepFailed"]
 
 
 class JournalUnavailable(TaskmedicError):
     """The journal cannot be reached or written: nothing was recorded; HTTP answers 503."""
+
+
+class JournalRefused(TaskmedicError):
+    """The journal answered but refused a write (a constraint, a trigger, a permission, a value
+    it cannot hold): retrying would fail the same way. `str(self)` names the error's type."""
 
 
 class LeaseLost(TaskmedicError):

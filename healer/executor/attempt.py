@@ -13,6 +13,10 @@ more: the journal belongs to whoever took over), the healer is shutting down pas
 (the step is stopped and the action `interrupted`, then retried or failed per on_interrupt,
 exactly as the sweeper would do after a crash, only sooner), or a cancel was requested (the
 step is stopped, the completed steps are unwound, the action is `cancelled`).
+
+A write the journal refuses (anything but a lost connection: a constraint, a trigger, a
+permission) ends the attempt at once: the action is `failed` with the refusal as its reason and
+nothing more is run or undone, so a step that ran is never run again by a retry.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from pydantic import ValidationError
 from exporter.base.errors import TaskmedicError
 from exporter.checks import TraceSource
 from exporter.config import Config
-from healer.errors import JournalUnavailable, LeaseLost
+from healer.errors import JournalRefused, JournalUnavailable, LeaseLost
 from healer.executor.lease import renew_lease
 from healer.journal import executor as journal_executor
 from healer.metrics import HealerMetrics
@@ -87,6 +91,15 @@ class _Stopped(TaskmedicError):
         self.reason = reason
 
 
+class _Refused(TaskmedicError):
+    """A journal write was refused; `step` is (idx, state) of a step whose end it recorded."""
+
+    def __init__(self, reason: str, step: tuple[int, str] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.step = step
+
+
 def _steps_list(idxs: Collection[int]) -> str:
     return ", ".join(str(i) for i in idxs)
 
@@ -119,10 +132,9 @@ class ActionRun:
         )
         try:
             try:
-                await self._run()
-            except _Stopped as stop:
-                if stop.reason == "shutdown":
-                    await self._interrupt_now()
+                await self._run_until_stopped()
+            except _Refused as refused:
+                await self._refused(refused)
         except (LeaseLost, JournalUnavailable) as exc:
             log.warning("action %s: %s; writing nothing more about it", self.claim.id, exc)
             self.interrupt("lease_lost")
@@ -132,6 +144,13 @@ class ActionRun:
                 await renewer
             if self._sessions is not None:
                 await self._sessions.rollback()
+
+    async def _run_until_stopped(self) -> None:
+        try:
+            await self._run()
+        except _Stopped as stop:
+            if stop.reason == "shutdown":
+                await self._interrupt_now()
 
     # -- the steps ------------------------------------------------------------------------
 
@@ -157,8 +176,12 @@ class ActionRun:
             self.s.config, shared=plan.transaction == "single" or self._dry, dry_run=self._dry
         )
         names = [(s.name, s.kind) for s in plan.steps]
-        await self._write(lambda c: journal_executor.ensure_steps(c, self.claim.id, names))
-        rows = await self._write(lambda c: journal_executor.step_rows(c, self.claim.id))
+        await self._write(
+            "the step rows", lambda c: journal_executor.ensure_steps(c, self.claim.id, names)
+        )
+        rows = await self._write(
+            "a read of the step rows", lambda c: journal_executor.step_rows(c, self.claim.id)
+        )
         # A retry never re-runs a step recorded as done (an uncommitted shared one is not).
         done = {
             r["idx"]
@@ -191,7 +214,9 @@ class ActionRun:
         await self._complete(completed, len(done))
 
     async def _step(self, idx: int, step: PlanStep) -> StepResult:
-        await self._write(lambda c: journal_executor.step_started(c, self.fence, idx))
+        await self._write(
+            f"the start of step {idx}", lambda c: journal_executor.step_started(c, self.fence, idx)
+        )
         out = self._output(idx)
         try:
             async with out:
@@ -204,10 +229,10 @@ class ActionRun:
                 why = "stopped: the action was cancelled"
                 await self._step_done(idx, "cancelled", {}, why, None, out.total)
             raise
-        state = "skipped" if res.skipped else "succeeded"
-        await self._step_done(idx, state, res.result, "", res.exit_code, out.total)
         if res.result.get("transaction") == "open":
             self._shared[idx] = str(res.result["database"])
+        state = "skipped" if res.skipped else "succeeded"
+        await self._step_done(idx, state, res.result, "", res.exit_code, out.total)
         return res
 
     async def _step_done(
@@ -219,18 +244,24 @@ class ActionRun:
         exit_code: int | None,
         output_bytes: int,
     ) -> None:
-        await self._write(
-            lambda c: journal_executor.step_finished(
-                c,
-                self.fence,
-                idx,
-                state=state,
-                result=result,
-                error=error,
-                exit_code=exit_code,
-                output_bytes=output_bytes,
+        assert self._plan is not None
+        what = f"the end of step {idx} {self._plan.steps[idx].name!r} ({state})"
+        try:
+            await self._write(
+                what,
+                lambda c: journal_executor.step_finished(
+                    c,
+                    self.fence,
+                    idx,
+                    state=state,
+                    result=result,
+                    error=error,
+                    exit_code=exit_code,
+                    output_bytes=output_bytes,
+                ),
             )
-        )
+        except _Refused as refused:
+            raise _Refused(refused.reason, (idx, state)) from refused
 
     def _context(self, out: StepOutput) -> StepContext:
         assert self._plan is not None
@@ -271,14 +302,16 @@ class ActionRun:
             lost = [i for i in shared if i not in kept]
             why = str(exc)
             await self._write(
+                "the steps whose transaction committed",
                 lambda c: journal_executor.steps_patch(
                     c, self.claim.id, kept, {"transaction": "committed"}
-                )
+                ),
             )
             await self._write(
+                "the steps rolled back",
                 lambda c: journal_executor.undo_finished(
                     c, self.claim.id, lost, ok=True, undo={"by": "rollback", "why": why}
-                )
+                ),
             )
             self._shared.clear()
             summary = await self._unwind([i for i in completed if i not in lost], why)
@@ -315,9 +348,10 @@ class ActionRun:
         self._shared.clear()
         if rolled:
             await self._write(
+                "the steps rolled back",
                 lambda c: journal_executor.undo_finished(
                     c, self.claim.id, rolled, ok=True, undo={"by": "rollback", "why": why}
-                )
+                ),
             )
         undone, failed = list(reversed(rolled)), list[int]()
         for idx in reversed(completed):
@@ -335,7 +369,10 @@ class ActionRun:
     async def _undo(self, idx: int, step: PlanStep, why: str) -> bool:
         assert step.undo is not None
         how = "script" if step.undo.script is not None else "sql"
-        await self._write(lambda c: journal_executor.undo_started(c, self.claim.id, idx))
+        await self._write(
+            f"the start of the undo of step {idx}",
+            lambda c: journal_executor.undo_started(c, self.claim.id, idx),
+        )
         out = self._output(idx, record_total=False)
         try:
             async with out:
@@ -346,14 +383,16 @@ class ActionRun:
             undo = {"by": how, "why": why, "result": exc.result}
             error = str(exc)
             await self._write(
+                f"the undo of step {idx}",
                 lambda c: journal_executor.undo_finished(
                     c, self.claim.id, [idx], ok=False, undo=undo, error=error
-                )
+                ),
             )
             return False
         undo = {"by": how, "why": why, "result": res.result}
         await self._write(
-            lambda c: journal_executor.undo_finished(c, self.claim.id, [idx], ok=True, undo=undo)
+            f"the undo of step {idx}",
+            lambda c: journal_executor.undo_finished(c, self.claim.id, [idx], ok=True, undo=undo),
         )
         return True
 
@@ -376,7 +415,50 @@ class ActionRun:
             )
 
         self._shared.clear()
-        count(self.s.metrics, await self._write(write))
+        count(self.s.metrics, await self._write(f"the outcome ({state})", write))
+
+    async def _refused(self, refused: _Refused) -> None:
+        """The journal refused a write: end the attempt `failed`, naming the refusal.
+
+        Retrying would meet the same refusal, and a step that ran must never run again, so
+        nothing more is run or undone: shared transactions are rolled back, the step whose end
+        was refused keeps the state it reached (its result replaced by the refusal), the action
+        fails. If even that is refused, the outcome alone is written; the sweeper is the last
+        resort only when the journal refuses that too.
+        """
+        log.error("action %s: %s", self.claim.id, refused.reason)
+        if self._sessions is not None:
+            await self._sessions.rollback()
+        rolled = sorted(self._shared)
+        self._shared.clear()
+        why = f"{refused.reason}; nothing more was run or undone"
+        note = {"journal_error": refused.reason}
+
+        async def record(c: journal_executor.Conn) -> journal_executor.Settled:
+            if refused.step is not None:
+                idx, state = refused.step
+                error = refused.reason if state != "succeeded" else ""
+                await journal_executor.step_finished(
+                    c, self.fence, idx, state=state, result=note, error=error
+                )
+            if rolled:
+                undo = {"by": "rollback", "why": why}
+                await journal_executor.undo_finished(c, self.claim.id, rolled, ok=True, undo=undo)
+            return await journal_executor.finish(
+                c, self.fence, "failed", why, rest_error=f"not run: {why}"
+            )
+
+        async def outcome_only(c: journal_executor.Conn) -> journal_executor.Settled:
+            return await journal_executor.finish(c, self.fence, "failed", why)
+
+        for write in (record, outcome_only):
+            try:
+                settled = await self.s.journal.run(write, fence=self.fence)
+            except JournalRefused:
+                log.exception("action %s: the journal refused its failure too", self.claim.id)
+            else:
+                count(self.s.metrics, settled)
+                return
 
     async def _interrupt_now(self) -> None:
         """Shutdown past its grace: what the sweeper does after a crash, without the wait."""
@@ -384,18 +466,22 @@ class ActionRun:
             await self._sessions.rollback()
         why = f"the healer {self.s.owner} stopped before the action finished"
         settled = await self._write(
+            "the interruption",
             lambda c: journal_executor.interrupt(
                 c, self.claim.id, self.claim.attempt, why, self.s.owner, MAX_ATTEMPTS
-            )
+            ),
         )
         if settled is not None:
             count(self.s.metrics, settled)
 
     # -- plumbing -------------------------------------------------------------------------
 
-    async def _write(self, fn: Callable[[journal_executor.Conn], Awaitable[T]]) -> T:
-        """One fenced journal transaction."""
-        return await self.s.journal.run(fn, fence=self.fence)
+    async def _write(self, what: str, fn: Callable[[journal_executor.Conn], Awaitable[T]]) -> T:
+        """One fenced journal transaction; `what` names it if the journal refuses it."""
+        try:
+            return await self.s.journal.run(fn, fence=self.fence)
+        except JournalRefused as exc:
+            raise _Refused(f"the journal refused {what}: {exc}") from exc
 
     def _reason(self, ignore: Collection[str] = ()) -> str | None:
         for reason in _PRIORITY:

@@ -13,6 +13,7 @@ from psycopg.types.json import Jsonb
 
 from healer.journal import channels
 from healer.journal.queries import q
+from healer.journal.values import storable
 
 __all__ = ["record"]
 
@@ -36,8 +37,8 @@ async def record(
             "kind": kind,
             "from_state": from_state,
             "to_state": to_state,
-            "message": message,
-            "data": Jsonb(data or {}),
+            "message": storable(message),
+            "data": Jsonb(storable(data or {})),
         },
     )
     await channels.notify(conn, channels.STATE, action_id)

@@ -28,9 +28,10 @@ from tenacity import (
     wait_exponential,
 )
 
-from healer.errors import JournalUnavailable, LeaseLost
+from healer.errors import JournalRefused, JournalUnavailable, LeaseLost
 from healer.journal import channels, events
 from healer.journal.queries import q
+from healer.journal.values import storable
 
 __all__ = [
     "CLAIM_LOCK",
@@ -88,7 +89,8 @@ class Journal:
     """A connection pool and the retry policy for the executor's writes.
 
     A write that fails on a connection problem is retried for `retry_for` seconds (the
-    journal restarting, a pool connection gone stale); after that `JournalUnavailable`.
+    journal restarting, a pool connection gone stale); after that `JournalUnavailable`. Any
+    other database error is the journal refusing this write: `JournalRefused`, at once.
     """
 
     def __init__(self, pool: AsyncConnectionPool[Conn], retry_for: float) -> None:
@@ -111,7 +113,15 @@ class Journal:
                         return await fn(conn)
         except psycopg.OperationalError as exc:
             raise JournalUnavailable(f"the journal cannot be written: {exc}") from exc
+        except psycopg.Error as exc:
+            raise JournalRefused(refusal(exc)) from exc
         raise AssertionError("unreachable: tenacity either returns or re-raises")
+
+
+def refusal(exc: psycopg.Error) -> str:
+    """The error's type and its primary message (never its DETAIL: that may quote the row)."""
+    message = exc.diag.message_primary or str(exc).split("\n", 1)[0]
+    return f"{type(exc).__name__}: {message}"
 
 
 async def hold(conn: Conn, fence: Fence) -> bool:
@@ -209,8 +219,8 @@ async def step_finished(
             **fence.params(),
             "idx": idx,
             "state": state,
-            "result": Jsonb(result),
-            "error": error,
+            "result": Jsonb(storable(result)),
+            "error": storable(error),
             "exit_code": exit_code,
             "output_bytes": output_bytes,
         },
@@ -222,7 +232,8 @@ async def steps_patch(
 ) -> None:
     """Merge `patch` into the result of steps `idxs` (e.g. their transaction committed)."""
     await conn.execute(
-        q("exec_step_patch"), {"action_id": action_id, "idxs": list(idxs), "patch": Jsonb(patch)}
+        q("exec_step_patch"),
+        {"action_id": action_id, "idxs": list(idxs), "patch": Jsonb(storable(patch))},
     )
 
 
@@ -246,8 +257,8 @@ async def undo_finished(
             "action_id": action_id,
             "idxs": list(idxs),
             "state": "undone" if ok else "undo_failed",
-            "undo_error": error,
-            "patch": Jsonb({"undo": undo}),
+            "undo_error": storable(error),
+            "patch": Jsonb(storable({"undo": undo})),
         },
     )
 
@@ -263,9 +274,10 @@ async def finish(
     data: dict[str, Any] | None = None,
 ) -> Settled:
     """The action's outcome; steps never reached get `rest_state`. `LeaseLost` if fenced out."""
+    reason = storable(reason)
     await conn.execute(
         q("exec_steps_close_pending"),
-        {"action_id": fence.action_id, "state": rest_state, "error": rest_error},
+        {"action_id": fence.action_id, "state": rest_state, "error": storable(rest_error)},
     )
     cur = await conn.execute(q("exec_finish"), {**fence.params(), "state": state, "reason": reason})
     row = await cur.fetchone()
@@ -292,6 +304,7 @@ async def interrupt(
     when a step had already failed or was being undone (the action was unwinding), when a
     cancel was requested (-> cancelled), or after `max_attempts` claims.
     """
+    why = storable(why)
     params = {"action_id": action_id, "why": why}
     cur = await conn.execute(q("exec_interrupt_action"), {**params, "attempt": attempt})
     row = await cur.fetchone()
