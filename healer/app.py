@@ -142,12 +142,13 @@ def create_app(
     `dsn` overrides the configured journal (tests); `run_executor=False` only records.
     """
     check_serving_auth(config, listen)
-    auth = Authenticator(config.healer.auth)
+    metrics = metrics or HealerMetrics()
+    auth = Authenticator(config.healer.auth, metrics)
     app = web.Application(middlewares=[auth_middleware(auth)])
     app[appkeys.CONFIG] = config
     app[appkeys.AUTH] = auth
     app[appkeys.RULES] = rules if rules is not None else load_rules(config)
-    app[appkeys.METRICS] = metrics or HealerMetrics()
+    app[appkeys.METRICS] = metrics
     app[appkeys.DRAINING] = asyncio.Event()
     app[_FIXED_DSN] = dsn
     app[_RUN_EXECUTOR] = run_executor

@@ -5,6 +5,10 @@ cookie `taskmedic_session` issued after its login form checked the same credenti
 comparison is constant-time (hmac.compare_digest) and a refusal records nothing: the auth
 middleware answers 401 before any handler reads the body. `/healthz`, `/readyz` and `/metrics`
 are public; a handler marks itself public with `@public` (the console's login form).
+
+Guessing is braked (`healer.auth_limit`): past `max_failures` wrong credentials from one
+address, or `max_failures_total` from all, within `failure_window`, a request that presents
+credentials is answered 429 with Retry-After without checking them.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from healer.auth_limit import FailureLimiter
 from healer.config import AuthSettings
+from healer.metrics import HealerMetrics
 
 __all__ = ["SESSION_COOKIE", "Authenticator", "auth_middleware", "identity_of", "public"]
 
@@ -48,7 +54,11 @@ def _eq(a: str, b: str) -> bool:
 class Authenticator:
     """Checks credentials and console sessions; `enabled` is False only for the loopback demo."""
 
-    def __init__(self, settings: AuthSettings) -> None:
+    def __init__(self, settings: AuthSettings, metrics: HealerMetrics | None = None) -> None:
+        self.metrics = metrics or HealerMetrics()
+        self.limiter = FailureLimiter(
+            settings.max_failures, settings.max_failures_total, settings.failure_window
+        )
         self._token = settings.secret_token()
         basic = settings.basic_auth
         self._username = basic.username if basic else None
@@ -109,27 +119,59 @@ class Authenticator:
         return base64.urlsafe_b64encode(mac).decode().rstrip("=")
 
     def identify(self, request: web.Request) -> str | None:
-        """Who sent this request (`token`, the basic-auth user, `session`), None if nobody."""
+        """Who sent this request (`token`, the basic-auth user, `session`), None if nobody.
+
+        `HTTPTooManyRequests` when its address is past the failure limit and it presents
+        credentials; a wrong token or password counts against the limit.
+        """
         if not self.enabled:
             return "anonymous"
         header = request.headers.get("Authorization", "")
         scheme, _, value = header.partition(" ")
         value = value.strip()
-        if scheme.lower() == "bearer" and value:
-            return "token" if self.verify_credentials(token=value) else None
-        if scheme.lower() == "basic" and value:
-            try:
-                decoded = base64.b64decode(value, validate=True).decode("utf-8")
-            except (binascii.Error, UnicodeDecodeError):
-                return None
-            username, sep, password = decoded.partition(":")
-            if sep and self.verify_credentials(username=username, password=password):
-                return username
-            return None
+        scheme = scheme.lower()
         cookie = request.cookies.get(SESSION_COOKIE)
-        if cookie and self.verify_session(cookie):
-            return "session"
+        if scheme in ("bearer", "basic") and value:
+            self.check_limit(request)
+            who = self._header_identity(scheme, value)
+            if who is None:
+                self.failed(request, scheme)
+            return who
+        if cookie:
+            self.check_limit(request)
+            if self.verify_session(cookie):
+                return "session"
+            # An expired cookie is a browser coming back, not a guess: not counted against it.
+            self.metrics.auth_failures.labels("session").inc()
         return None
+
+    def _header_identity(self, scheme: str, value: str) -> str | None:
+        if scheme == "bearer":
+            return "token" if self.verify_credentials(token=value) else None
+        try:
+            decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        username, sep, password = decoded.partition(":")
+        if sep and self.verify_credentials(username=username, password=password):
+            return username
+        return None
+
+    def check_limit(self, request: web.Request) -> None:
+        """`HTTPTooManyRequests` (with Retry-After) when the sender is past the limit."""
+        wait = self.limiter.retry_after(request.remote or "")
+        if wait is not None:
+            self.metrics.auth_throttled.inc()
+            raise web.HTTPTooManyRequests(
+                text='{"error": "too many wrong credentials: try again later"}',
+                content_type="application/json",
+                headers={"Retry-After": str(wait)},
+            )
+
+    def failed(self, request: web.Request, reason: str) -> None:
+        """The sender presented wrong credentials (`reason`: bearer, basic or login)."""
+        self.limiter.failed(request.remote or "")
+        self.metrics.auth_failures.labels(reason).inc()
 
     def challenge(self) -> web.HTTPUnauthorized:
         challenges = [f'{s} realm="taskmedic"' for s in self.schemes]

@@ -108,6 +108,11 @@ class AuthSettings(Model):
     # credentials above unless given here, so rotating the token also ends every session.
     session_secret: SecretStr | None = None
     session_ttl: Duration = 12 * 3600.0
+    # Guessing: past this many wrong credentials from one address (or from all addresses
+    # together) within failure_window, requests presenting credentials get 429.
+    max_failures: int = Field(default=10, ge=1)
+    max_failures_total: int = Field(default=100, ge=1)
+    failure_window: Duration = 60.0
 
     @model_validator(mode="after")
     def _resolve(self) -> AuthSettings:
@@ -140,6 +145,9 @@ class AuthSettings(Model):
             "allow_unauthenticated": self.allow_unauthenticated,
             "session_secret": _MASK if self.session_secret is not None else None,
             "session_ttl": self.session_ttl,
+            "max_failures": self.max_failures,
+            "max_failures_total": self.max_failures_total,
+            "failure_window": self.failure_window,
         }
 
 

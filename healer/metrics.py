@@ -66,6 +66,18 @@ class HealerMetrics:
             ["rule"],
             registry=self.registry,
         )
+        self.auth_failures = Counter(
+            "taskmedic_auth_failures",
+            "Requests refused for wrong credentials, by what was wrong: bearer, basic, login "
+            "(the console's form) or session (an expired or forged cookie).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.auth_throttled = Counter(
+            "taskmedic_auth_throttled",
+            "Requests answered 429 without checking their credentials: too many wrong ones.",
+            registry=self.registry,
+        )
         self.ingest_batch = Histogram(
             "taskmedic_ingest_batch_notifications",
             "Notifications recorded per journal transaction (POST /alerts group commit).",

@@ -146,10 +146,12 @@ async def login(request: web.Request) -> web.Response:
 
     target = safe_next(form.get("next"))
     token, username, password = field("token"), field("username"), field("password")
+    auth.check_limit(request)  # past it: 429 before anything is compared
     ok = bool(token or (username and password)) and auth.verify_credentials(
         token=token, username=None if token else username, password=None if token else password
     )
     if not ok:
+        auth.failed(request, "login")
         await asyncio.sleep(FAILED_LOGIN_DELAY)  # a small brake on guessing
         return render(
             "login.html", status=401, next=target, error="Wrong token or username and password."
