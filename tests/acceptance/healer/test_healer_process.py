@@ -81,20 +81,22 @@ rules:
 
 
 def test_two_healer_processes_on_one_journal_start_one_action(
-    pg_dsn: str, tmp_path: Path, start_healer: Callable[[Path], Healer]
+    journal_dsn: str, tmp_path: Path, start_healer: Callable[[Path], Healer]
 ) -> None:
     """Both replicas of an HA Alertmanager pair deliver the same alert, repeatedly, to both."""
     out = tmp_path / "ran.txt"
-    config = write_config(tmp_path, pg_dsn, rules=APPEND.format(python=sys.executable, out=out))
+    config = write_config(
+        tmp_path, journal_dsn, rules=APPEND.format(python=sys.executable, out=out)
+    )
     a, b = start_healer(config), start_healer(config)
     body = payload("firing_stale_rows")
     with ThreadPoolExecutor(max_workers=10) as pool:
         results = list(pool.map(lambda h: h.request("POST", "/alerts", body), [a, b] * 10))
     assert {status for status, _ in results} == {200}
     assert sum(len(r["actions"]) for _, r in results) == 1
-    assert rows(pg_dsn, "SELECT count(*) FROM actions") == [(1,)]
+    assert rows(journal_dsn, "SELECT count(*) FROM actions") == [(1,)]
     wait_for(
-        lambda: rows(pg_dsn, "SELECT state FROM actions") == [("succeeded",)],
+        lambda: rows(journal_dsn, "SELECT state FROM actions") == [("succeeded",)],
         timeout=30,
         what="the action to succeed",
     )
@@ -112,14 +114,14 @@ rules:
 
 
 def test_sigterm_stops_taking_alerts_lets_the_step_finish_and_exits_0(
-    pg_dsn: str, tmp_path: Path, start_healer: Callable[[Path], Healer]
+    journal_dsn: str, tmp_path: Path, start_healer: Callable[[Path], Healer]
 ) -> None:
-    config = write_config(tmp_path, pg_dsn, rules=SLOW.format(python=sys.executable))
+    config = write_config(tmp_path, journal_dsn, rules=SLOW.format(python=sys.executable))
     healer = start_healer(config)
     status, _ = healer.request("POST", "/alerts", payload("firing_stale_rows"))
     assert status == 200
     wait_for(
-        lambda: rows(pg_dsn, "SELECT state FROM actions") == [("running",)],
+        lambda: rows(journal_dsn, "SELECT state FROM actions") == [("running",)],
         timeout=20,
         what="the action to run",
     )
@@ -142,8 +144,8 @@ def test_sigterm_stops_taking_alerts_lets_the_step_finish_and_exits_0(
     except subprocess.TimeoutExpired:
         raise AssertionError(f"the healer did not exit:\n{healer.output()}") from None
     assert code == 0, healer.output()
-    assert rows(pg_dsn, "SELECT state FROM actions") == [("succeeded",)]
-    assert rows(pg_dsn, "SELECT count(*) FROM notifications") == [(1 + taken,)]
+    assert rows(journal_dsn, "SELECT state FROM actions") == [("succeeded",)]
+    assert rows(journal_dsn, "SELECT count(*) FROM notifications") == [(1 + taken,)]
 
 
 def test_without_a_journal_dsn_the_healer_runs_an_embedded_journal_in_data_dir(
@@ -214,7 +216,7 @@ async def _burst(port: int, pid: int, bodies: list[bytes]) -> list[bytes]:
 
 
 def test_a_burst_of_connections_while_the_healer_is_busy_is_queued_not_reset(
-    pg_dsn: str, tmp_path: Path, start_healer: Callable[[Path], Healer]
+    journal_dsn: str, tmp_path: Path, start_healer: Callable[[Path], Healer]
 ) -> None:
     """Alertmanager sends each group's notification on a connection of its own: a storm opens
     hundreds at once, often while the healer is busy. They must wait in the listen queue: an
@@ -233,7 +235,7 @@ def test_a_burst_of_connections_while_the_healer_is_busy_is_queued_not_reset(
         pytest.skip(f"the hard limit of open files ({hard}) is below {4 * BURST}")
     resource.setrlimit(resource.RLIMIT_NOFILE, (BURST // 4, hard))
     try:
-        healer = start_healer(write_config(tmp_path, pg_dsn, rules="rules: []\n"))
+        healer = start_healer(write_config(tmp_path, journal_dsn, rules="rules: []\n"))
     finally:
         # This process holds the other end of every connection.
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4 * BURST), hard))
@@ -245,4 +247,4 @@ def test_a_burst_of_connections_while_the_healer_is_busy_is_queued_not_reset(
         bodies.append(json.dumps(p).encode())
     statuses = asyncio.run(_burst(healer.port, healer.proc.pid, bodies))
     assert set(statuses) == {b"HTTP/1.1 200 OK\r\n"}, healer.output()[-2000:]
-    assert rows(pg_dsn, "SELECT count(*) FROM alerts") == [(BURST,)]
+    assert rows(journal_dsn, "SELECT count(*) FROM alerts") == [(BURST,)]

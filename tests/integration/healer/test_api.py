@@ -37,14 +37,14 @@ rules:
 
 
 @pytest.fixture
-async def client(aiohttp_client: Any, pg_dsn: str, tmp_path: Path) -> Client:
+async def client(aiohttp_client: Any, journal_dsn: str, tmp_path: Path) -> Client:
     config = config_for(
         tmp_path,
-        pg_dsn,
+        journal_dsn,
         rules=RULES,
         top={"databases": {"app": {"dsn": "postgresql://u@127.0.0.1/app"}}},
     )
-    c: Client = await aiohttp_client(create_app(config, dsn=pg_dsn, run_executor=False))
+    c: Client = await aiohttp_client(create_app(config, dsn=journal_dsn, run_executor=False))
     return c
 
 
@@ -79,7 +79,7 @@ async def test_show_gives_alert_rendered_plan_steps_and_events(client: Client) -
 
 
 async def test_approve_with_the_wrong_hash_is_409_and_changes_nothing(
-    client: Client, pg_dsn: str
+    client: Client, journal_dsn: str
 ) -> None:
     a = await _awaiting(client)
     resp = await client.post(
@@ -87,19 +87,21 @@ async def test_approve_with_the_wrong_hash_is_409_and_changes_nothing(
     )
     assert resp.status == 409
     assert "plan_hash" in (await resp.json())["error"]
-    assert rows(pg_dsn, "SELECT state, approved_by FROM actions") == [("awaiting_approval", None)]
+    assert rows(journal_dsn, "SELECT state, approved_by FROM actions") == [
+        ("awaiting_approval", None)
+    ]
 
 
 async def test_approve_with_the_plan_hash_makes_it_pending_and_records_who(
-    client: Client, pg_dsn: str
+    client: Client, journal_dsn: str
 ) -> None:
     a = await _awaiting(client)
     resp = await client.post(
         f"/api/actions/{a['id']}/approve", json={"plan_hash": a["plan_hash"]}, headers=AUTH
     )
     assert resp.status == 200
-    assert rows(pg_dsn, "SELECT state, approved_by FROM actions") == [("pending", "token")]
-    assert rows(pg_dsn, "SELECT kind, from_state, to_state FROM events ORDER BY id")[-1] == (
+    assert rows(journal_dsn, "SELECT state, approved_by FROM actions") == [("pending", "token")]
+    assert rows(journal_dsn, "SELECT kind, from_state, to_state FROM events ORDER BY id")[-1] == (
         "approved",
         "awaiting_approval",
         "pending",
@@ -120,9 +122,9 @@ async def test_approve_needs_a_plan_hash(client: Client) -> None:
     assert resp.status == 400
 
 
-async def test_an_expired_approval_cannot_be_approved(client: Client, pg_dsn: str) -> None:
+async def test_an_expired_approval_cannot_be_approved(client: Client, journal_dsn: str) -> None:
     a = await _awaiting(client)
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+    with psycopg.connect(journal_dsn, autocommit=True) as conn:
         conn.execute("UPDATE actions SET approval_expires_at = now() - interval '1 second'")
     resp = await client.post(
         f"/api/actions/{a['id']}/approve", json={"plan_hash": a["plan_hash"]}, headers=AUTH
@@ -132,25 +134,25 @@ async def test_an_expired_approval_cannot_be_approved(client: Client, pg_dsn: st
 
 
 async def test_cancel_a_waiting_action_then_cancel_again_is_409(
-    client: Client, pg_dsn: str
+    client: Client, journal_dsn: str
 ) -> None:
     a = await _awaiting(client)
     resp = await client.post(f"/api/actions/{a['id']}/cancel", headers=AUTH)
     assert resp.status == 200
     assert (await resp.json())["state"] == "cancelled"
-    assert rows(pg_dsn, "SELECT state, reason FROM actions") == [
+    assert rows(journal_dsn, "SELECT state, reason FROM actions") == [
         ("cancelled", "cancelled by token")
     ]
-    assert rows(pg_dsn, "SELECT DISTINCT state FROM steps") == [("cancelled",)]
+    assert rows(journal_dsn, "SELECT DISTINCT state FROM steps") == [("cancelled",)]
     resp = await client.post(f"/api/actions/{a['id']}/cancel", headers=AUTH)
     assert resp.status == 409
 
 
 async def test_cancel_a_running_action_asks_the_executor_to_stop_it(
-    client: Client, pg_dsn: str
+    client: Client, journal_dsn: str
 ) -> None:
     a = await _awaiting(client)
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+    with psycopg.connect(journal_dsn, autocommit=True) as conn:
         conn.execute("UPDATE actions SET state = 'running', started_at = now()")
         conn.execute("LISTEN taskmedic_state")
         conn.execute("LISTEN taskmedic_cancel")
@@ -159,10 +161,10 @@ async def test_cancel_a_running_action_asks_the_executor_to_stop_it(
         notified = {(n.channel, n.payload) for n in conn.notifies(timeout=2, stop_after=2)}
     # Followers of the log learn of the state change; the executors, that it should stop.
     assert notified == {("taskmedic_state", str(a["id"])), ("taskmedic_cancel", str(a["id"]))}
-    [(state, requested)] = rows(pg_dsn, "SELECT state, cancel_requested_at FROM actions")
+    [(state, requested)] = rows(journal_dsn, "SELECT state, cancel_requested_at FROM actions")
     assert state == "running"
     assert requested is not None
-    assert rows(pg_dsn, "SELECT kind FROM events ORDER BY id")[-1] == ("cancel_requested",)
+    assert rows(journal_dsn, "SELECT kind FROM events ORDER BY id")[-1] == ("cancel_requested",)
 
 
 async def test_unknown_action_is_404(client: Client) -> None:

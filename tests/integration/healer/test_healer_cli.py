@@ -78,11 +78,11 @@ def test_db_upgrade_creates_the_schema_then_has_nothing_to_do(
 
 
 def test_actions_list_show_approve_cancel_over_the_journal(
-    pg_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    journal_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = config_for(tmp_path, pg_dsn, rules=APPROVAL)
+    config = config_for(tmp_path, journal_dsn, rules=APPROVAL)
     cfg = str(tmp_path / "taskmedic.yaml")
-    record(config, pg_dsn, payload("grouped_workers_down"))
+    record(config, journal_dsn, payload("grouped_workers_down"))
     code, out, _ = run_cli(capsys, "actions", "list", "--config", cfg)
     assert code == 0
     assert out.count("awaiting_approval") == 3
@@ -118,9 +118,9 @@ def test_actions_list_show_approve_cancel_over_the_journal(
     )
     assert code == 0
     assert "approved" in out
-    assert rows(pg_dsn, "SELECT state, approved_by FROM actions WHERE id = %s", (first["id"],)) == [
-        ("pending", "alice")
-    ]
+    assert rows(
+        journal_dsn, "SELECT state, approved_by FROM actions WHERE id = %s", (first["id"],)
+    ) == [("pending", "alice")]
 
     second = listed["items"][1]
     code, out, _ = run_cli(capsys, "actions", "cancel", str(second["id"]), "--config", cfg)
@@ -146,7 +146,7 @@ def test_actions_on_an_unreachable_journal_exit_1_without_showing_the_dsn(
 
 
 def test_rules_replay_runs_stored_alerts_through_todays_rules(
-    pg_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    journal_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Recorded without a cooldown, replayed with one: the second firing would be skipped."""
     no_cooldown = """\
@@ -156,10 +156,13 @@ rules:
     steps:
       - {name: s, script: {argv: [/bin/echo, refresh]}}
 """
-    config = config_for(tmp_path, pg_dsn, rules=no_cooldown)
+    config = config_for(tmp_path, journal_dsn, rules=no_cooldown)
     first = payload("firing_stale_rows")
-    record(config, pg_dsn, first, first, with_alert(first, startsAt="2024-05-14T09:40:00Z"))
-    assert rows(pg_dsn, "SELECT state FROM actions ORDER BY id") == [("pending",), ("pending",)]
+    record(config, journal_dsn, first, first, with_alert(first, startsAt="2024-05-14T09:40:00Z"))
+    assert rows(journal_dsn, "SELECT state FROM actions ORDER BY id") == [
+        ("pending",),
+        ("pending",),
+    ]
 
     (tmp_path / "rules" / "healer.yaml").write_text(
         no_cooldown.replace("    match:", "    cooldown: 1h\n    match:")
@@ -173,4 +176,4 @@ rules:
     code, out, _ = run_cli(capsys, "rules", "replay", "--config", cfg, "--since", "1h")
     assert "would be skipped: cooldown" in out
     assert "recorded then: refresh-tree-status #" in out
-    assert rows(pg_dsn, "SELECT count(*) FROM actions") == [(2,)]  # replay wrote nothing
+    assert rows(journal_dsn, "SELECT count(*) FROM actions") == [(2,)]  # replay wrote nothing

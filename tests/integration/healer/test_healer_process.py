@@ -45,15 +45,15 @@ rules:
 
 
 async def test_injection_through_labels_creates_no_file_and_runs_nothing(
-    aiohttp_client: Any, pg_dsn: str, tmp_path: Path
+    aiohttp_client: Any, journal_dsn: str, tmp_path: Path
 ) -> None:
     """Shell metacharacters in labels: the templated rule refuses; env and stdin stay inert."""
     seen = tmp_path / "seen"
     seen.mkdir()
     config = config_for(
-        tmp_path, pg_dsn, rules=RECORD_LABELS.format(python=sys.executable, out=seen)
+        tmp_path, journal_dsn, rules=RECORD_LABELS.format(python=sys.executable, out=seen)
     )
-    client = await aiohttp_client(create_app(config, dsn=pg_dsn))
+    client = await aiohttp_client(create_app(config, dsn=journal_dsn))
     text = (PAYLOADS / "injection_workers_down.json").read_text()
     body = json.loads(text.replace("@MARKDIR@", str(tmp_path)))
     resp = await client.post("/alerts", json=body, headers=AUTH)
@@ -61,7 +61,7 @@ async def test_injection_through_labels_creates_no_file_and_runs_nothing(
 
     async def settled() -> list[tuple[Any, ...]]:
         for _ in range(300):
-            got = rows(pg_dsn, "SELECT rule, state FROM actions ORDER BY rule, id")
+            got = rows(journal_dsn, "SELECT rule, state FROM actions ORDER BY rule, id")
             if all(s in ("succeeded", "failed") for _, s in got):
                 return got
             await asyncio.sleep(0.1)
@@ -70,7 +70,7 @@ async def test_injection_through_labels_creates_no_file_and_runs_nothing(
     got = await settled()
     assert got == [("record-labels", "succeeded")] * 3 + [("restart-worker", "failed")] * 3
     assert rows(
-        pg_dsn,
+        journal_dsn,
         "SELECT count(*) FROM steps WHERE action_id IN "
         "(SELECT id FROM actions WHERE rule = 'restart-worker')",
     ) == [(0,)]

@@ -62,19 +62,19 @@ def metrics() -> HealerMetrics:
 @pytest.fixture
 async def client(
     aiohttp_client: Callable[..., Awaitable[Client]],
-    pg_dsn: str,
+    journal_dsn: str,
     tmp_path: Path,
     metrics: HealerMetrics,
 ) -> Client:
-    config = config_for(tmp_path, pg_dsn, rules=RULES)
-    app = create_app(config, dsn=pg_dsn, run_executor=False, metrics=metrics)
+    config = config_for(tmp_path, journal_dsn, rules=RULES)
+    app = create_app(config, dsn=journal_dsn, run_executor=False, metrics=metrics)
     return await aiohttp_client(app)
 
 
 @pytest.fixture
-def target_lock(pg_dsn: str) -> Iterator[Callable[[], None]]:
+def target_lock(journal_dsn: str) -> Iterator[Callable[[], None]]:
     """Holds the rule+target lock every ingest below needs; call the result to let go."""
-    with psycopg.connect(pg_dsn, autocommit=True) as blocker:
+    with psycopg.connect(journal_dsn, autocommit=True) as blocker:
         blocker.execute("BEGIN")
         blocker.execute(
             "SELECT pg_advisory_xact_lock(hashtext(%s || chr(31) || %s))",
@@ -104,7 +104,7 @@ def writers_waiting(dsn: str, n: int) -> bool:
 
 
 async def storm_behind_the_lock(
-    client: Client, pg_dsn: str, release: Callable[[], None], bodies: list[dict[str, Any]]
+    client: Client, journal_dsn: str, release: Callable[[], None], bodies: list[dict[str, Any]]
 ) -> list[tuple[int, Any]]:
     """Post `bodies` while both writers wait for the lock, then let go: the rest queue.
 
@@ -115,7 +115,7 @@ async def storm_behind_the_lock(
         first.append(asyncio.ensure_future(post(client, body)))
         await asyncio.to_thread(
             wait_for,
-            functools.partial(writers_waiting, pg_dsn, n),
+            functools.partial(writers_waiting, journal_dsn, n),
             10,
             0.02,
             f"{n} writers waiting",
@@ -137,19 +137,19 @@ def batches(metrics: HealerMetrics) -> tuple[float | None, float | None]:
 
 
 async def test_a_storm_shares_transactions_and_each_alert_is_decided_in_arrival_order(
-    client: Client, pg_dsn: str, target_lock: Callable[[], None], metrics: HealerMetrics
+    client: Client, journal_dsn: str, target_lock: Callable[[], None], metrics: HealerMetrics
 ) -> None:
     """Twelve firings of one target while the journal is busy: ten wait and go together in
     one transaction; the first firing starts the action and every later one, in the same
     batch or not, sees it and is skipped by the cooldown."""
     bodies = [firing(i) for i in range(12)]
-    results = await storm_behind_the_lock(client, pg_dsn, target_lock, bodies)
+    results = await storm_behind_the_lock(client, journal_dsn, target_lock, bodies)
 
     assert [s for s, _ in results] == [200] * 12
     assert batches(metrics) == (3.0, 12.0)  # the two that waited, then the ten queued
     states = [b["actions"][0]["state"] for _, b in results]
     assert states == ["pending"] + ["skipped"] * 11
-    assert journal_counts(pg_dsn) == {
+    assert journal_counts(journal_dsn) == {
         "notifications": 12,
         "alerts": 12,
         "actions": 12,
@@ -159,30 +159,30 @@ async def test_a_storm_shares_transactions_and_each_alert_is_decided_in_arrival_
     # Each answer names the action of its own alert.
     for (_, body), sent in zip(results, bodies, strict=True):
         [(starts_at,)] = rows(
-            pg_dsn, "SELECT starts_at FROM actions WHERE id = %s", (body["actions"][0]["id"],)
+            journal_dsn, "SELECT starts_at FROM actions WHERE id = %s", (body["actions"][0]["id"],)
         )
         assert starts_at.strftime("%H:%M:%S") == sent["alerts"][0]["startsAt"][11:19]
 
 
 async def test_copies_of_one_firing_in_one_batch_give_one_action(
-    client: Client, pg_dsn: str, target_lock: Callable[[], None], metrics: HealerMetrics
+    client: Client, journal_dsn: str, target_lock: Callable[[], None], metrics: HealerMetrics
 ) -> None:
     """The HA pair's copies and Alertmanager's retries, queued together: one action."""
-    results = await storm_behind_the_lock(client, pg_dsn, target_lock, [firing(1)] * 8)
+    results = await storm_behind_the_lock(client, journal_dsn, target_lock, [firing(1)] * 8)
     assert [s for s, _ in results] == [200] * 8
     assert batches(metrics) == (3.0, 8.0)
     assert sum(len(b["actions"]) for _, b in results) == 1
     assert sum(len(b["duplicates"]) for _, b in results) == 7
-    assert journal_counts(pg_dsn)["actions"] == 1
+    assert journal_counts(journal_dsn)["actions"] == 1
 
 
 async def test_a_notification_the_journal_refuses_fails_alone(
-    client: Client, pg_dsn: str, target_lock: Callable[[], None]
+    client: Client, journal_dsn: str, target_lock: Callable[[], None]
 ) -> None:
     """A notification PostgreSQL refuses (here a trigger refuses its receiver) in a batch of
     good ones: the batch is written again one by one, the good ones are recorded and
     answered 200, and only the refused one is an error, with nothing of it written."""
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+    with psycopg.connect(journal_dsn, autocommit=True) as conn:
         conn.execute(
             """
             CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -195,10 +195,10 @@ async def test_a_notification_the_journal_refuses_fails_alone(
             """
         )
     bodies = [firing(i, receiver="poison" if i == 4 else "taskmedic") for i in range(7)]
-    results = await storm_behind_the_lock(client, pg_dsn, target_lock, bodies)
+    results = await storm_behind_the_lock(client, journal_dsn, target_lock, bodies)
 
     statuses = [s for s, _ in results]
     assert statuses == [200] * 4 + [500] + [200] * 2
-    assert rows(pg_dsn, "SELECT DISTINCT receiver FROM notifications") == [("taskmedic",)]
-    assert journal_counts(pg_dsn)["notifications"] == 6
-    assert journal_counts(pg_dsn)["actions"] == 6
+    assert rows(journal_dsn, "SELECT DISTINCT receiver FROM notifications") == [("taskmedic",)]
+    assert journal_counts(journal_dsn)["notifications"] == 6
+    assert journal_counts(journal_dsn)["actions"] == 6

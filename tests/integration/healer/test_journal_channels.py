@@ -36,14 +36,14 @@ async def test_the_journal_functions_notify_only_the_named_channels(journal_dsn:
 
 
 async def test_an_ingested_action_wakes_the_listeners_of_the_named_channels(
-    pg_dsn: str, tmp_path: Path
+    journal_dsn: str, tmp_path: Path
 ) -> None:
     """A pending action from ingest reaches whoever listens on ACTIONS and STATE."""
-    config = config_for(tmp_path, pg_dsn)
-    await upgraded(pg_dsn)
-    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as listener:
+    config = config_for(tmp_path, journal_dsn)
+    await upgraded(journal_dsn)
+    async with await psycopg.AsyncConnection.connect(journal_dsn, autocommit=True) as listener:
         await channels.listen(listener, channels.ACTIONS, channels.STATE)
-        pool = await open_pool(pg_dsn)
+        pool = await open_pool(journal_dsn)
         writer = IngestWriter(pool)
         n, raw = parse_notification(json.dumps(payload("firing_stale_rows")).encode())
         try:
@@ -58,8 +58,8 @@ async def test_an_ingested_action_wakes_the_listeners_of_the_named_channels(
     assert heard == {(channels.ACTIONS, str(action.id)), (channels.STATE, str(action.id))}
 
 
-async def test_an_unknown_channel_is_refused(pg_dsn: str) -> None:
-    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+async def test_an_unknown_channel_is_refused(journal_dsn: str) -> None:
+    async with await psycopg.AsyncConnection.connect(journal_dsn, autocommit=True) as conn:
         with pytest.raises(ValueError, match="not one of the journal's channels"):
             await channels.notify(conn, "taskmedic_typo", 1)
         with pytest.raises(ValueError, match="not one of the journal's channels"):

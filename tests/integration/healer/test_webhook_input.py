@@ -19,16 +19,16 @@ Client = TestClient[Any, Any]
 
 
 @pytest.fixture
-async def client(aiohttp_client: Any, pg_dsn: str, tmp_path: Path) -> Client:
+async def client(aiohttp_client: Any, journal_dsn: str, tmp_path: Path) -> Client:
     config = config_for(
         tmp_path,
-        pg_dsn,
+        journal_dsn,
         healer={
             "max_body": "64KiB",
             "auth": {"bearer_token": TOKEN, "basic_auth": {"username": "am", "password": "pw"}},
         },
     )
-    c: Client = await aiohttp_client(create_app(config, dsn=pg_dsn, run_executor=False))
+    c: Client = await aiohttp_client(create_app(config, dsn=journal_dsn, run_executor=False))
     return c
 
 
@@ -37,13 +37,13 @@ def nothing_recorded(dsn: str) -> bool:
 
 
 async def test_missing_token_is_401_with_a_challenge_and_nothing_recorded(
-    client: Client, pg_dsn: str
+    client: Client, journal_dsn: str
 ) -> None:
     resp = await client.post("/alerts", json=payload("firing_stale_rows"))
     assert resp.status == 401
     assert "Bearer" in resp.headers["WWW-Authenticate"]
     assert "Basic" in resp.headers["WWW-Authenticate"]
-    assert nothing_recorded(pg_dsn)
+    assert nothing_recorded(journal_dsn)
 
 
 @pytest.mark.parametrize(
@@ -60,22 +60,24 @@ async def test_missing_token_is_401_with_a_challenge_and_nothing_recorded(
     ],
 )
 async def test_wrong_credentials_are_401_and_nothing_recorded(
-    client: Client, pg_dsn: str, header: str
+    client: Client, journal_dsn: str, header: str
 ) -> None:
     resp = await client.post(
         "/alerts", json=payload("firing_stale_rows"), headers={"Authorization": header}
     )
     assert resp.status == 401
-    assert nothing_recorded(pg_dsn)
+    assert nothing_recorded(journal_dsn)
 
 
-async def test_basic_auth_as_alertmanager_sends_it_is_accepted(client: Client, pg_dsn: str) -> None:
+async def test_basic_auth_as_alertmanager_sends_it_is_accepted(
+    client: Client, journal_dsn: str
+) -> None:
     header = "Basic " + base64.b64encode(b"am:pw").decode()
     resp = await client.post(
         "/alerts", json=payload("firing_stale_rows"), headers={"Authorization": header}
     )
     assert resp.status == 200
-    assert journal_counts(pg_dsn)["actions"] == 1
+    assert journal_counts(journal_dsn)["actions"] == 1
 
 
 async def test_health_and_metrics_need_no_credentials_but_the_api_does(client: Client) -> None:
@@ -86,7 +88,7 @@ async def test_health_and_metrics_need_no_credentials_but_the_api_does(client: C
     assert (await client.get("/api/actions", headers=AUTH)).status == 200
 
 
-async def test_body_over_the_limit_is_413(client: Client, pg_dsn: str) -> None:
+async def test_body_over_the_limit_is_413(client: Client, journal_dsn: str) -> None:
     big = payload("firing_stale_rows")
     big["commonAnnotations"]["description"] = "x" * (70 * 1024)
     resp = await client.post("/alerts", json=big, headers=AUTH)
@@ -98,7 +100,7 @@ async def test_body_over_the_limit_is_413(client: Client, pg_dsn: str) -> None:
 
     resp = await client.post("/alerts", data=chunks(), headers=AUTH)
     assert resp.status == 413
-    assert nothing_recorded(pg_dsn)
+    assert nothing_recorded(journal_dsn)
 
 
 @pytest.mark.parametrize(
@@ -115,16 +117,16 @@ async def test_body_over_the_limit_is_413(client: Client, pg_dsn: str) -> None:
     ],
 )
 async def test_bad_json_or_shape_is_400_naming_the_json_path(
-    client: Client, pg_dsn: str, body: bytes, path: str
+    client: Client, journal_dsn: str, body: bytes, path: str
 ) -> None:
     resp = await client.post("/alerts", data=body, headers=AUTH)
     assert resp.status == 400
     got = await resp.json()
     assert got["path"].startswith(path)
-    assert nothing_recorded(pg_dsn)
+    assert nothing_recorded(journal_dsn)
 
 
-async def test_bad_timestamp_names_the_alert_field(client: Client, pg_dsn: str) -> None:
+async def test_bad_timestamp_names_the_alert_field(client: Client, journal_dsn: str) -> None:
     p = payload("grouped_workers_down")
     p["alerts"][2]["startsAt"] = "yesterday"
     resp = await client.post("/alerts", json=p, headers=AUTH)
@@ -133,10 +135,10 @@ async def test_bad_timestamp_names_the_alert_field(client: Client, pg_dsn: str) 
     p["alerts"][2]["startsAt"] = "2024-05-14T10:02:46"  # no zone: ambiguous
     resp = await client.post("/alerts", json=p, headers=AUTH)
     assert resp.status == 400
-    assert nothing_recorded(pg_dsn)
+    assert nothing_recorded(journal_dsn)
 
 
-async def test_strings_the_journal_cannot_store_are_400(client: Client, pg_dsn: str) -> None:
+async def test_strings_the_journal_cannot_store_are_400(client: Client, journal_dsn: str) -> None:
     p = payload("firing_stale_rows")
     p["alerts"][0]["labels"]["check"] = "bad\u0000value"
     resp = await client.post("/alerts", json=p, headers=AUTH)
@@ -148,16 +150,16 @@ async def test_strings_the_journal_cannot_store_are_400(client: Client, pg_dsn: 
         headers=AUTH,
     )
     assert resp.status == 400
-    assert nothing_recorded(pg_dsn)
+    assert nothing_recorded(journal_dsn)
 
 
-async def test_unknown_version_is_422(client: Client, pg_dsn: str) -> None:
+async def test_unknown_version_is_422(client: Client, journal_dsn: str) -> None:
     p = payload("firing_stale_rows")
     p["version"] = "5"
     resp = await client.post("/alerts", json=p, headers=AUTH)
     assert resp.status == 422
     assert "version" in (await resp.json())["error"]
-    assert nothing_recorded(pg_dsn)
+    assert nothing_recorded(journal_dsn)
 
 
 json_values = st.recursive(
