@@ -62,6 +62,19 @@ def _expected(spec: HttpSpec, status: int, body: Any) -> str | None:
     return None
 
 
+async def _read_up_to(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """The body up to `limit` bytes (one `read(n)` returns what is buffered, maybe less)."""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        part = await stream.read(limit - size)
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+    return b"".join(parts)
+
+
 async def send_http(
     spec: HttpSpec, output: StepOutput, session: aiohttp.ClientSession | None = None
 ) -> dict[str, Any]:
@@ -82,7 +95,7 @@ async def send_http(
             timeout=aiohttp.ClientTimeout(total=spec.timeout),
             allow_redirects=False,
         ) as resp:
-            raw = await resp.content.read(MAX_BODY)
+            raw = await _read_up_to(resp.content, MAX_BODY)
             status = resp.status
     except TimeoutError:
         raise StepFailed(f"{shown}: no answer within {spec.timeout:g}s") from None
