@@ -287,7 +287,9 @@ def _merge(into: Located, included: Located, problems: list[Problem]) -> None:
     for key, value in data.items():
         if key == "include":
             continue
-        if key in INCLUDABLE_LISTS and isinstance(value, list):
+        if key in INCLUDABLE_LISTS and not isinstance(value, list):
+            problems.append(included.problem((key,), "must be a list"))
+        elif key in INCLUDABLE_LISTS:
             mine = target.setdefault(key, [])
             if not isinstance(mine, list):
                 continue  # the including file's own shape error is reported by validation

@@ -83,6 +83,7 @@ def test_a_check_defined_twice_across_files_points_at_the_included_copy(tmp_path
             "'a.yaml' includes itself",
         ),
         ('["a.yaml"]', {"a.yaml": "databases: {}\n"}, "may hold only include, checks"),
+        ('["a.yaml"]', {"a.yaml": "checks: {name: x}\n"}, "must be a list"),
         ('["a.yaml"]', {"a.yaml": "healer: {listen: 0.0.0.0:1}\n"}, "may hold only include"),
     ],
 )
