@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.services import ROOT, need_or_skip
+from tests.support.deploy_files import secrets_env
 
 PROMTOOL = "/usr/bin/promtool"
 AMTOOL = "/usr/bin/amtool"
@@ -97,23 +98,6 @@ def test_amtool_accepts_the_alertmanager_config() -> None:
 def test_healer_rule_packs_pass_taskmedic_rules_check() -> None:
     out = taskmedic("rules", "check", *map(str, PACKS))
     assert out.returncode == 0, out.stdout + out.stderr
-
-
-def secrets_env(tmp_path: Path) -> dict[str, str]:
-    """The environment and secret files the example config refers to."""
-    creds = tmp_path / "credentials"
-    creds.mkdir()
-    (creds / "timesketch-write-dsn").write_text(
-        "postgresql://ts_rw:dsn-secret-1@127.0.0.1/timesketch"
-    )
-    for name in ("ibex-db-password", "journal-password", "healer-token", "healer-ops-password"):
-        (creds / name).write_text(f"file-secret-{name}\n")
-    return {
-        "CREDENTIALS_DIRECTORY": str(creds),
-        "STATE_DIRECTORY": str(tmp_path / "state"),
-        "TIMESKETCH_DB_PASSWORD": "env-secret-timesketch",
-        "TIMESKETCH_REDIS_PASSWORD": "env-secret-redis",
-    }
 
 
 def test_example_config_passes_config_check_without_showing_a_secret(tmp_path: Path) -> None:

@@ -8,10 +8,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from exporter.base.connections import CeleryConfig
 from exporter.celery_state import ClusterMonitor, WorkerStatus
-from exporter.config import PeriodicTask
+from exporter.config import Config, PeriodicTask
+from healer.plan import CelerySpec, PlanStep
 from tests.services import free_port
 
 
@@ -159,3 +161,19 @@ class Monitors:
             monitor.stop()
         left = [t.name for t in threading.enumerate() if t.name.startswith("taskmedic-events-")]
         assert not left, f"event threads still running after stop(): {left}"
+
+
+def celery_config(broker_url: str) -> Config:
+    """A config with one cluster, `main`, on `broker_url` (broker and result backend)."""
+    return Config.model_validate(
+        {"celery": {"main": {"broker": broker_url, "backend": broker_url}}}
+    )
+
+
+def task(name: str, *args: Any, wait: float | None = None, app: str = "main") -> PlanStep:
+    """A plan's `celery` step sending task `name` with `args`."""
+    return PlanStep(
+        name=name,
+        kind="celery",
+        celery=CelerySpec(app=app, task=name, args=list(args), wait=wait),
+    )

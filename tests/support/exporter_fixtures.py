@@ -1,5 +1,5 @@
-"""Fixtures of the exporter tests: a MariaDB database per test, Celery monitors (loaded by
-tests/conftest.py for every tier)."""
+"""Fixtures of the exporter tests: a MariaDB database per test, Celery monitors, the user's
+Celery app and a `timeline` table of tasks (loaded by tests/conftest.py for every tier)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ from collections.abc import Iterator
 
 import pymysql
 import pytest
+from celery import Celery
 
+from tests.celery_app import make_app
 from tests.services import need_or_skip, reachable
 from tests.support.celery_helpers import Monitors
+from tests.support.exporter_helpers import pg_exec
 
 MARIADB = ("127.0.0.1", 3306)
 
@@ -46,3 +49,21 @@ def monitors() -> Iterator[Monitors]:
     started = Monitors()
     yield started
     started.stop_all()
+
+
+@pytest.fixture
+def client_app(broker_url: str) -> Iterator[Celery]:
+    """The user's application: sends tasks the way it always does."""
+    app = make_app(broker_url)
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def timeline(pg_dsn: str) -> str:
+    pg_exec(
+        pg_dsn,
+        "CREATE TABLE timeline (id int PRIMARY KEY, status text, celery_task_id text, "
+        "updated_at timestamptz NOT NULL DEFAULT now())",
+    )
+    return pg_dsn

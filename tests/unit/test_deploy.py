@@ -4,17 +4,14 @@ the routes to the healer, the dashboard's metrics, systemd hardening, the Docker
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
 from tests.services import ROOT
+from tests.support.deploy_files import secrets_env
 
 RULES = ROOT / "rules" / "prometheus" / "taskmedic.rules.yml"
 PROMETHEUS_YML = ROOT / "deploy" / "prometheus" / "prometheus.yml"
@@ -79,17 +76,6 @@ def healer_metrics() -> set[str]:
 def metric_names(expr: str) -> set[str]:
     """The taskmedic metric names a PromQL expression reads."""
     return set(re.findall(r"\btaskmedic_[a-z0-9_]+\b", expr))
-
-
-def run(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT, **kw)
-
-
-def taskmedic(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return run(
-        [sys.executable, "-c", "import sys; from healer.cli import main; sys.exit(main())", *args],
-        env={**os.environ, **(env or {})},
-    )
 
 
 # --- plain files ----------------------------------------------------------------------------
@@ -205,23 +191,6 @@ def test_grafana_dashboard_is_valid_and_queries_only_metrics_taskmedic_exports()
 
 
 # --- taskmedic's own checks -----------------------------------------------------------------
-
-
-def secrets_env(tmp_path: Path) -> dict[str, str]:
-    """The environment and secret files the example config refers to."""
-    creds = tmp_path / "credentials"
-    creds.mkdir()
-    (creds / "timesketch-write-dsn").write_text(
-        "postgresql://ts_rw:dsn-secret-1@127.0.0.1/timesketch"
-    )
-    for name in ("ibex-db-password", "journal-password", "healer-token", "healer-ops-password"):
-        (creds / name).write_text(f"file-secret-{name}\n")
-    return {
-        "CREDENTIALS_DIRECTORY": str(creds),
-        "STATE_DIRECTORY": str(tmp_path / "state"),
-        "TIMESKETCH_DB_PASSWORD": "env-secret-timesketch",
-        "TIMESKETCH_REDIS_PASSWORD": "env-secret-redis",
-    }
 
 
 def test_example_config_loads_the_rule_packs_with_every_reference_resolved(

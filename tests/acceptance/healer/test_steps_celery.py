@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from exporter.config import Config
-from healer.plan import CelerySpec, PlanStep
 from tests.services import Worker, start_worker
+from tests.support.celery_helpers import celery_config, task
 from tests.support.journal_helpers import (
     StartExecutor,
     insert_action,
@@ -17,20 +15,6 @@ from tests.support.journal_helpers import (
     steps,
     until,
 )
-
-
-def celery_config(broker_url: str) -> Config:
-    return Config.model_validate(
-        {"celery": {"main": {"broker": broker_url, "backend": broker_url}}}
-    )
-
-
-def task(name: str, *args: Any, wait: float | None = None, app: str = "main") -> PlanStep:
-    return PlanStep(
-        name=name,
-        kind="celery",
-        celery=CelerySpec(app=app, task=name, args=list(args), wait=wait),
-    )
 
 
 async def test_a_celery_step_sends_a_real_task_and_waits_for_its_result(

@@ -4,88 +4,24 @@ task is not lost, and a broker that is down exports no count."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp.test_utils import TestClient
 from celery import Celery
 
 from exporter.runner import Runner
 from exporter.web import RUNNER, create_app
-from tests.celery_app import make_app
 from tests.services import RedisTarget, wait_for
 from tests.support.celery_helpers import Monitors, TcpLink
 from tests.support.exporter_helpers import (
     config_from,
     parse_metrics,
     pg_exec,
-    registry_of,
     until,
     value,
 )
-
-QUERY = "SELECT id, celery_task_id, updated_at FROM timeline WHERE status = 'processing'"
-
-
-@pytest.fixture
-def client_app(broker_url: str) -> Iterator[Celery]:
-    """The user's application: sends tasks the way it always does."""
-    app = make_app(broker_url)
-    yield app
-    app.close()
-
-
-@pytest.fixture
-def timeline(pg_dsn: str) -> str:
-    pg_exec(
-        pg_dsn,
-        "CREATE TABLE timeline (id int PRIMARY KEY, status text, celery_task_id text, "
-        "updated_at timestamptz NOT NULL DEFAULT now())",
-    )
-    return pg_dsn
-
-
-def add_row(dsn: str, key: int, task_id: str, age: str = "1 hour") -> None:
-    pg_exec(
-        dsn,
-        "INSERT INTO timeline VALUES (%s, 'processing', %s, now() - %s::interval)",
-        (key, task_id, age),
-    )
-
-
-def config_data(dsn: str, broker: str, *, grace: str = "1m", **exporter: Any) -> dict[str, Any]:
-    return {
-        "databases": {"app": {"dsn": dsn}},
-        "celery": {"main": {"broker": broker, "backend": broker, "inspect_timeout": "0.5s"}},
-        "exporter": {"interval": "0.5s", "timeout": "5s", **exporter},
-        "checks": [
-            {
-                "name": "timelines",
-                "type": "orphan_tasks",
-                "database": "app",
-                "celery": "main",
-                "grace": grace,
-                "query": QUERY,
-            }
-        ],
-    }
-
-
-def lost_finished(runner: Runner) -> tuple[float | None, float | None]:
-    registry = registry_of(runner)
-    return tuple(  # type: ignore[return-value]
-        registry.get_sample_value("taskmedic_orphan_tasks", {"check": "timelines", "reason": r})
-        for r in ("lost", "finished")
-    )
-
-
-async def collect_twice(runner: Runner) -> None:
-    await runner.collect("timelines")
-    await runner.collect("timelines")
-    state = runner.state("timelines")
-    assert state.up, state.error
+from tests.support.orphan_tasks import add_row, collect_twice, config_data, lost_finished
 
 
 async def test_a_queued_task_with_no_worker_yet_is_not_lost(

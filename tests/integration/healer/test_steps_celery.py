@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from exporter.config import Config
-from healer.plan import CelerySpec, PlanStep
 from tests.services import RedisTarget
+from tests.support.celery_helpers import celery_config, task
 from tests.support.journal_helpers import (
     StartExecutor,
     insert_action,
@@ -14,20 +11,6 @@ from tests.support.journal_helpers import (
     state_in,
     steps,
 )
-
-
-def celery_config(broker_url: str) -> Config:
-    return Config.model_validate(
-        {"celery": {"main": {"broker": broker_url, "backend": broker_url}}}
-    )
-
-
-def task(name: str, *args: Any, wait: float | None = None, app: str = "main") -> PlanStep:
-    return PlanStep(
-        name=name,
-        kind="celery",
-        celery=CelerySpec(app=app, task=name, args=list(args), wait=wait),
-    )
 
 
 async def test_no_result_within_wait_fails_the_step(
