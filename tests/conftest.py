@@ -23,7 +23,7 @@ from healer.metrics import HealerMetrics
 from tests.services import PostgresServer, RedisTarget, Worker, reserve_redis
 from tests.support.journal_helpers import StartExecutor
 
-pytest_plugins = ["tests.support.exporter_fixtures"]
+pytest_plugins = ["tests.support.exporter_fixtures", "tests.support.rabbitmq"]
 
 
 @pytest.fixture(scope="session")

@@ -15,18 +15,8 @@ from exporter.checks import run_once
 from tests.apps import create_pg
 from tests.celery_app import make_app
 from tests.services import Worker, start_worker, wait_for
-from tests.support.exporter_helpers import config_from, pg_exec
-
-# The current status of each timeline is its newest timeline_status row (Timesketch's
-# set_status deletes and inserts); "processing" since that row was written.
-PROCESSING = """
-SELECT t.id, t.id, s.created_at
-  FROM timeline t
-  JOIN (SELECT DISTINCT ON (parent_id) parent_id, status, created_at
-          FROM timeline_status ORDER BY parent_id, id DESC) s ON s.parent_id = t.id
- WHERE s.status = 'processing'
-"""
-IMPORTS = ["timesketch.lib.tasks.run_plaso", "timesketch.lib.tasks.run_csv_jsonl"]
+from tests.support.exporter_helpers import pg_exec
+from tests.support.timesketch import config
 
 
 @pytest.fixture
@@ -72,33 +62,6 @@ def start_import(
         queue=queue,
     )
     return str(result.id)
-
-
-def config(tmp_path: Path, dsn: str, broker: str, **match: Any) -> Any:
-    return config_from(
-        tmp_path,
-        {
-            "databases": {"timesketch": {"dsn": dsn}},
-            "celery": {
-                "timesketch": {
-                    "broker": broker,
-                    "inspect_timeout": "0.5s",
-                    "queues": ["celery", "imports"],
-                }
-            },
-            "checks": [
-                {
-                    "name": "timesketch_imports",
-                    "type": "orphan_tasks",
-                    "database": "timesketch",
-                    "celery": "timesketch",
-                    "grace": "2m",
-                    "match": {"tasks": IMPORTS, **match},
-                    "query": PROCESSING,
-                }
-            ],
-        },
-    )
 
 
 def lost(outcome: Any) -> set[int]:

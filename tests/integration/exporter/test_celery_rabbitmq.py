@@ -12,27 +12,10 @@ from kombu.connection import Connection
 
 from exporter.celery_state import TaskTrace
 from tests.celery_app import make_app
-from tests.services import need_or_skip, reachable, wait_for
+from tests.services import wait_for
 from tests.support.celery_helpers import Monitors
 
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
-
 pytestmark = pytest.mark.rabbitmq
-
-
-@pytest.fixture
-def amqp_url() -> str:
-    need_or_skip(reachable("127.0.0.1", 5672), "RabbitMQ")
-    return AMQP_URL
-
-
-@pytest.fixture
-def queue(amqp_url: str) -> Iterator[str]:
-    """A queue name of this test's own on the shared RabbitMQ, deleted afterwards."""
-    name = f"taskmedic-test-{uuid.uuid4().hex[:8]}"
-    yield name
-    with Connection(amqp_url) as conn:
-        conn.default_channel.queue_delete(name)
 
 
 def message_count(url: str, queue: str) -> int:
