@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -21,20 +22,26 @@ from typing import Any
 import yaml
 
 from exporter.base.errors import ConfigError
+from exporter.base.structure_only import structure_only
+from exporter.base.types import show_durations
 from exporter.config import Config, load_config
 from exporter.errors import CheckUnknown
 
 __all__ = ["register"]
 
 Loader = Callable[[str], Config]
+Verifier = Callable[[Config], None]
 
 
-def register(sub: Any, load: Loader | None = None) -> None:
+def register(sub: Any, load: Loader | None = None, verify: Verifier | None = None) -> None:
     """Add the exporter's subcommands to the top-level parser's subparsers.
 
     `load` reads and validates the config file (default `exporter.config.load_config`). The
     program that mounts these commands passes the loader of its own model, a subclass of
     `Config`, so that every command validates (and `config check` shows) the whole file.
+    `verify` runs the checks its other commands make of a loaded config (rule files, what
+    serving needs), raising ConfigError: `config check` runs them all, so that a file it
+    calls valid is one that no command refuses.
     """
     loader: Loader = load or load_config
 
@@ -51,7 +58,13 @@ def register(sub: Any, load: Loader | None = None) -> None:
         "check", help="validate; print the effective config with secrets masked (exit 0 or 2)"
     )
     p.add_argument("--config", required=True, help="taskmedic.yaml")
-    p.set_defaults(func=_guard(loader, _cmd_config_check))
+    p.add_argument(
+        "--structure-only",
+        action="store_true",
+        help="check the structure without the secrets: missing environment variables and "
+        "secret files stand in as placeholders, and are listed",
+    )
+    p.set_defaults(func=_config_check(loader, verify))
 
     p = sub.add_parser(
         "check",
@@ -82,6 +95,47 @@ def _guard(
     return run
 
 
+def _config_check(load: Loader, verify: Verifier | None) -> Callable[[argparse.Namespace], int]:
+    """`config check`: every check any command makes, or only the structure (no secrets)."""
+
+    def run(args: argparse.Namespace) -> int:
+        with contextlib.ExitStack() as stack:
+            unresolved = stack.enter_context(structure_only()) if args.structure_only else None
+            try:
+                config = load(args.config)
+                if verify is not None:
+                    verify(config)
+            except ConfigError as exc:
+                for problem in exc.problems:
+                    print(problem, file=sys.stderr)
+                return 2
+            shown = show_durations(config, config.display())
+        if unresolved is None:
+            print(f"# {args.config}: valid")
+        else:
+            print(f"# {args.config}: structure valid; secrets not checked")
+            for name in unresolved.variables:
+                print(f"#   environment variable not set: {name}")
+            for path in unresolved.files:
+                print(f"#   secret file not read: {path}")
+        print(yaml.dump(shown, Dumper=_Shown, sort_keys=False, default_flow_style=False), end="")
+        return 0
+
+    return run
+
+
+class _Shown(yaml.SafeDumper):
+    """Multi-line strings (a check's SQL) as YAML block literals, as they were written."""
+
+
+def _literal(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Shown.add_representer(str, _literal)
+
+
 def _cmd_exporter(config: Config, args: argparse.Namespace) -> int:
     from exporter.web import serve
 
@@ -91,13 +145,6 @@ def _cmd_exporter(config: Config, args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     return asyncio.run(serve(config))
-
-
-def _cmd_config_check(config: Config, args: argparse.Namespace) -> int:
-    shown = config.display()
-    print(f"# {args.config}: valid")
-    print(yaml.safe_dump(shown, sort_keys=False, default_flow_style=False), end="")
-    return 0
 
 
 def _cmd_check(config: Config, args: argparse.Namespace) -> int:

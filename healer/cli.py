@@ -245,6 +245,12 @@ def _cmd_rules_check(args: argparse.Namespace) -> int:
     config = _load(args) if args.config else None
     rules = load_rule_files(args.files, config)
     print(f"{len(rules)} rules OK in {len(args.files)} files")
+    if config is None:
+        print(
+            "not verified without --config: that the databases, Celery apps and checks the "
+            "rules name are defined (give --config taskmedic.yaml, or run `taskmedic config "
+            "check`)"
+        )
     return 0
 
 
@@ -306,6 +312,22 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 # --- parser ---------------------------------------------------------------------------------
+
+
+def _verify(config: Any) -> None:
+    """What `healer` checks of its config before serving, for `config check`: the rule files
+    (with every database, Celery app and check they name) and the auth settings."""
+    from healer.config import check_serving_auth
+    from healer.rules import load_rules
+
+    problems = []
+    for verify in (load_rules, check_serving_auth):
+        try:
+            verify(config)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
 
 
 def _config_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -391,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"taskmedic {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # The whole file, healer section included, is validated by every command that reads it.
-    exporter_cli.register(sub, load=load_healer_config)
+    exporter_cli.register(sub, load=load_healer_config, verify=_verify)
     subs = register(sub)
     log_cli.register_actions_log(subs["actions"])
     log_cli.register_journal(sub)

@@ -26,6 +26,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from exporter.base import structure_only
 from exporter.base.errors import ConfigError, Problem
 
 __all__ = [
@@ -100,6 +101,9 @@ def expand_vars(value: str, env: Mapping[str, str]) -> str:
         got = env.get(name)
         if got is None or (got == "" and default is not None):
             if default is None:
+                if (record := structure_only.active()) is not None:
+                    record.note(record.variables, name)
+                    return structure_only.PLACEHOLDER
                 raise KeyError(name)
             return default
         return got

@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from exporter.base import structure_only
 from exporter.base.types import Duration, Model, mask_dsn, scrub
 
 if TYPE_CHECKING:
@@ -37,7 +38,14 @@ __all__ = [
 
 
 def read_secret(path: Path, what: str) -> str:
-    """The content of a secret file, stripped; the error names the file, never the content."""
+    """The content of a secret file, stripped; the error names the file, never the content.
+
+    When only the structure is checked (`config check --structure-only`), nothing is read.
+    """
+    record = structure_only.active()
+    if record is not None:
+        record.note(record.files, str(path))
+        return structure_only.PLACEHOLDER
     try:
         return path.read_text(encoding="utf-8").strip()
     except OSError as exc:
@@ -167,7 +175,7 @@ class DatabaseConfig(Model):
     @field_validator("dsn_file")
     @classmethod
     def _dsn_file_readable(cls, value: Path | None) -> Path | None:
-        if value is not None:
+        if value is not None and structure_only.active() is None:
             validate_dsn(read_secret(value, "dsn_file"))
         return value
 
@@ -183,7 +191,10 @@ class DatabaseConfig(Model):
         if (self.dsn is None) == (self.dsn_file is None):
             raise ValueError("give exactly one of dsn or dsn_file")
         if self.dsn_file is not None:
-            object.__setattr__(self, "dsn", SecretStr(read_secret(self.dsn_file, "dsn_file")))
+            dsn = read_secret(self.dsn_file, "dsn_file")
+            if structure_only.active() is not None:
+                dsn = structure_only.PLACEHOLDER_DSN
+            object.__setattr__(self, "dsn", SecretStr(dsn))
         return self
 
     @property

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import re
+import types
+import typing
 from collections.abc import Iterable
 from typing import Annotated, Any
 
@@ -20,9 +22,11 @@ __all__ = [
     "Listen",
     "Model",
     "Name",
+    "format_duration",
     "mask_dsn",
     "parse_duration",
     "scrub",
+    "show_durations",
     "split_listen",
 ]
 
@@ -47,6 +51,51 @@ def parse_duration(value: Any) -> float:
     if not math.isfinite(seconds):
         raise ValueError("a duration must be finite")
     return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as a config file writes them: `600.0` -> `"10m"`, `5400` -> `"1h30m"`."""
+    if seconds == 0:
+        return "0s"
+    ms = round(seconds * 1000)
+    out = ""
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        n, ms = divmod(ms, size)
+        if n:
+            out += f"{n}{unit}"
+    return out + (f"{ms}ms" if ms else "")
+
+
+def _is_duration(annotation: Any) -> bool:
+    """True when a field's annotation is a Duration (alone, or in a union such as `| None`)."""
+    if typing.get_origin(annotation) is Annotated:
+        return any(getattr(m, "func", None) is parse_duration for m in annotation.__metadata__)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_is_duration(a) for a in typing.get_args(annotation))
+    return False
+
+
+def show_durations(model: BaseModel, shown: dict[str, Any]) -> dict[str, Any]:
+    """`shown` (a model's plain data, as `display()` gives it) with every duration field
+    written as in a config file (`10m`, not `600.0`); it is changed in place and returned."""
+    for name, info in type(model).model_fields.items():
+        if name not in shown:
+            continue
+        value, data = getattr(model, name), shown[name]
+        durations = any(getattr(m, "func", None) is parse_duration for m in info.metadata)
+        if (durations or _is_duration(info.annotation)) and isinstance(data, int | float):
+            shown[name] = format_duration(float(data))
+        elif isinstance(value, BaseModel) and isinstance(data, dict):
+            show_durations(value, data)
+        elif isinstance(value, list | tuple) and isinstance(data, list):
+            for item, item_data in zip(value, data, strict=False):
+                if isinstance(item, BaseModel) and isinstance(item_data, dict):
+                    show_durations(item, item_data)
+        elif isinstance(value, dict) and isinstance(data, dict):
+            for key, item in value.items():
+                if isinstance(item, BaseModel) and isinstance(data.get(key), dict):
+                    show_durations(item, data[key])
+    return shown
 
 
 # What an editor is told a duration looks like (the JSON Schema of `taskmedic schema`).

@@ -167,8 +167,8 @@ def test_config_check_prints_the_effective_config_with_secrets_masked(tmp_path: 
     shown = yaml.safe_load(out.stdout)
     assert shown["databases"]["app"]["dsn"] == "postgresql://app:***@127.0.0.1:5432/app"
     assert shown["celery"]["main"]["broker"] == "redis://:***@127.0.0.1:6379/0"
-    assert shown["checks"][0]["interval"] == 15.0  # effective values, not null
-    assert shown["checks"][1]["grace"] == 120.0
+    assert shown["checks"][0]["interval"] == "15s"  # effective values, not null
+    assert shown["checks"][1]["grace"] == "2m"
     for secret in (*SECRETS, "file-secret-123"):
         assert secret not in out.stdout + out.stderr
 

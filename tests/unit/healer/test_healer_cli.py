@@ -80,3 +80,80 @@ def test_config_check_validates_the_healer_section_too(
     assert f"{path}:3: healer.listen: expected host:port" in err
     assert "hunter2" not in err
     assert "s3cret" not in err
+
+
+def test_config_check_refuses_what_the_healer_would_refuse(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A typo in a rule file and a repair naming an undefined check fail `config check` with
+    their file and line, as they would fail `taskmedic healer`; so does a missing auth."""
+    rules = (
+        "rules:\n"
+        "  - name: typo\n"
+        "    match: {alertname: A}\n"
+        "    cooldwn: 5m\n"
+        "    steps: [{name: s, script: {argv: [/bin/true]}}]\n"
+        "  - name: unknown-check\n"
+        "    match: {alertname: B}\n"
+        "    steps:\n"
+        "      - name: fix\n"
+        "        repair: {check: nosuch, sql: 'UPDATE t SET x = 1 WHERE id = ANY(%(keys)s)'}\n"
+    )
+    path = write_config(tmp_path, None, rules=rules, healer={"auth": {}})
+    code, out, err = run_cli(capsys, "config", "check", "--config", str(path))
+    assert code == 2
+    assert "valid" not in out
+    healer_rules = tmp_path / "rules" / "healer.yaml"
+    assert f"{healer_rules}:4: rules[0].cooldwn: unknown key" in err
+    assert (
+        f"{healer_rules}:10: rules[1].steps[0].repair.check: check 'nosuch' is not defined" in err
+    )
+    assert "healer.auth: no credentials configured" in err
+
+
+def test_config_check_shows_durations_as_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(tmp_path, None, healer={"approval_timeout": "10m", "lease": "1h30m"})
+    code, out, _ = run_cli(capsys, "config", "check", "--config", str(path))
+    assert code == 0
+    assert "  approval_timeout: 10m\n" in out
+    assert "  lease: 1h30m\n" in out
+    assert "600.0" not in out
+
+
+def test_the_shipped_example_config_checks_without_its_secrets(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """deploy/taskmedic.example.yaml needs variables and secret files that exist only where it
+    runs: `--structure-only` checks everything else and lists what it took on trust."""
+    example = Path(__file__).parents[3] / "deploy" / "taskmedic.example.yaml"
+    for name in ("TIMESKETCH_DB_PASSWORD", "TIMESKETCH_REDIS_PASSWORD", "CREDENTIALS_DIRECTORY"):
+        monkeypatch.delenv(name, raising=False)
+    code, _, err = run_cli(capsys, "config", "check", "--config", str(example))
+    assert code == 2
+    assert "environment variable TIMESKETCH_DB_PASSWORD is not set" in err
+    code, out, err = run_cli(
+        capsys, "config", "check", "--structure-only", "--config", str(example)
+    )
+    assert code == 0, err
+    assert "structure valid; secrets not checked" in out
+    assert "#   environment variable not set: TIMESKETCH_DB_PASSWORD" in out
+    assert "#   secret file not read: /etc/taskmedic/secrets/healer-token" in out
+    assert "--structure-only" in example.read_text().split("\ninclude:")[0]
+
+
+def test_rules_check_without_config_says_what_it_could_not_verify(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rules = tmp_path / "healer.yaml"
+    rules.write_text(
+        "rules:\n"
+        "  - name: r\n"
+        "    match: {alertname: B}\n"
+        "    steps: [{name: fix, repair: {check: nosuch, sql: 'SELECT 1'}}]\n"
+    )
+    code, out, _ = run_cli(capsys, "rules", "check", str(rules))
+    assert code == 0
+    assert "not verified without --config" in out
+    assert "checks the rules name are defined" in out

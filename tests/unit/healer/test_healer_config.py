@@ -85,7 +85,8 @@ def test_config_check_shows_the_healer_section_with_every_secret_masked(
     out = capsys.readouterr().out
     shown = yaml.safe_load(out)["healer"]
     assert shown["listen"] == "127.0.0.1:9809"
-    assert shown["lease"] == 30.0
+    assert shown["lease"] == "30s"
+    assert shown["approval_timeout"] == "1h"
     assert shown["journal"]["dsn"] == "postgresql://j:***@h/journal"
     assert shown["auth"]["bearer_token"] == "***"
     assert shown["auth"]["basic_auth"] == {"username": "ops", "password": "***"}
