@@ -1,9 +1,10 @@
 """Exporter subcommands of `taskmedic`: `exporter`, `config check`, `check`.
 
-Exit codes: 0 fine (for `check`: no finding), 1 findings (`check`) or the exporter could not
-start serving, 2 a config error (every problem printed as `file:line: path: message` on
-stderr) or, for `check`, a check that could not establish the truth. No DSN password is ever
-printed: configs are shown through `Config.display()` and errors never echo values.
+Exit codes: 0 fine (for `check`: no finding), 1 findings (`check`), 2 a config error (every
+problem printed as `file:line: path: message` on stderr), a listen address already in use (the
+option to change is named) or, for `check`, a check that could not establish the truth. No
+DSN password is ever printed: configs are shown through `Config.display()` and errors never
+echo values.
 """
 
 from __future__ import annotations

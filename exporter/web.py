@@ -246,9 +246,11 @@ async def serve(config: Config) -> int:
         except OSError as exc:
             # An expected failure with its reason; a traceback would only bury it.
             log.error(  # noqa: TRY400
-                "cannot listen on %s: %s", config.exporter.listen, exc.strerror or exc
+                "cannot listen on %s: %s: set exporter.listen in the config to a free host:port",
+                config.exporter.listen,
+                exc.strerror or exc,
             )
-            return 1
+            return 2
         log.info(
             "taskmedic exporter %s on http://%s/metrics (%d checks, %d clusters)",
             __version__,

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from exporter.base.errors import ConfigError
 from exporter.base.types import split_listen
 from healer import api, appkeys, console, log_api, retention
 from healer.auth import Authenticator, auth_middleware
@@ -27,7 +28,7 @@ from healer.errors import JournalUnavailable
 from healer.executor import Executor
 from healer.journal import migrate
 from healer.journal.ingest_writer import IngestWriter
-from healer.journal.pool import journal_dsn, journal_errors, open_pool
+from healer.journal.pool import journal_dsn, journal_errors, journal_secrets, open_pool
 from healer.metrics import HealerMetrics, JournalGauges
 from healer.rules import RuleSet, load_rules
 from healer.web_alerts import post_alerts
@@ -49,7 +50,9 @@ async def _journal_ctx(app: web.Application) -> AsyncIterator[None]:
     async with contextlib.AsyncExitStack() as stack:
         dsn = fixed if fixed is not None else await stack.enter_async_context(journal_dsn(config))
         timeout = config.healer.journal.connect_timeout if config.healer.journal else 5.0
-        await migrate.upgrade(dsn)
+        # Unreachable at start: the command says why and exits 2 (healer.cli), no traceback.
+        with journal_errors(secrets=journal_secrets(config)):
+            await migrate.upgrade(dsn)
         pool = await open_pool(
             dsn, max_size=max(4, config.healer.executor_concurrency + 4), wait_timeout=timeout
         )
@@ -235,7 +238,20 @@ async def serve(config: HealerConfig, *, listen: str | None = None) -> int:
     # counts failed notifications and retries them with backoff.
     # The kernel caps this at net.core.somaxconn.
     site = web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        option = "--listen" if listen else "healer.listen"
+        raise ConfigError(
+            [
+                config.problem(
+                    ("healer", "listen"),
+                    f"cannot listen on {address}: {exc.strerror or exc}: set {option} to a "
+                    "free host:port",
+                )
+            ]
+        ) from None
     log.info("healer listening on http://%s (%d rules)", address, len(app[appkeys.RULES]))
     if not len(app[appkeys.RULES]):
         log.warning("no rules loaded (healer.rules): alerts are recorded but start nothing")

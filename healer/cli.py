@@ -2,7 +2,9 @@
 
 Healer commands: `healer` (serve the webhook), `db upgrade`, `actions list|show|approve|cancel`
 (straight on the journal named by the config), `rules check|test|replay`. Exit codes: 0 fine,
-1 the journal is unavailable or the action refused, 2 bad config, rules or input.
+1 the action refused (not found, wrong state or plan hash), 2 what the operator must fix
+before anything can work: a bad config, rules or input, an unreachable journal (the reason
+printed, passwords masked), a listen address in use.
 """
 
 from __future__ import annotations
@@ -62,8 +64,8 @@ def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namesp
                 _err(str(p))
             return 2
         except JournalUnavailable as exc:
-            _err(f"taskmedic: {exc}")
-            return 1
+            _err(f"taskmedic: {exc.for_operator()}")
+            return 2
         except ActionNotFound as exc:
             _err(f"taskmedic: no action {exc.args[0]}")
             return 1
@@ -103,30 +105,32 @@ def _serve(main: Coroutine[Any, Any, int]) -> int:
 def _on_journal(
     args: argparse.Namespace, body: Callable[[psycopg.AsyncConnection[Any]], Awaitable[int]]
 ) -> int:
-    from healer.journal.pool import journal_dsn, journal_errors
+    from healer.journal.pool import journal_dsn, journal_errors, journal_secrets
 
     config = _load(args)
 
     async def run() -> int:
-        async with journal_dsn(config) as dsn:
-            with journal_errors():
-                async with await psycopg.AsyncConnection.connect(
+        with journal_errors(secrets=journal_secrets(config)):
+            async with (
+                journal_dsn(config) as dsn,
+                await psycopg.AsyncConnection.connect(
                     dsn, autocommit=True, connect_timeout=5
-                ) as conn:
-                    return await body(conn)
+                ) as conn,
+            ):
+                return await body(conn)
 
     return asyncio.run(run())
 
 
 def _cmd_db_upgrade(args: argparse.Namespace) -> int:
     from healer.journal import migrate
-    from healer.journal.pool import journal_dsn, journal_errors
+    from healer.journal.pool import journal_dsn, journal_errors, journal_secrets
 
     config = _load(args)
 
     async def run() -> int:
-        async with journal_dsn(config) as dsn:
-            with journal_errors():
+        with journal_errors(secrets=journal_secrets(config)):
+            async with journal_dsn(config) as dsn:
                 applied = await migrate.upgrade(dsn)
         if applied:
             print(f"applied migrations {', '.join(str(v) for v in applied)}")
@@ -316,10 +320,13 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 def _verify(config: Any) -> None:
     """What `healer` checks of its config before serving, for `config check`: the rule files
-    (with every database, Celery app and check they name) and the auth settings."""
+    (with every database, Celery app and check they name) and the auth settings. A file with
+    no `healer:` section configures the exporter alone: nothing of the healer's is checked."""
     from healer.config import check_serving_auth
     from healer.rules import load_rules
 
+    if "healer" not in config.model_fields_set:
+        return
     problems = []
     for verify in (load_rules, check_serving_auth):
         try:

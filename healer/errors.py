@@ -11,7 +11,19 @@ __all__ = ["JournalRefused", "JournalUnavailable", "LeaseLost", "StepFailed"]
 
 
 class JournalUnavailable(TaskmedicError):
-    """The journal cannot be reached or written: nothing was recorded; HTTP answers 503."""
+    """The journal cannot be reached or written: nothing was recorded; HTTP answers 503.
+
+    `str(self)` names the failure's class only (what an HTTP client is told); `detail` is the
+    server's or driver's reason (`FATAL: role "x" does not exist`, a refused host and port)
+    with every password masked, for the operator's terminal and log."""
+
+    def __init__(self, message: str, *, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
+
+    def for_operator(self) -> str:
+        """What a command prints: what failed, and the reason the server or driver gave."""
+        return f"{self}: {self.detail}" if self.detail else str(self)
 
 
 class JournalRefused(TaskmedicError):

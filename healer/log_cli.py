@@ -37,7 +37,7 @@ def _err(message: str) -> None:
 def _run(args: argparse.Namespace, body: Body) -> int:
     """Load the config, reach its journal, run `body(dsn)`; errors become exit codes."""
     from healer.config import load_healer_config
-    from healer.journal.pool import journal_dsn, journal_errors
+    from healer.journal.pool import journal_dsn, journal_errors, journal_secrets
 
     try:
         config = load_healer_config(args.config)
@@ -48,15 +48,18 @@ def _run(args: argparse.Namespace, body: Body) -> int:
     args.loaded_config = config
 
     async def run() -> int:
-        async with journal_dsn(config) as dsn:
-            with journal_errors():
+        with journal_errors(secrets=journal_secrets(config)):
+            async with journal_dsn(config) as dsn:
+                # One connection first: a pool only retries, and would report a timeout
+                # instead of the server's reason.
+                await (await psycopg.AsyncConnection.connect(dsn, connect_timeout=5)).close()
                 return await body(dsn)
 
     try:
         return asyncio.run(run())
     except JournalUnavailable as exc:
-        _err(f"taskmedic: {exc}")
-        return 1
+        _err(f"taskmedic: {exc.for_operator()}")
+        return 2
     except KeyboardInterrupt:
         return 130
 

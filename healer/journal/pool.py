@@ -1,7 +1,7 @@
 """Reaching the journal: the connection pool, the embedded server, and what "unavailable" means.
 
 Every failure to reach or write the journal becomes `JournalUnavailable`, which the web app
-answers with 503 (Alertmanager then retries with backoff) and the CLI with exit code 1. Such a
+answers with 503 (Alertmanager then retries with backoff) and the CLI with exit code 2. Such a
 failure always happens inside a transaction that PostgreSQL rolls back, so nothing is left
 half-written. A bug (a constraint violation, a syntax error) is NOT mapped: it stays loud.
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import select
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ from psycopg import errors as pg_errors
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
+from exporter.base.types import scrub
 from healer.errors import JournalUnavailable
 
 if TYPE_CHECKING:
@@ -35,7 +36,9 @@ __all__ = [
     "embedded_dsn",
     "journal_dsn",
     "journal_errors",
+    "journal_secrets",
     "open_pool",
+    "reason",
     "unavailable",
 ]
 
@@ -49,9 +52,17 @@ def unavailable(exc: BaseException) -> bool:
     return isinstance(exc, _DOWN) and not isinstance(exc, RETRYABLE)
 
 
+def reason(exc: BaseException, secrets: Iterable[str] = ()) -> str:
+    """A driver's error on one line, with `secrets` and any password it quotes masked."""
+    lines = [" ".join(line.split()) for line in str(exc).splitlines() if line.strip()]
+    return scrub("; ".join(lines), secrets) or type(exc).__name__
+
+
 @contextlib.contextmanager
-def journal_errors(what: str = "journal") -> Iterator[None]:
-    """Turn "cannot reach or write the journal" into JournalUnavailable; let bugs through."""
+def journal_errors(what: str = "journal", secrets: Iterable[str] = ()) -> Iterator[None]:
+    """Turn "cannot reach or write the journal" into JournalUnavailable; let bugs through.
+
+    `secrets` (the journal's DSN and password) are masked in the exception's detail."""
     try:
         yield
     except JournalUnavailable:
@@ -59,8 +70,17 @@ def journal_errors(what: str = "journal") -> Iterator[None]:
     except BaseException as exc:
         if not unavailable(exc):
             raise
-        # The message names the failure class only: a driver message may quote the DSN.
-        raise JournalUnavailable(f"{what} unavailable ({type(exc).__name__})") from exc
+        # The message names the failure class only (HTTP clients see it); the reason, masked,
+        # is the detail an operator reads.
+        raise JournalUnavailable(
+            f"{what} unavailable ({type(exc).__name__})", detail=reason(exc, secrets)
+        ) from exc
+
+
+def journal_secrets(config: HealerConfig) -> list[str]:
+    """What an error about the configured journal must not show: its DSN and passwords."""
+    journal = config.healer.journal
+    return journal.secrets() if journal is not None else []
 
 
 async def check_idle_connection(conn: psycopg.AsyncConnection[Any]) -> None:

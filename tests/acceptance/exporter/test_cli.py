@@ -337,7 +337,7 @@ def test_exporter_serves_until_a_signal_and_exits_0(
     assert "Traceback" not in log.read_text()
 
 
-def test_exporter_that_cannot_listen_says_so_and_exits_1(
+def test_exporter_that_cannot_listen_names_the_option_and_exits_2(
     app_tables: str, broker_url: str, tmp_path: Path
 ) -> None:
     import socket
@@ -351,5 +351,7 @@ def test_exporter_that_cannot_listen_says_so_and_exits_1(
         data["exporter"] = {"listen": f"127.0.0.1:{port}"}
         path.write_text(yaml.safe_dump(data))
         out = taskmedic("exporter", "--config", str(path))
-    assert out.returncode == 1
-    assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
+    assert out.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}: " in out.stderr
+    assert "address already in use" in out.stderr
+    assert "set exporter.listen in the config to a free host:port" in out.stderr

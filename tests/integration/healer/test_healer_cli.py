@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from healer.cli import main
 from healer.config import HealerConfig
@@ -134,14 +135,41 @@ def test_actions_list_show_approve_cancel_over_the_journal(
     assert "no action 424242" in err
 
 
-def test_actions_on_an_unreachable_journal_exit_1_without_showing_the_dsn(
+def test_actions_on_an_unreachable_journal_exit_2_naming_host_and_port_not_the_password(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     dsn = "postgresql://taskmedic:hunter2@127.0.0.1:1/journal"
     path = write_config(tmp_path, dsn)
     code, out, err = run_cli(capsys, "actions", "list", "--config", str(path))
-    assert code == 1
-    assert "journal unavailable" in err
+    assert code == 2
+    assert "journal unavailable (OperationalError): connection failed: " in err
+    assert 'connection to server at "127.0.0.1", port 1 failed: Connection refused' in err
+    assert "hunter2" not in out + err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["db", "upgrade"],
+        ["actions", "list"],
+        ["actions", "approve", "1", "--plan-hash", "f" * 64],
+        ["actions", "log", "1"],
+        ["rules", "replay"],
+        ["healer"],
+    ],
+    ids=" ".join,
+)
+def test_every_journal_command_says_why_the_journal_refused_it(
+    argv: list[str], journal_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The server's own reason, one line, exit 2, no traceback, the password masked."""
+    wrong = make_conninfo(journal_dsn, user="taskmedic_no_such_role", password="hunter2")
+    path = write_config(tmp_path, wrong)
+    code, out, err = run_cli(capsys, *argv, "--config", str(path))
+    assert code == 2
+    assert 'FATAL: role "taskmedic_no_such_role" does not exist' in err
+    assert err.startswith("taskmedic: journal unavailable"), err
+    assert "Traceback" not in err
     assert "hunter2" not in out + err
 
 
@@ -177,3 +205,25 @@ rules:
     assert "would be skipped: cooldown" in out
     assert "recorded then: refresh-tree-status #" in out
     assert rows(journal_dsn, "SELECT count(*) FROM actions") == [(2,)]  # replay wrote nothing
+
+
+def test_healer_on_a_port_in_use_names_the_option_that_changes_it(
+    journal_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        path = write_config(tmp_path, journal_dsn, healer={"listen": f"127.0.0.1:{port}"})
+        code, _, err = run_cli(capsys, "healer", "--config", str(path))
+        assert code == 2
+        assert f"healer.listen: cannot listen on 127.0.0.1:{port}: " in err
+        assert "address already in use" in err.lower()
+        assert "set healer.listen to a free host:port" in err
+        code, _, err = run_cli(
+            capsys, "healer", "--config", str(path), "--listen", f"127.0.0.1:{port}"
+        )
+        assert code == 2
+        assert "set --listen to a free host:port" in err
