@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from psycopg import AsyncConnection
+from pydantic import ValidationError
 
 from healer.config import HealerConfig
 from healer.ingest import decision_inputs, plan_for
@@ -82,8 +83,31 @@ class AlertOutcome:
         return out
 
 
+# What to write for each field of an alert a file may get wrong (`rules test --alert`).
+_ALERT_FIELDS = {
+    "fingerprint": '"fingerprint": "3f2a9c0d1e7b5a64" (Alertmanager sends one with each '
+    "alert; any string that names the alert will do, or use --label instead of --alert, "
+    "which makes one)",
+    "startsAt": '"startsAt": "2024-05-01T12:00:00Z" (an RFC 3339 time with its offset)',
+    "endsAt": '"endsAt": "0001-01-01T00:00:00Z" for a firing alert, or when it resolved',
+    "status": '"status": "firing" or "resolved"',
+    "labels": '"labels": {"alertname": "...", ...} (label names to string values)',
+    "annotations": '"annotations": {"summary": "..."} (names to string values)',
+}
+
+
+def _what_to_write(path: str, message: str) -> str:
+    """`path: message`, and for a field of an alert, what to write there."""
+    field = re.sub(r"\[\d+\]$", "", path).rsplit(".", 1)[-1]
+    hint = _ALERT_FIELDS.get(field)
+    return f"{path}: {message}" + (f"; write {hint}" if hint else "")
+
+
 def load_alerts(path: Path) -> list[Alert]:
-    """Alerts of a webhook payload file; a file holding one alert object works too."""
+    """Alerts of a webhook payload file; a file holding one alert object works too.
+
+    A problem is reported as `FILE: $.json.path: what is wrong; write ...`, never as the
+    validator's own dump."""
     body = path.read_bytes()
     try:
         data = json.loads(body)
@@ -92,11 +116,16 @@ def load_alerts(path: Path) -> list[Alert]:
     if isinstance(data, dict) and "alerts" not in data:
         try:
             return [Alert.model_validate(data)]
-        except ValueError as exc:
-            raise ValueError(f"{path}: not an alert: {exc}") from None
+        except ValidationError as exc:
+            err = exc.errors(include_input=False, include_url=False)[0]
+            where = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
+            msg = "required field is missing" if err["type"] == "missing" else err["msg"]
+            raise ValueError(f"{path}: {_what_to_write(where, msg)}") from None
     try:
         notification, _ = parse_notification(body)
-    except (BadPayload, UnsupportedVersion) as exc:
+    except BadPayload as exc:
+        raise ValueError(f"{path}: {_what_to_write(exc.path, exc.message)}") from None
+    except UnsupportedVersion as exc:
         raise ValueError(f"{path}: {exc}") from None
     return notification.alerts
 

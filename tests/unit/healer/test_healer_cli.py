@@ -157,3 +157,20 @@ def test_rules_check_without_config_says_what_it_could_not_verify(
     assert code == 0
     assert "not verified without --config" in out
     assert "checks the rules name are defined" in out
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["one alert", "webhook payload"])
+def test_rules_test_on_an_alert_without_fingerprint_names_the_field_and_what_to_write(
+    wrapped: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(tmp_path, None)
+    alert = {"status": "firing", "labels": {"alertname": "X"}, "startsAt": "2024-01-01T00:00:00Z"}
+    body = {"version": "4", "status": "firing", "receiver": "r", "alerts": [alert]}
+    given = tmp_path / "alert.json"
+    given.write_text(json.dumps(body if wrapped else alert))
+    code, _, err = run_cli(capsys, "rules", "test", "--config", str(path), "--alert", str(given))
+    assert code == 2
+    where = "$.alerts[0].fingerprint" if wrapped else "$.fingerprint"
+    assert f'{given}: {where}: required field is missing; write "fingerprint": ' in err
+    assert "pydantic" not in err
+    assert "validation error" not in err
