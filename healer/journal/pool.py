@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import select
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +43,8 @@ __all__ = [
     "reason",
     "unavailable",
 ]
+
+log = logging.getLogger(__name__)
 
 # Conflicts between concurrent transactions: retried by the caller, never reported as down.
 RETRYABLE = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
@@ -120,10 +124,22 @@ async def open_pool(
 
 
 def _start_embedded(data_dir: Path) -> tuple[str, Callable[[], None]]:
-    from pgserver.postgres_server import get_server
+    """Start or join the embedded server, saying so in one line.
+
+    pgserver logs every initdb and pg_ctl run with its whole output at INFO (some 50 lines on
+    the first start), and its import warns when XDG_RUNTIME_DIR is unset (it falls back to
+    /tmp, which is fine): only its warnings and errors are kept.
+    """
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        from pgserver.postgres_server import get_server
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = get_server(data_dir.resolve() / "journal", cleanup_mode="stop")
+    where = data_dir.resolve() / "journal"
+    fresh = not (where / "PG_VERSION").exists()
+    server = get_server(where, cleanup_mode="stop")
+    log.info("embedded journal %s in %s", "created" if fresh else "started", where)
     dsn: str = server.get_uri()
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute("SELECT 1 FROM pg_database WHERE datname = 'taskmedic'").fetchone()

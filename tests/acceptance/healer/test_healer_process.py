@@ -149,9 +149,14 @@ def test_sigterm_stops_taking_alerts_lets_the_step_finish_and_exits_0(
 
 
 def test_without_a_journal_dsn_the_healer_runs_an_embedded_journal_in_data_dir(
-    tmp_path: Path, start_healer: Callable[[Path], Healer], request: pytest.FixtureRequest
+    tmp_path: Path,
+    start_healer: Callable[[Path], Healer],
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A first run needs nothing installed; the CLI reads the same embedded journal."""
+    """A first run needs nothing installed; the CLI reads the same embedded journal. Starting
+    it says so in one line: no initdb output, no warning about XDG_RUNTIME_DIR."""
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     # Not under pytest's tmp_path: pgserver runs PostgreSQL as its own user when we are root,
     # and a concurrent pytest run resets the permissions of pytest's temporary folders.
     data_dir = Path(tempfile.mkdtemp(prefix="taskmedic-healer-"))
@@ -173,9 +178,14 @@ def test_without_a_journal_dsn_the_healer_runs_an_embedded_journal_in_data_dir(
         check=False,
     )
     assert listed.returncode == 0, listed.stderr
+    assert listed.stderr == b""
     assert [i["rule"] for i in json.loads(listed.stdout)["items"]] == ["slow"]
     healer.proc.send_signal(signal.SIGTERM)
     assert healer.proc.wait(timeout=60) == 0, healer.output()
+    output = healer.output()
+    assert output.count(f"embedded journal created in {data_dir / 'journal'}") == 1
+    for noise in ("initdb", "XDG_RUNTIME_DIR", "pgserver", "The files belonging"):
+        assert noise not in output
 
 
 BURST = 1000
