@@ -117,9 +117,25 @@ def _on_journal(
                     dsn, autocommit=True, connect_timeout=5
                 ) as conn,
             ):
-                return await body(conn)
+                try:
+                    return await body(conn)
+                except psycopg.errors.UndefinedTable:
+                    raise _no_schema(config) from None
 
     return asyncio.run(run())
+
+
+def _no_schema(config: HealerConfig) -> ConfigError:
+    """A journal database without taskmedic's tables: what to run, not a traceback."""
+    return ConfigError(
+        [
+            config.problem(
+                ("healer", "journal"),
+                "the journal has no taskmedic tables yet: run `taskmedic db upgrade` with this "
+                "config (the healer also creates them when it starts)",
+            )
+        ]
+    )
 
 
 def _cmd_db_upgrade(args: argparse.Namespace) -> int:

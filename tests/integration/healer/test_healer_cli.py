@@ -227,3 +227,17 @@ def test_healer_on_a_port_in_use_names_the_option_that_changes_it(
         )
         assert code == 2
         assert "set --listen to a free host:port" in err
+
+
+def test_actions_on_a_journal_without_tables_say_to_run_db_upgrade(
+    journal_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A database where `db upgrade` never ran (here: a search_path with no tables)."""
+    empty = make_conninfo(journal_dsn, options="-c search_path=taskmedic_nothing_here")
+    path = write_config(tmp_path, empty)
+    code, _, err = run_cli(capsys, "actions", "list", "--config", str(path))
+    assert code == 2
+    assert (
+        "healer.journal: the journal has no taskmedic tables yet: run `taskmedic db upgrade`" in err
+    )
+    assert "Traceback" not in err
