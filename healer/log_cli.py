@@ -90,6 +90,17 @@ class _Writer:
         out.flush()
 
 
+def _step_number(text: str) -> int:
+    """`--step N`: a step as numbered everywhere people read one, from 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a step number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError("steps are numbered from 1 (the first step is 1)")
+    return n
+
+
 def _cmd_log(args: argparse.Namespace) -> int:
     from healer.actions import ActionNotFound
     from healer.journal import logs
@@ -97,7 +108,8 @@ def _cmd_log(args: argparse.Namespace) -> int:
     from healer.log_api import LogFilter, iter_log_text
     from healer.log_hub import Chunk, End, LogHub
 
-    flt = LogFilter(args.stream, args.step)
+    # People number steps from 1, as the console and every reason do; the journal from 0.
+    flt = LogFilter(args.stream, args.step - 1 if args.step is not None else None)
     writer = _Writer(args.raw)
 
     async def body(dsn: str) -> int:
@@ -165,7 +177,7 @@ def register_actions_log(actions_sub: Any) -> None:
     p.add_argument("id", type=int)
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
     p.add_argument("--stream", choices=("stdout", "stderr", "system"))
-    p.add_argument("--step", type=int, help="only this step (0 is the first)")
+    p.add_argument("--step", type=_step_number, help="only this step (1 is the first)")
     p.add_argument(
         "--raw",
         action="store_true",

@@ -101,7 +101,8 @@ class _Refused(TaskmedicError):
 
 
 def _steps_list(idxs: Collection[int]) -> str:
-    return ", ".join(str(i) for i in idxs)
+    """Step numbers as people read them: the first step is 1 (the journal's idx is 0)."""
+    return ", ".join(str(i + 1) for i in idxs)
 
 
 class ActionRun:
@@ -215,7 +216,8 @@ class ActionRun:
 
     async def _step(self, idx: int, step: PlanStep) -> StepResult:
         await self._write(
-            f"the start of step {idx}", lambda c: journal_executor.step_started(c, self.fence, idx)
+            f"the start of step {idx + 1}",
+            lambda c: journal_executor.step_started(c, self.fence, idx),
         )
         out = self._output(idx)
         try:
@@ -245,7 +247,7 @@ class ActionRun:
         output_bytes: int,
     ) -> None:
         assert self._plan is not None
-        what = f"the end of step {idx} {self._plan.steps[idx].name!r} ({state})"
+        what = f"the end of step {idx + 1} {self._plan.steps[idx].name!r} ({state})"
         try:
             await self._write(
                 what,
@@ -320,17 +322,19 @@ class ActionRun:
             )
             return
         n = len(self._plan.steps)
-        ran = f"{n} steps succeeded" + (f" ({earlier} in an earlier attempt)" if earlier else "")
+        ran = f"{n} step{'' if n == 1 else 's'} succeeded" + (
+            f" ({earlier} in an earlier attempt)" if earlier else ""
+        )
         await self._finish("succeeded", ran, committed=shared)
 
     async def _fail(self, idx: int, step: PlanStep, exc: StepFailed, completed: list[int]) -> None:
-        why = f"step {idx} {step.name!r} failed: {exc}"
+        why = f"step {idx + 1} {step.name!r} failed: {exc}"
         summary = await self._unwind(completed, why)
-        rest = f"not run: step {idx} failed"
+        rest = f"not run: step {idx + 1} failed"
         await self._finish("failed", _join(why, summary), rest_error=rest)
 
     async def _cancel(self, idx: int | None, completed: list[int]) -> None:
-        during = f" during step {idx}" if idx is not None else ""
+        during = f" during step {idx + 1}" if idx is not None else ""
         summary = await self._unwind(completed, "the action was cancelled")
         await self._finish(
             "cancelled",
@@ -370,20 +374,20 @@ class ActionRun:
         assert step.undo is not None
         how = "script" if step.undo.script is not None else "sql"
         await self._write(
-            f"the start of the undo of step {idx}",
+            f"the start of the undo of step {idx + 1}",
             lambda c: journal_executor.undo_started(c, self.claim.id, idx),
         )
         out = self._output(idx, record_total=False)
         try:
             async with out:
-                out.system(f"undo of step {idx} {step.name!r} ({how}): {why}")
+                out.system(f"undo of step {idx + 1} {step.name!r} ({how}): {why}")
                 # A cancel arriving now is already being honoured by this unwinding.
                 res = await self._guarded(run_undo(step.undo, self._context(out)), {"cancel"})
         except StepFailed as exc:
             undo = {"by": how, "why": why, "result": exc.result}
             error = str(exc)
             await self._write(
-                f"the undo of step {idx}",
+                f"the undo of step {idx + 1}",
                 lambda c: journal_executor.undo_finished(
                     c, self.claim.id, [idx], ok=False, undo=undo, error=error
                 ),
@@ -391,7 +395,7 @@ class ActionRun:
             return False
         undo = {"by": how, "why": why, "result": res.result}
         await self._write(
-            f"the undo of step {idx}",
+            f"the undo of step {idx + 1}",
             lambda c: journal_executor.undo_finished(c, self.claim.id, [idx], ok=True, undo=undo),
         )
         return True

@@ -43,8 +43,14 @@ async def test_log_prints_each_stream_to_its_own_descriptor_byte_for_byte(
     assert done.returncode == 0, done.stderr
     assert done.stdout == b"out \xff raw\nsecond step\n"
     assert done.stderr == b"err line\n"
-    only = await run("actions", "log", "--config", str(config), str(aid), "--raw", "--step", "1")
+    # Steps are numbered from 1, as in the console and in every reason.
+    only = await run("actions", "log", "--config", str(config), str(aid), "--raw", "--step", "2")
     assert only.stdout == b"second step\n"
+    first = await run("actions", "log", "--config", str(config), str(aid), "--raw", "--step", "1")
+    assert first.stdout == b"out \xff raw\n"
+    zero = await run("actions", "log", "--config", str(config), str(aid), "--step", "0")
+    assert zero.returncode == 2
+    assert b"steps are numbered from 1" in zero.stderr
 
 
 async def test_log_of_an_unknown_action_says_so_and_exits_1(

@@ -35,6 +35,7 @@ async def test_steps_run_in_order_and_the_action_succeeds(
 
     row = await state_in(journal_dsn, action_id, "succeeded", "failed")
     assert row["state"] == "succeeded", row["reason"]
+    assert row["reason"] == "3 steps succeeded"
     assert row["attempt"] == 1
     assert row["lease_expires_at"] is None
     assert log.read_text().split() == ["0", "1", "2"]
@@ -68,7 +69,8 @@ async def test_a_script_gets_the_alert_on_stdin_and_a_minimal_environment(
         alert={"labels": {"alertname": "X", "check": "a; rm -rf /"}},
     )
     action_id = await insert_action(journal_dsn, p)
-    assert (await state_in(journal_dsn, action_id, "succeeded", "failed"))["state"] == "succeeded"
+    row = await state_in(journal_dsn, action_id, "succeeded", "failed")
+    assert (row["state"], row["reason"]) == ("succeeded", "1 step succeeded")
     env = dict(line.split("=", 1) for line in (tmp_path / "env").read_text().splitlines())
     assert "TASKMEDIC_SECRET_TOKEN" not in env
     assert set(env) - {"PWD", "SHLVL", "_"} == {"PATH", "LANG", "HOME", "EXTRA"}
@@ -92,20 +94,20 @@ async def test_a_failing_step_undoes_completed_steps_in_reverse_order(
 
     row = await state_in(journal_dsn, action_id, "succeeded", "failed")
     assert row["state"] == "failed"
-    assert "step 3 'breaks' failed: exit code 3" in row["reason"]
-    assert "undone: steps 2, 0" in row["reason"]
+    assert "step 4 'breaks' failed: exit code 3" in row["reason"]
+    assert "undone: steps 3, 1" in row["reason"]
     assert log.read_text().split() == ["do0", "do1", "do2", "undo2", "undo0"]
     rows = await steps(journal_dsn, action_id)
     assert [s["state"] for s in rows] == ["undone", "succeeded", "undone", "failed", "skipped"]
     assert rows[3]["exit_code"] == 3
     assert rows[3]["error"] == "exit code 3"
-    assert rows[4]["error"] == "not run: step 3 failed"
+    assert rows[4]["error"] == "not run: step 4 failed"
     assert rows[0]["result"]["undo"]["by"] == "script"
-    assert "step 3 'breaks' failed" in rows[0]["result"]["undo"]["why"]
+    assert "step 4 'breaks' failed" in rows[0]["result"]["undo"]["why"]
     assert rows[2]["undo_started_at"] < rows[0]["undo_started_at"]
     assert await output(journal_dsn, action_id, "stderr", step=3) == b"broken\n"
     system = (await output(journal_dsn, action_id, "system", step=0)).decode()
-    assert "undo of step 0 'first'" in system
+    assert "undo of step 1 'first'" in system
 
 
 async def test_an_undo_that_fails_is_recorded_and_the_others_still_run(
@@ -121,8 +123,8 @@ async def test_an_undo_that_fails_is_recorded_and_the_others_still_run(
     )
     action_id = await insert_action(journal_dsn, p)
     row = await state_in(journal_dsn, action_id, "succeeded", "failed")
-    assert "undo failed: steps 1" in row["reason"]
-    assert "undone: steps 0" in row["reason"]
+    assert "undo failed: steps 2" in row["reason"]
+    assert "undone: steps 1" in row["reason"]
     rows = await steps(journal_dsn, action_id)
     assert [s["state"] for s in rows] == ["undone", "undo_failed", "failed"]
     assert rows[1]["undo_error"] == "exit code 7"

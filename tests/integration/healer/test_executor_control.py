@@ -84,8 +84,8 @@ async def test_cancel_stops_the_step_and_undoes_what_was_done(
     await fetch(journal_dsn, "SELECT pg_notify('taskmedic_cancel', %s)", str(action_id))
     row = await state_in(journal_dsn, action_id, "cancelled", "failed", "succeeded")
     assert row["state"] == "cancelled"
-    assert "cancelled on request during step 1" in row["reason"]
-    assert "undone: steps 0" in row["reason"]
+    assert "cancelled on request during step 2" in row["reason"]
+    assert "undone: steps 1" in row["reason"]
     assert [s["state"] for s in await steps(journal_dsn, action_id)] == [
         "undone",
         "cancelled",

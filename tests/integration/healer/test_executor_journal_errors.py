@@ -90,7 +90,7 @@ async def test_a_refused_write_fails_the_action_and_never_reruns_the_done_step(
     assert row["state"] == "failed"
     assert "RaiseException" in row["reason"]
     assert "steps may not hold the marker" in row["reason"]
-    assert "step 0 'bump'" in row["reason"]
+    assert "step 1 'bump'" in row["reason"]
     assert row["lease_expires_at"] is None
     first, second = await steps(counter, action_id)
     assert first["state"] == "succeeded"
