@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import logging
+import re
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
@@ -231,11 +232,46 @@ def _cmd_actions_show(args: argparse.Namespace) -> int:
     return _on_journal(args, body)
 
 
+PLAN_HASH_PREFIX = 12  # what the console shows next to a plan
+
+
 def _cmd_actions_approve(args: argparse.Namespace) -> int:
-    from healer.actions import approve
+    from healer.actions import approve, get_action
+    from healer.plan import Plan
+    from healer.rules.tools import describe_step
+
+    given = args.plan_hash.strip().lower()
+    if len(given) < PLAN_HASH_PREFIX or not re.fullmatch(r"[0-9a-f]+", given):
+        _err(
+            f"taskmedic: --plan-hash: give the plan's sha256 as `taskmedic actions show "
+            f"{args.id}` or the console prints it, or at least its first {PLAN_HASH_PREFIX} "
+            "characters"
+        )
+        return 2
 
     async def body(conn: psycopg.AsyncConnection[Any]) -> int:
-        out = await approve(conn, args.id, args.plan_hash, args.by)
+        a = await get_action(conn, args.id)
+        full: str = a["plan_hash"]
+        if not full.startswith(given):
+            _err(
+                f"taskmedic: {given[:PLAN_HASH_PREFIX]}… is not the hash of action "
+                f"{args.id}'s plan: review the plan again (`taskmedic actions show {args.id}`) "
+                "and approve the hash shown there"
+            )
+            return 1
+        if not args.yes and sys.stdin.isatty():
+            plan = Plan.model_validate(a["plan"])
+            _say(f"action {a['id']}  rule {a['rule']}  plan sha256 {full}")
+            for i, step in enumerate(plan.steps, 1):
+                _say(f"  {i}. {step.name}: {describe_step(step)}")
+            n = len(plan.steps)
+            answer = await asyncio.to_thread(
+                input, f"Approve and run {'this step' if n == 1 else f'these {n} steps'}? [y/N] "
+            )
+            if answer.strip().lower() not in ("y", "yes"):
+                print("not approved")
+                return 1
+        out = await approve(conn, args.id, full, args.by)
         print(f"action {out['id']} approved: {out['state']}")
         return 0
 
@@ -389,7 +425,13 @@ def register(sub: Any) -> dict[str, Any]:
     p = actions_sub.add_parser("approve", help="approve the plan you reviewed, by its hash")
     _config_arg(p)
     p.add_argument("id", type=int)
-    p.add_argument("--plan-hash", required=True, help="the sha256 shown by `actions show`")
+    p.add_argument(
+        "--plan-hash",
+        required=True,
+        help=f"the sha256 shown by `actions show` (or its first {PLAN_HASH_PREFIX} characters, "
+        "as the console shows it)",
+    )
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation on a terminal")
     p.add_argument("--by", default="cli", help="who approves (recorded in the journal)")
     p.set_defaults(func=_guard(_cmd_actions_approve))
     p = actions_sub.add_parser("cancel", help="cancel an action, or stop a running one")

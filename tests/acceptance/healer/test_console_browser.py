@@ -196,6 +196,12 @@ async def test_approve_a_waiting_action_by_clicking(
     assert "/bin/echo 'approved and ran'" in await plan.inner_text()
     await page.screenshot(path=str(artifacts / "awaiting-approval-laptop.png"), full_page=True)
 
+    # Two clicks: "Approve…" shows the whole plan hash and the button that runs it.
+    assert not await page.is_visible("#approve")
+    await page.click("#approve-confirm summary")
+    plan_hash = await plan_hash_of(journal_dsn, action_id)
+    await expect(page.locator("#approve-confirm")).to_contain_text(plan_hash)
+    await page.screenshot(path=str(artifacts / "approve-confirm-laptop.png"), full_page=True)
     await page.click("#approve")
     await wait_log(page, "approved and ran")
     await page.locator("#state", has_text="succeeded").wait_for()

@@ -264,3 +264,43 @@ async def test_without_credentials_on_loopback_the_console_opens_without_login(
     assert f"/actions/{aid}" in await resp.text()
     resp = await client.get("/login", allow_redirects=False)
     assert (resp.status, resp.headers["Location"]) == (303, "/")
+
+
+async def test_a_step_shows_its_output_size_only_when_it_printed_something(
+    client: Client, journal_conn: psycopg.AsyncConnection[Any]
+) -> None:
+    """A step whose only output is taskmedic's own line (an SQL or HTTP step) is not "0 B"."""
+    quiet = await create_action(journal_conn, state="running")
+    await append_chunk(
+        journal_conn, quiet, "sql on app: UPDATE 3 rows (committed)\n", stream="system"
+    )
+    await set_state(journal_conn, quiet, "succeeded", step_state="succeeded")
+    loud = await create_action(journal_conn, state="running")
+    await journal_conn.execute(
+        "UPDATE steps SET output_bytes = 2048, state = 'succeeded', started_at = now(),"
+        " finished_at = now() WHERE action_id = %s",
+        (loud,),
+    )
+    await log_in(client)
+    html = await (await client.get(f"/actions/{quiet}")).text()
+    assert "0 B" not in html
+    html = await (await client.get(f"/actions/{loud}")).text()
+    assert "2.0 KiB printed" in html
+
+
+async def test_approving_asks_first_and_shows_the_whole_plan_hash(
+    client: Client, journal_conn: psycopg.AsyncConnection[Any]
+) -> None:
+    """The first click opens the full hash and the button that runs the plan (a <details>,
+    kept open across the page's refreshes); only that second button posts."""
+    waiting = await create_action(journal_conn, state="awaiting_approval", steps=2)
+    await log_in(client)
+    html = await (await client.get(f"/actions/{waiting}")).text()
+    cur = await journal_conn.execute("SELECT plan_hash FROM actions WHERE id = %s", (waiting,))
+    (plan_hash,) = await cur.fetchone()  # type: ignore[misc]
+    confirm = html[html.index('<details id="approve-confirm"') :]
+    confirm = confirm[: confirm.index("</details>")]
+    assert "<summary" in confirm
+    assert f'Run the 2 steps of plan <code class="wrap">{plan_hash}</code> now?' in confirm
+    assert 'id="approve"' in confirm
+    assert html.count("data-post=") == 2  # the confirmed approve and cancel

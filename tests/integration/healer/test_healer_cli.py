@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +106,8 @@ def test_actions_list_show_approve_cancel_over_the_journal(
         capsys, "actions", "approve", str(first["id"]), "--plan-hash", "f" * 64, "--config", cfg
     )
     assert code == 1
-    assert "plan_hash does not match" in err
+    assert f"is not the hash of action {first['id']}'s plan: review the plan again" in err
+    assert "/api/" not in err
     code, out, _ = run_cli(
         capsys,
         "actions",
@@ -241,3 +244,61 @@ def test_actions_on_a_journal_without_tables_say_to_run_db_upgrade(
         "healer.journal: the journal has no taskmedic tables yet: run `taskmedic db upgrade`" in err
     )
     assert "Traceback" not in err
+
+
+def test_approve_takes_the_hash_prefix_the_console_shows_and_asks_on_a_terminal(
+    journal_dsn: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = config_for(tmp_path, journal_dsn, rules=APPROVAL)
+    cfg = str(tmp_path / "taskmedic.yaml")
+    record(config, journal_dsn, payload("grouped_workers_down"))
+    _, out, _ = run_cli(capsys, "actions", "list", "--config", cfg, "--json")
+    first, second = json.loads(out)["items"][:2]
+
+    code, _, err = run_cli(
+        capsys, "actions", "approve", str(first["id"]), "--plan-hash", "abc", "--config", cfg
+    )
+    assert code == 2
+    assert "at least its first 12 characters" in err
+
+    # On a terminal the plan is shown and nothing happens without a yes.
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:  # a pty is what an operator has; stdin here is not one
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Terminal("n\n"))
+    prefix = first["plan_hash"][:12]
+    approve = ("actions", "approve", str(first["id"]), "--plan-hash", prefix, "--config", cfg)
+    code, out, _ = run_cli(capsys, *approve)
+    assert code == 1
+    assert f"plan sha256 {first['plan_hash']}" in out
+    assert "1. restart: " in out
+    assert "not approved" in out
+    state = "SELECT state FROM actions WHERE id = %s"
+    assert rows(journal_dsn, state, (first["id"],)) == [("awaiting_approval",)]
+
+    monkeypatch.setattr(sys, "stdin", Terminal("y\n"))
+    code, out, _ = run_cli(capsys, *approve)
+    assert code == 0, out
+    assert "approved: pending" in out
+    assert rows(journal_dsn, state, (first["id"],)) == [("pending",)]
+
+    code, out, _ = run_cli(
+        capsys,
+        "actions",
+        "approve",
+        str(second["id"]),
+        "--plan-hash",
+        second["plan_hash"][:16],
+        "--yes",
+        "--config",
+        cfg,
+    )
+    assert code == 0
+    events = "SELECT message FROM events WHERE action_id = %s AND kind = 'approved'"
+    assert rows(journal_dsn, events, (second["id"],)) == [
+        (f"plan {second['plan_hash']} approved by cli",)
+    ]
