@@ -16,6 +16,7 @@ import logging
 import re
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -183,17 +184,42 @@ def _cmd_actions_list(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"items": items, "next": nxt}, indent=2))
             return 0
-        _say(f"{'ID':>6}  {'STATE':<17} {'RULE':<28} {'ALERT':<28} {'CREATED':<25} REASON")
-        for a in items:
-            _say(
-                f"{a['id']:>6}  {a['state']:<17} {a['rule']:<28} "
-                f"{a['alert']['alertname']:<28} {a['created_at'][:25]:<25} {a['reason']}"
-            )
+        table = [["ID", "STATE", "RULE", "ALERT", "CREATED (UTC)", "REASON"]] + [
+            [
+                str(a["id"]),
+                a["state"],
+                printable(a["rule"]),
+                printable(a["alert"]["alertname"]),
+                _utc_seconds(a["created_at"]),
+                a["reason"],
+            ]
+            for a in items
+        ]
+        for line in _columns(table):
+            _say(line)
         if nxt:
             _say(f"(more: older actions exist before id {nxt})")
         return 0
 
     return _on_journal(args, body)
+
+
+def _utc_seconds(iso: str) -> str:
+    """`2024-05-01T12:00:00.123456+00:00` -> `2024-05-01 12:00:00`: whole seconds, in UTC."""
+    return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _columns(rows: list[list[str]]) -> list[str]:
+    """Rows as aligned columns, each as wide as its widest cell (the first right-aligned,
+    the last left as it is): a long rule name widens its column, never shifts the others."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    out = []
+    for r in rows:
+        cells = [r[0].rjust(widths[0])] + [
+            c.ljust(w) for c, w in zip(r[1:-1], widths[1:], strict=True)
+        ]
+        out.append("  ".join([*cells, r[-1]]).rstrip())
+    return out
 
 
 def _cmd_actions_show(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -302,3 +303,23 @@ def test_approve_takes_the_hash_prefix_the_console_shows_and_asks_on_a_terminal(
     assert rows(journal_dsn, events, (second["id"],)) == [
         (f"plan {second['plan_hash']} approved by cli",)
     ]
+
+
+def test_actions_list_keeps_its_columns_in_line_and_shows_whole_seconds(
+    journal_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    long_name = "restart-the-celery-worker-that-stopped-answering-pings"
+    rules = APPROVAL + APPROVAL.split("rules:\n", 1)[1].replace("restart-worker", long_name)
+    config = config_for(tmp_path, journal_dsn, rules=rules)
+    record(config, journal_dsn, payload("grouped_workers_down"))
+    code, out, _ = run_cli(capsys, "actions", "list", "--config", str(tmp_path / "taskmedic.yaml"))
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == 7
+    assert {line.index("TaskmedicCeleryWorkerDown") for line in lines[1:]} == {
+        lines[0].index("ALERT")
+    }
+    starts = {m.start() for line in lines[1:] for m in [re.search(r"\d{4}-\d\d-\d\d ", line)] if m}
+    assert starts == {lines[0].index("CREATED")}
+    for line in lines[1:]:
+        assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d  waiting for approval$", line), line
