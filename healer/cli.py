@@ -225,7 +225,7 @@ def _columns(rows: list[list[str]]) -> list[str]:
 def _cmd_actions_show(args: argparse.Namespace) -> int:
     from healer.actions import get_action
     from healer.plan import Plan
-    from healer.rules.tools import describe_step
+    from healer.rules.tools import step_lines
 
     async def body(conn: psycopg.AsyncConnection[Any]) -> int:
         a = await get_action(conn, args.id)
@@ -246,7 +246,8 @@ def _cmd_actions_show(args: argparse.Namespace) -> int:
             outcome = row["state"] + (
                 f" exit {row['exit_code']}" if row["exit_code"] is not None else ""
             )
-            _say(f"  {i + 1}. {step.name} [{outcome}]: {describe_step(step)}")
+            for line in step_lines(f"  {i + 1}. {step.name} [{outcome}]: ", step):
+                _say(line)
             if row["error"]:
                 _say(f"     error: {row['error']}")
         _say("  events:")
@@ -264,7 +265,7 @@ PLAN_HASH_PREFIX = 12  # what the console shows next to a plan
 def _cmd_actions_approve(args: argparse.Namespace) -> int:
     from healer.actions import approve, get_action
     from healer.plan import Plan
-    from healer.rules.tools import describe_step
+    from healer.rules.tools import step_lines
 
     given = args.plan_hash.strip().lower()
     if len(given) < PLAN_HASH_PREFIX or not re.fullmatch(r"[0-9a-f]+", given):
@@ -289,7 +290,8 @@ def _cmd_actions_approve(args: argparse.Namespace) -> int:
             plan = Plan.model_validate(a["plan"])
             _say(f"action {a['id']}  rule {a['rule']}  plan sha256 {full}")
             for i, step in enumerate(plan.steps, 1):
-                _say(f"  {i}. {step.name}: {describe_step(step)}")
+                for line in step_lines(f"  {i}. {step.name}: ", step):
+                    _say(line)
             n = len(plan.steps)
             answer = await asyncio.to_thread(
                 input, f"Approve and run {'this step' if n == 1 else f'these {n} steps'}? [y/N] "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import textwrap
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,6 +40,7 @@ __all__ = [
     "first_firing",
     "load_alerts",
     "replay",
+    "step_lines",
     "test_alerts",
 ]
 
@@ -257,10 +259,8 @@ def describe_step(step: PlanStep) -> str:
         s = step.script
         return f"script: {json.dumps(s.argv)} (timeout {_seconds(s.timeout)})"
     if step.sql is not None:
-        return (
-            f"sql on {step.sql.database}: {step.sql.query} "
-            f"params={json.dumps(step.sql.params, sort_keys=True)}"
-        )
+        params = f"params={json.dumps(step.sql.params, sort_keys=True)}"
+        return _with_sql(f"sql on {step.sql.database}", step.sql.query, params)
     if step.celery is not None:
         c = step.celery
         args = ", ".join(
@@ -272,10 +272,11 @@ def describe_step(step: PlanStep) -> str:
         r = step.repair
         if r.http is not None:
             return f"repair check {r.check}, then for each confirmed key: {_http(r.http)}"
-        return (
+        return _with_sql(
             f"repair check {r.check}, then on confirmed keys"
-            f"{f' (on {r.database})' if r.database else ''}: {r.query} "
-            f"params={json.dumps(r.params, sort_keys=True)}"
+            f"{f' (on {r.database})' if r.database else ''}",
+            r.query or "",
+            f"params={json.dumps(r.params, sort_keys=True)}",
         )
     if step.http is not None:
         return _http(step.http)
@@ -287,6 +288,22 @@ def describe_step(step: PlanStep) -> str:
             f"{f' at {v.url}' if v.url else ''}"
         )
     return step.kind
+
+
+def _with_sql(head: str, query: str, params: str) -> str:
+    """`head: query params=...`; SQL written over several lines keeps its lines and their
+    indentation, on the lines after the head (`step_lines` indents them)."""
+    if "\n" not in query.strip():
+        return f"{head}: {query.strip()} {params}"
+    return f"{head} {params}:\n{textwrap.dedent(query).strip(chr(10)).rstrip()}"
+
+
+def step_lines(prefix: str, step: PlanStep) -> list[str]:
+    """`prefix` and the step's description; the lines of multi-line SQL below it, indented
+    to start under the description (each line is escaped on its own when printed)."""
+    first, *rest = describe_step(step).split("\n")
+    indent = " " * len(prefix)
+    return [prefix + first, *(indent + "  " + line for line in rest)]
 
 
 def _http(h: HttpSpec) -> str:
@@ -313,7 +330,7 @@ def format_outcomes(outcomes: list[AlertOutcome]) -> str:
             if r.plan.steps:
                 lines.append(f"    plan sha256 {r.plan.hash()}")
             for i, step in enumerate(r.plan.steps, 1):
-                lines.append(f"    {i}. {step.name}: {describe_step(step)}")
+                lines.extend(step_lines(f"    {i}. {step.name}: ", step))
                 if step.undo is not None:
                     undo = PlanStep(
                         name="undo",
@@ -321,7 +338,7 @@ def format_outcomes(outcomes: list[AlertOutcome]) -> str:
                         script=step.undo.script,
                         sql=step.undo.sql,
                     )
-                    lines.append(f"       undo: {describe_step(undo)}")
+                    lines.extend(step_lines("       undo: ", undo))
         if o.received_at is not None:
             if o.recorded:
                 got = ", ".join(f"{x['rule']} #{x['id']} {x['state']}" for x in o.recorded)

@@ -174,3 +174,37 @@ def test_rules_test_on_an_alert_without_fingerprint_names_the_field_and_what_to_
     assert f'{given}: {where}: required field is missing; write "fingerprint": ' in err
     assert "pydantic" not in err
     assert "validation error" not in err
+
+
+def test_rules_test_prints_multi_line_sql_with_its_indentation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rules = (
+        "rules:\n"
+        "  - name: fix\n"
+        "    match: {alertname: X}\n"
+        "    params:\n"
+        "      id: {label: id, pattern: '^[0-9]+$'}\n"
+        "    steps:\n"
+        "      - name: reset\n"
+        "        sql:\n"
+        "          database: app\n"
+        "          query: |\n"
+        "            UPDATE t\n"
+        "               SET x = 1\n"
+        "             WHERE id = %(id)s\n"
+        "          params: {id: '{{ params.id }}'}\n"
+    )
+    path = write_config(
+        tmp_path, None, rules=rules, top={"databases": {"app": {"dsn": "postgresql://u@h/db"}}}
+    )
+    argv = ("rules", "test", "--config", str(path), "--label", "alertname=X", "--label", "id=5")
+    code, out, _ = run_cli(capsys, *argv)
+    assert code == 0
+    assert (
+        '    1. reset: sql on app params={"id": "5"}:\n'
+        "                UPDATE t\n"
+        "                   SET x = 1\n"
+        "                 WHERE id = %(id)s\n"
+    ) in out
+    assert "\\x0a" not in out
