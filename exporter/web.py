@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from exporter.base import __version__
-from exporter.base.types import split_listen
+from exporter.base.types import format_duration, split_listen
 from exporter.collector import ExporterCollector
 from exporter.config import Config
 from exporter.runner import Runner
@@ -42,10 +42,12 @@ _PAGE = _env.from_string(
 <title>taskmedic exporter</title>
 <style>
 body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}
-table{border-collapse:collapse;margin:.5rem 0 1.5rem}
+table{border-collapse:collapse;margin:.5rem 0 1.5rem;display:block;max-width:100%;overflow-x:auto}
 th,td{border:1px solid #ccc;padding:.3rem .6rem;text-align:left;vertical-align:top}
+td{overflow-wrap:break-word}
 .up{color:#070}.down{color:#b00}.pending{color:#777}
-td.err{max-width:40rem;word-break:break-word;font-family:monospace;font-size:.9em}
+td.err{min-width:12rem;max-width:40rem;font-family:monospace;font-size:.9em}
+@media (max-width:40rem){body{margin:.75rem}h1{font-size:1.4rem}th,td{padding:.25rem .4rem}}
 </style></head><body>
 <h1>taskmedic exporter {{ version }}</h1>
 <p><a href="/metrics">/metrics</a> &middot; <a href="/healthz">/healthz</a>
@@ -165,7 +167,7 @@ async def _landing(request: web.Request) -> web.Response:
                 "type": s.type,
                 "database": s.database,
                 "help": s.help,
-                "interval": f"{s.interval:g}s",
+                "interval": format_duration(s.interval),
                 "state": state,
                 "css": css,
                 "findings": findings,
@@ -189,7 +191,7 @@ async def _landing(request: web.Request) -> web.Response:
         {
             "cluster": snap.cluster,
             "name": t.name,
-            "every": f"{t.expect_every:g}s (+{t.grace:g}s grace)",
+            "every": f"{format_duration(t.expect_every)} (+{format_duration(t.grace)} grace)",
             "succeeded": _when(t.last_succeeded),
             "failed": _when(t.last_failed),
             "state": "overdue" if t.overdue else "on time",

@@ -270,3 +270,11 @@ async def test_pages_fit_a_phone_screen_and_the_list_refreshes_itself(
     await wait_log(page, f"line {TICKS - 1} of the ticker")
     await page.locator("#state", has_text="succeeded").wait_for()
     await page.screenshot(path=str(artifacts / "action-done-phone.png"), full_page=True)
+
+    # Approving on a phone: the whole plan hash wraps inside the screen.
+    (waiting,) = await fire(healer, {"alertname": "TestGated", "instance": "phone-2"})
+    await page.goto(f"{healer.url}/actions/{waiting}")
+    await page.click("#approve-confirm summary")
+    await expect(page.locator("#approve")).to_be_visible()
+    await no_sideways_scroll(page)
+    await page.screenshot(path=str(artifacts / "approve-confirm-phone.png"), full_page=True)
