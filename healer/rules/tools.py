@@ -198,6 +198,30 @@ def test_alerts(config: HealerConfig, rules: RuleSet, alerts: list[Alert]) -> li
     return out
 
 
+# How Alertmanager writes "not ended" (Go's zero time); the journal keeps it as NULL.
+_GO_ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+def _received(row: dict[str, Any]) -> Alert:
+    """The alert as ingest saw it, so that an unchanged rule renders the very plan (and plan
+    hash) that was recorded: from a recorded plan when the alert started an action, else
+    rebuilt from the journal's columns (times in UTC, a missing endsAt as the zero time)."""
+    if isinstance(row.get("received"), dict):
+        return Alert.model_validate(row["received"])
+    ends = row["ends_at"]
+    return Alert.model_validate(
+        {
+            "status": row["status"],
+            "labels": row["labels"],
+            "annotations": row["annotations"],
+            "startsAt": row["starts_at"].astimezone(UTC),
+            "endsAt": ends.astimezone(UTC) if ends is not None else _GO_ZERO_TIME,
+            "generatorURL": row["generator_url"],
+            "fingerprint": row["fingerprint"],
+        }
+    )
+
+
 async def replay(
     conn: AsyncConnection[Any], config: HealerConfig, rules: RuleSet, rows: list[dict[str, Any]]
 ) -> list[AlertOutcome]:
@@ -206,17 +230,7 @@ async def replay(
     history: dict[tuple[str, str], list[datetime]] = defaultdict(list)
     out = []
     for row in rows:
-        alert = Alert.model_validate(
-            {
-                "status": row["status"],
-                "labels": row["labels"],
-                "annotations": row["annotations"],
-                "startsAt": row["starts_at"],
-                "endsAt": row["ends_at"],
-                "generatorURL": row["generator_url"],
-                "fingerprint": row["fingerprint"],
-            }
-        )
+        alert = _received(row)
         at: datetime = row["received_at"]
         o = AlertOutcome(alert, received_at=at, recorded=row["actions"])
         for rule in rules.matching(alert.labels, alert.status):
@@ -312,6 +326,19 @@ def _http(h: HttpSpec) -> str:
     return f"http {h.method} {h.url}{body} expect {want} (timeout {_seconds(h.timeout)})"
 
 
+def _as_recorded(r: RuleOutcome, recorded: list[dict[str, Any]]) -> str:
+    """How a replayed plan compares with the plan the same rule recorded for the alert."""
+    then = next((x for x in recorded if x["rule"] == r.rule and x.get("plan_hash")), None)
+    if then is None:
+        return ""
+    if then["plan_hash"] == r.plan.hash():
+        return f" (as recorded in #{then['id']})"
+    return (
+        f" (#{then['id']} recorded {then['plan_hash'][:12]}: the rule's steps, its parameters "
+        "or dry_run changed since)"
+    )
+
+
 def format_outcomes(outcomes: list[AlertOutcome]) -> str:
     """The outcomes as terminal lines; text from alerts has its control characters escaped."""
     lines: list[str] = []
@@ -328,7 +355,7 @@ def format_outcomes(outcomes: list[AlertOutcome]) -> str:
             dry = " (dry run)" if r.plan.dry_run else ""
             lines.append(f"  rule {r.rule} ({r.source}): {state}{dry}{extra}")
             if r.plan.steps:
-                lines.append(f"    plan sha256 {r.plan.hash()}")
+                lines.append(f"    plan sha256 {r.plan.hash()}{_as_recorded(r, o.recorded)}")
             for i, step in enumerate(r.plan.steps, 1):
                 lines.extend(step_lines(f"    {i}. {step.name}: ", step))
                 if step.undo is not None:

@@ -14,7 +14,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from healer.cli import main
-from healer.config import HealerConfig
+from healer.config import HealerConfig, load_healer_config
 from healer.ingest import ingest
 from healer.journal import migrate
 from healer.journal.ingest_writer import IngestWriter
@@ -323,3 +323,55 @@ def test_actions_list_keeps_its_columns_in_line_and_shows_whole_seconds(
     assert starts == {lines[0].index("CREATED")}
     for line in lines[1:]:
         assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d  waiting for approval$", line), line
+
+
+def test_rules_replay_renders_the_recorded_plan_hash_when_nothing_changed(
+    journal_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The journal keeps a firing alert's zero endsAt as NULL and its times without their
+    offsets; replay renders from the alert as received, so an unchanged rule gives the very
+    plan hash that was recorded, and an alert that started nothing hashes as `rules test`."""
+    from healer.rules.tools import test_alerts
+    from healer.webhook import Alert
+
+    rules = """\
+rules:
+  - name: refresh-tree-status
+    match: {alertname: TaskmedicStaleRows}
+    steps:
+      - {name: s, script: {argv: [/bin/echo, "{{ params.check }}"]}}
+    params:
+      check: {label: check, pattern: '^[a-z_]+$'}
+"""
+    config = config_for(tmp_path, journal_dsn, rules=rules)
+    offset = with_alert(payload("firing_stale_rows"), startsAt="2024-05-14T11:40:00+02:00")
+    workers = payload("grouped_workers_down")  # no rule matches these when they arrive
+    record(config, journal_dsn, payload("firing_stale_rows"), offset, workers)
+    recorded = [h for (h,) in rows(journal_dsn, "SELECT plan_hash FROM actions ORDER BY id")]
+    assert len(recorded) == 2
+
+    (tmp_path / "rules" / "healer.yaml").write_text(
+        rules
+        + "  - name: note-worker\n"
+        + "    match: {alertname: TaskmedicCeleryWorkerDown}\n"
+        + "    steps: [{name: n, script: {argv: [/bin/echo, down]}}]\n"
+    )
+    cfg = str(tmp_path / "taskmedic.yaml")
+    code, out, _ = run_cli(capsys, "rules", "replay", "--config", cfg, "--since", "1h", "--json")
+    assert code == 0
+    replayed = json.loads(out)
+    stale = [r for o in replayed for r in o["rules"] if r["rule"] == "refresh-tree-status"]
+    assert [r["plan_hash"] for r in stale] == recorded
+    assert [o["recorded"][0]["plan_hash"] for o in replayed[:2]] == recorded
+
+    config = load_healer_config(cfg)  # the new rules, as `rules test` loads them
+    expected = [
+        o.rules[0].plan.hash()
+        for o in test_alerts(
+            config, load_rules(config), [Alert.model_validate(a) for a in workers["alerts"]]
+        )
+    ]
+    assert [o["rules"][0]["plan_hash"] for o in replayed[2:]] == expected
+
+    code, out, _ = run_cli(capsys, "rules", "replay", "--config", cfg, "--since", "1h")
+    assert out.count(f"plan sha256 {recorded[0]} (as recorded in #") == 1
