@@ -95,6 +95,9 @@ _ALERT_FIELDS = {
     "status": '"status": "firing" or "resolved"',
     "labels": '"labels": {"alertname": "...", ...} (label names to string values)',
     "annotations": '"annotations": {"summary": "..."} (names to string values)',
+    "version": '"version": "4" (Alertmanager\'s webhook version)',
+    "receiver": '"receiver": "taskmedic" (the receiver\'s name in alertmanager.yml)',
+    "alerts": '"alerts": [{...}, ...] (or give the file one alert object alone)',
 }
 
 
