@@ -59,7 +59,9 @@ async def index(request: web.Request) -> web.Response:
     if rule is not None and len(rule) > 200:
         raise web.HTTPBadRequest(text="rule: too long")
     before_s = request.query.get("before") or None
-    if before_s is not None and (not before_s.isdigit() or len(before_s) > 18):
+    if before_s is not None and (
+        not (before_s.isascii() and before_s.isdigit()) or len(before_s) > 18
+    ):
         raise web.HTTPBadRequest(text="before: expected an action id")
     before = int(before_s) if before_s else None
     pool = request.app[appkeys.JOURNAL_POOL]

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestServer
 from healer import appkeys
 from healer.app import create_app
 from healer.config import HealerConfig
-from tests.support.log_helpers import PASSWORD, TOKEN, USER
+from tests.support.log_helpers import AUTH_CONFIG, TOKEN, USER
 
 Serve = Callable[..., Awaitable[TestServer]]
 
@@ -27,7 +27,7 @@ async def serve(journal_dsn: str) -> AsyncIterator[Serve]:
     servers: list[TestServer] = []
 
     async def start(**limits: Any) -> TestServer:
-        auth = {"bearer_token": TOKEN, "basic_auth": {"username": USER, "password": PASSWORD}}
+        auth = AUTH_CONFIG
         config = HealerConfig.model_validate(
             {"healer": {"journal": {"dsn": journal_dsn}, "auth": {**auth, **limits}}}
         )
