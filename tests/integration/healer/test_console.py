@@ -448,3 +448,16 @@ async def test_an_approval_from_the_console_names_the_user_who_logged_in(
         (aid, other),
     )
     assert await cur.fetchall() == [(aid, USER, None), (other, None, USER)]
+
+
+async def test_a_session_ends_when_its_time_is_up(
+    journal_dsn: str, aiohttp_client: Callable[..., Awaitable[Client]]
+) -> None:
+    auth = {"users": [{"name": USER, "password": PASSWORD}], "session_ttl": 0}
+    client = await aiohttp_client(app_with(journal_dsn, auth))
+    resp = await log_in(client, username=USER, password=PASSWORD)
+    assert resp.status == 303
+    assert session_cookie(resp)
+    resp = await client.get("/", allow_redirects=False)
+    assert resp.status == 303
+    assert resp.headers["Location"].startswith("/login")
