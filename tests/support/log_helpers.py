@@ -6,6 +6,7 @@ readers under test see exactly what they would see in production.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -34,6 +35,7 @@ TOKEN = "s3cret-token-for-tests"
 USER, PASSWORD = "ops", "correct horse battery staple"
 # Alertmanager's token posts alerts and reads (the tests' own checks use it); the person
 # `USER` reads and approves.
+USER_AUTH = {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}
 AUTH_CONFIG: dict[str, Any] = {
     "bearer_token": TOKEN,
     "alertmanager_roles": ["post_alerts", "read"],
