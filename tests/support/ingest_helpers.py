@@ -68,6 +68,17 @@ def with_alert(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
     return out
 
 
+def auth_config(token: str = TOKEN, **more: Any) -> dict[str, Any]:
+    """`healer.auth` for tests: Alertmanager's token posts alerts and reads (the tests check
+    what happened with it), and `APPROVER` approves and cancels."""
+    return {
+        "bearer_token": token,
+        "alertmanager_roles": ["post_alerts", "read"],
+        "users": [{"name": APPROVER, "password": APPROVER_PASSWORD, "roles": ["approve"]}],
+        **more,
+    }
+
+
 def write_config(
     tmp_path: Path,
     dsn: str | None,
@@ -82,11 +93,7 @@ def write_config(
     (rules_dir / "healer.yaml").write_text(rules)
     section: dict[str, Any] = {
         "listen": "127.0.0.1:0",
-        "auth": {
-            "bearer_token": TOKEN,
-            "alertmanager_roles": ["post_alerts", "read"],
-            "users": [{"name": APPROVER, "password": APPROVER_PASSWORD, "roles": ["approve"]}],
-        },
+        "auth": auth_config(),
         "rules": ["rules/*.yaml"],
         "data_dir": str(tmp_path / "data"),
     }
