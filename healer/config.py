@@ -97,6 +97,7 @@ class BasicAuthSettings(Model):
 Role = Literal["post_alerts", "read", "approve"]
 AlertmanagerRole = Literal["post_alerts", "read"]  # never approve: approvals name people
 _USER_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
+RESERVED_NAMES = frozenset({"token", "anonymous"})
 
 
 class UserSettings(Model):
@@ -180,6 +181,12 @@ class AuthSettings(Model):
         names = [u.name for u in self.users]
         if self.basic_auth is not None:
             names.append(self.basic_auth.username)
+        reserved = sorted(set(names) & RESERVED_NAMES)
+        if reserved:
+            raise ValueError(
+                f"user name {reserved[0]!r} is reserved (it names the bearer token or the "
+                "loopback demo in approved_by and the audit trail)"
+            )
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(

@@ -227,7 +227,9 @@ async def test_logging_out_ends_the_session_even_for_a_copy_of_its_cookie(
     [cookie] = [c for c in await page.context.cookies() if c["name"] == "taskmedic_session"]
     await page.click("form.logout button")
     await page.wait_for_url(f"{healer.url}/login")
-    await page.context.add_cookies([cookie])
+    await page.context.add_cookies(
+        [{"name": cookie["name"], "value": cookie["value"], "url": healer.url}]
+    )
     await page.goto(f"{healer.url}/")
     assert page.url.startswith(f"{healer.url}/login")
     await expect(page.locator("input[name=username]")).to_be_visible()

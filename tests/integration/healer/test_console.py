@@ -306,26 +306,22 @@ async def test_changing_a_users_password_ends_their_sessions(
 ) -> None:
     """A healer restarted with a new password for a user (even with `session_secret` set)
     no longer accepts the sessions opened with the old one; other users' sessions live on."""
-    old = {
-        "bearer_token": TOKEN,
-        "users": [
-            {"name": "alice", "password": "old-password", "roles": ["approve"]},
-            {"name": "bob", "password": "bobs-password"},
-        ],
-    }
+    alice_cfg: dict[str, Any] = {"name": "alice", "password": "old-password", "roles": ["approve"]}
+    bob_cfg: dict[str, Any] = {"name": "bob", "password": "bobs-password"}
+    old: dict[str, Any] = {"bearer_token": TOKEN, "users": [alice_cfg, bob_cfg]}
     if session_secret is not None:
         old["session_secret"] = session_secret
     first = await aiohttp_client(app_with(journal_dsn, old))
     alice = session_cookie(await log_in(first, username="alice", password="old-password"))
     bob = session_cookie(await log_in(first, username="bob", password="bobs-password"))
-    new = {**old, "users": [{**old["users"][0], "password": "new-password"}, old["users"][1]]}
-    second = await aiohttp_client(app_with(journal_dsn, new))
+    new_alice = {**alice_cfg, "password": "new-password"}
+    second = await aiohttp_client(app_with(journal_dsn, {**old, "users": [new_alice, bob_cfg]}))
     resp = await second.get("/", headers={"Cookie": f"{SESSION_COOKIE}={alice}"})
     assert resp.url.path == "/login"
     resp = await second.get("/", headers={"Cookie": f"{SESSION_COOKIE}={bob}"})
     assert resp.url.path == "/"
     # The same happens when a user loses a role.
-    fewer = {**new, "users": [new["users"][0], {**old["users"][1], "roles": []}]}
+    fewer = {**old, "users": [new_alice, {**bob_cfg, "roles": []}]}
     third = await aiohttp_client(app_with(journal_dsn, fewer))
     resp = await third.get("/", headers={"Cookie": f"{SESSION_COOKIE}={bob}"})
     assert resp.url.path == "/login"

@@ -155,7 +155,8 @@ def test_credentials_carry_roles_and_alertmanagers_never_approves() -> None:
     assert rita.roles == {"read"}
     alice = auth.verify_password("alice", "a")
     assert alice is not None
-    assert (alice.name, alice.roles) == ("alice", {"approve", "read"})
+    assert alice.name == "alice"
+    assert alice.roles == {"approve", "read"}
     assert auth.verify_token(TOKEN + "x") is None
     assert auth.verify_password("alice", "r") is None
     assert auth.verify_password("nobody", "a") is None
@@ -197,6 +198,8 @@ def test_users_need_unique_names_and_a_password_and_never_show_it(tmp_path: Path
             None,
             healer={"auth": {"users": users, "basic_auth": {"username": "alice", "password": "x"}}},
         )
+    with pytest.raises(ConfigError, match="'token' is reserved"):
+        config_for(tmp_path, None, healer={"auth": {"users": [{"name": "token", "password": "p"}]}})
     with pytest.raises(ConfigError, match="exactly one of password or password_file"):
         config_for(tmp_path, None, healer={"auth": {"users": [{"name": "bob"}]}})
     with pytest.raises(ConfigError, match=r"users\[0\]\.name"):
