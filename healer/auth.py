@@ -56,7 +56,9 @@ __all__ = [
     "authenticated_by_header",
     "identity_of",
     "public",
+    "remember",
     "requires",
+    "roles_of",
 ]
 
 SESSION_COOKIE = "taskmedic_session"
@@ -354,6 +356,17 @@ def identity_of(request: web.Request) -> str:
     return got.name if got is not None else "anonymous"
 
 
+def remember(request: web.Request, who: Identity) -> None:
+    """Record who sent the request, for handlers checked outside the middleware (pages)."""
+    request[IDENTITY] = who
+
+
+def roles_of(request: web.Request) -> frozenset[str]:
+    """What the request's sender may do (nothing when it was not authenticated)."""
+    got = request.get(IDENTITY)
+    return got.roles if got is not None else frozenset()
+
+
 def authenticated_by_header(request: web.Request) -> bool:
     """True when the request proved itself with its Authorization header, not a cookie
     (cross-site requests cannot set that header, so it needs no CSRF token)."""
@@ -380,7 +393,7 @@ def auth_middleware(auth: Authenticator, pool: Callable[[], Pool | None]) -> Any
         role = getattr(handler, "__taskmedic_role__", "read")
         if role not in who.roles:
             raise forbidden(who, role)
-        request[IDENTITY] = who
+        remember(request, who)
         return await handler(request)
 
     return middleware

@@ -30,6 +30,7 @@ from healer.auth import (
     Identity,
     authenticated_by_header,
     public,
+    remember,
 )
 from healer.console.render import render
 from healer.errors import JournalUnavailable
@@ -80,6 +81,7 @@ def console_page(handler: Handler) -> Handler:
                 raise web.HTTPSeeOther("/login?next=" + quote(request.path_qs, safe="/?=&"))
             if "read" not in who.roles:
                 raise web.HTTPForbidden(text=f"{who.name} may not read the console")
+            remember(request, who)
         return await handler(request)
 
     return wrapper

@@ -46,7 +46,10 @@ async def client(
 
 async def log_in(client: Client, **form: str) -> Any:
     return await client.post(
-        "/login", data=form or {"token": TOKEN}, allow_redirects=False, headers=same_origin(client)
+        "/login",
+        data=form or {"username": USER, "password": PASSWORD},
+        allow_redirects=False,
+        headers=same_origin(client),
     )
 
 
@@ -417,7 +420,10 @@ async def test_an_approval_from_the_console_names_the_user_who_logged_in(
     (plan_hash,) = await cur.fetchone()  # type: ignore[misc]
 
     await log_in(client, token=TOKEN)
-    csrf = {CSRF_HEADER: csrf_of(await (await client.get(f"/actions/{aid}")).text())}
+    html = await (await client.get(f"/actions/{aid}")).text()
+    assert 'id="approve"' not in html  # no button for what the role does not allow
+    assert 'id="cancel"' not in html
+    csrf = {CSRF_HEADER: csrf_of(html)}
     resp = await client.post(
         f"/api/actions/{aid}/approve",
         json={"plan_hash": plan_hash},
@@ -439,6 +445,8 @@ async def test_an_approval_from_the_console_names_the_user_who_logged_in(
         f"/api/actions/{other}/cancel", headers={**csrf, **same_origin(client)}
     )
     assert resp.status == 200
+    html = await (await client.get(f"/actions/{other}")).text()
+    assert f"by {USER}" in html  # the page says who cancelled
     cur = await journal_conn.execute(
         "SELECT id, approved_by, cancelled_by FROM actions WHERE id IN (%s, %s) ORDER BY id",
         (aid, other),
