@@ -72,7 +72,8 @@ def start_healer(
                 "listen": f"127.0.0.1:{port}",
                 "journal": {"dsn": dsn},
                 "data_dir": str(env.path(f"{name}-data")),
-                "auth": {"bearer_token": token},
+                # The benchmarks read the log with the same token.
+                "auth": {"bearer_token": token, "alertmanager_roles": ["post_alerts", "read"]},
                 "rules": [str(rules_path)],
                 **(healer or {}),
             }

@@ -96,7 +96,7 @@ def healer_guide(demo: Demo) -> str:
     taskmedic = " ".join(demo.taskmedic)
     text = f"""
 The healer runs the demo's rules ({files.rules_file}):
-  console        {files.base_url}/   (log in with the token in {files.token_file})
+  console        {files.base_url}/   (log in as demo, password in {files.password_file})
   actions        {taskmedic} actions list --config {demo.config.path}
   stopped beat   -> TaskmedicStaleRows   -> sends demo.update_tree_status_cache to the worker
   killed worker  -> TaskmedicOrphanTasks -> marks the lost timelines as failed (repair)

@@ -83,6 +83,7 @@ RULES: dict[str, Any] = {
 @dataclass(frozen=True)
 class HealerFiles:
     token_file: Path
+    password_file: Path
     rules_file: Path
     listen: str
 
@@ -96,13 +97,17 @@ def write_healer_files(directory: Path, listen: str) -> HealerFiles:
     token_file = directory / "healer-token"
     token_file.touch(mode=0o600)
     token_file.write_text(secrets.token_urlsafe(24) + "\n", encoding="utf-8")
+    # The console's user `demo`, who approves; Alertmanager's token may not.
+    password_file = directory / "healer-password"
+    password_file.touch(mode=0o600)
+    password_file.write_text(secrets.token_urlsafe(12) + "\n", encoding="utf-8")
     rules_file = directory / "healer-rules.yaml"
     rules_file.write_text(
         "# The demo's remediation rules (see rules/healer/ for the packs to copy).\n"
         + yaml.safe_dump(RULES, sort_keys=False),
         encoding="utf-8",
     )
-    return HealerFiles(token_file, rules_file, listen)
+    return HealerFiles(token_file, password_file, rules_file, listen)
 
 
 def healer_section(files: HealerFiles, journal_dsn: str) -> dict[str, Any]:
@@ -110,7 +115,13 @@ def healer_section(files: HealerFiles, journal_dsn: str) -> dict[str, Any]:
     return {
         "listen": files.listen,
         "journal": {"dsn": journal_dsn},
-        "auth": {"bearer_token_file": str(files.token_file)},
+        "auth": {
+            "bearer_token_file": str(files.token_file),
+            "alertmanager_roles": ["post_alerts", "read"],
+            "users": [
+                {"name": "demo", "password_file": str(files.password_file), "roles": ["approve"]}
+            ],
+        },
         "rules": [str(files.rules_file)],
         "shutdown_grace": "5s",
         "approval_timeout": "30m",

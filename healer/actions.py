@@ -96,6 +96,8 @@ async def get_action(conn: AsyncConnection[Any], action_id: int) -> dict[str, An
             "lease_expires_at": _iso(row["lease_expires_at"]),
             "approved_by": row["approved_by"],
             "approved_at": _iso(row["approved_at"]),
+            "cancelled_by": row["cancelled_by"],
+            "cancelled_at": _iso(row["cancelled_at"]),
             "on_interrupt": row["on_interrupt"],
         }
     )

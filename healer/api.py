@@ -19,7 +19,7 @@ from healer import appkeys
 from healer.actions import STATES, ActionConflict, ActionNotFound, get_action, list_actions
 from healer.actions import approve as approve_action
 from healer.actions import cancel as cancel_action
-from healer.auth import identity_of
+from healer.auth import identity_of, requires
 from healer.errors import JournalUnavailable
 from healer.journal.pool import journal_errors
 
@@ -47,9 +47,14 @@ def parse_since(value: str, now: datetime | None = None) -> datetime:
     return moment
 
 
+def _digits(value: str) -> bool:
+    """ASCII digits only: `str.isdigit` also accepts `²` and other digits `int` refuses."""
+    return value.isascii() and value.isdigit()
+
+
 def _action_id(request: web.Request) -> int:
     raw = request.match_info["id"]
-    if not raw.isdigit() or len(raw) > 18:
+    if not _digits(raw) or len(raw) > 18:
         raise web.HTTPNotFound(
             text=json.dumps({"error": f"no action {raw!r}"}), content_type="application/json"
         )
@@ -82,10 +87,10 @@ async def list_handler(request: web.Request) -> web.Response:
         except ValueError as exc:
             return _error(400, f"since: {exc}")
     limit_raw = query.get("limit", "50")
-    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= MAX_LIMIT:
+    if not _digits(limit_raw) or not 1 <= int(limit_raw) <= MAX_LIMIT:
         return _error(400, f"limit must be a number from 1 to {MAX_LIMIT}")
     cursor = query.get("cursor")
-    if cursor is not None and (not cursor.isdigit() or len(cursor) > 18):
+    if cursor is not None and (not _digits(cursor) or len(cursor) > 18):
         return _error(400, "cursor is not one this API returned")
     try:
         with journal_errors():
@@ -127,6 +132,7 @@ async def _json_object(request: web.Request) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+@requires("approve")
 async def approve_handler(request: web.Request) -> web.Response:
     action_id = _action_id(request)
     data = await _json_object(request)
@@ -138,6 +144,7 @@ async def approve_handler(request: web.Request) -> web.Response:
     return await _steer(request, action_id, plan_hash)
 
 
+@requires("approve")
 async def cancel_handler(request: web.Request) -> web.Response:
     return await _steer(request, _action_id(request), None)
 
@@ -163,9 +170,9 @@ async def _steer(request: web.Request, action_id: int, plan_hash: str | None) ->
 def routes() -> list[web.RouteDef]:
     return [
         web.get("/api/actions", list_handler),
-        web.get("/api/actions/{id}", show_handler),
-        web.post("/api/actions/{id}/approve", approve_handler),
-        web.post("/api/actions/{id}/cancel", cancel_handler),
+        web.get("/api/actions/{id:[0-9]+}", show_handler),
+        web.post("/api/actions/{id:[0-9]+}/approve", approve_handler),
+        web.post("/api/actions/{id:[0-9]+}/cancel", cancel_handler),
     ]
 
 

@@ -147,7 +147,8 @@ def create_app(
     check_serving_auth(config, listen)
     metrics = metrics or HealerMetrics()
     auth = Authenticator(config.healer.auth, metrics)
-    app = web.Application(middlewares=[auth_middleware(auth)])
+    app = web.Application()
+    app.middlewares.append(auth_middleware(auth, lambda: app.get(appkeys.JOURNAL_POOL)))
     app[appkeys.CONFIG] = config
     app[appkeys.AUTH] = auth
     app[appkeys.RULES] = rules if rules is not None else load_rules(config)

@@ -1,14 +1,27 @@
-"""Who may post alerts and use the API and console.
+"""Who may post alerts, read actions, and approve them.
 
-Alertmanager sends `Authorization: Bearer …` or basic auth; the console uses a signed session
-cookie `taskmedic_session` issued after its login form checked the same credentials. Every
-comparison is constant-time (hmac.compare_digest) and a refusal records nothing: the auth
-middleware answers 401 before any handler reads the body. `/healthz`, `/readyz` and `/metrics`
-are public; a handler marks itself public with `@public` (the console's login form).
+Alertmanager sends `Authorization: Bearer …` or basic auth (`bearer_token`, `basic_auth`);
+people log in as one of `users`, with basic auth on the API or the console's login form, which
+sets the session cookie `taskmedic_session`. Each credential carries roles: `post_alerts`
+(POST /alerts), `read` (the API's reads and the console) and `approve` (approve and cancel;
+it lets one read too). Alertmanager's credential never approves, so `approved_by` and
+`cancelled_by` always name a person.
+
+Every comparison is constant-time (hmac.compare_digest over hashes, against every configured
+credential), and a refusal records nothing: the auth middleware answers 401 (no or wrong
+credentials) or 403 (a role missing) before any handler reads the body. `/healthz`, `/readyz`
+and `/metrics` are public; a handler marks itself public with `@public` (the login form) and
+the role it needs with `@requires` (`read` when not marked).
+
+Sessions are rows of the journal (`healer.journal.sessions`) keyed by a hash of a random
+cookie: logging out deletes the row on every healer at once, and each row carries a stamp of
+the user's credential and roles, so changing either ends the user's sessions.
 
 Guessing is braked (`healer.auth_limit`): past `max_failures` wrong credentials from one
 address, or `max_failures_total` from all, within `failure_window`, a request that presents
-credentials is answered 429 with Retry-After without checking them.
+credentials is answered 429 with Retry-After without checking them. Behind a proxy listed in
+`trusted_proxies`, the address is the one it forwards, and its X-Forwarded-Proto tells whether
+the browser used HTTPS (the cookie's Secure flag).
 """
 
 from __future__ import annotations
@@ -17,25 +30,62 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
+import json
 import secrets
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiohttp import web
+from psycopg_pool import AsyncConnectionPool
 
 from healer.auth_limit import FailureLimiter
 from healer.config import AuthSettings
+from healer.errors import JournalUnavailable
+from healer.journal import sessions
+from healer.journal.pool import journal_errors
 from healer.metrics import HealerMetrics
 
-__all__ = ["SESSION_COOKIE", "Authenticator", "auth_middleware", "identity_of", "public"]
+__all__ = [
+    "ALL_ROLES",
+    "SESSION_COOKIE",
+    "Authenticator",
+    "Identity",
+    "auth_middleware",
+    "authenticated_by_header",
+    "identity_of",
+    "public",
+    "remember",
+    "requires",
+    "roles_of",
+]
 
 SESSION_COOKIE = "taskmedic_session"
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-IDENTITY = web.RequestKey("identity", str)
+ALL_ROLES = frozenset({"post_alerts", "read", "approve"})
+ROLE_WORDS = {
+    "post_alerts": "posting alerts",
+    "read": "reading actions",
+    "approve": "approving and cancelling actions",
+}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Pool = AsyncConnectionPool[Any]
 H = TypeVar("H", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who sent a request, what they may do, and how they proved it (`header`, `session`,
+    or `none` when the loopback demo runs without credentials)."""
+
+    name: str
+    roles: frozenset[str]
+    via: str = "header"
+
+
+IDENTITY = web.RequestKey("identity", Identity)
 
 
 def public(handler: H) -> H:
@@ -44,31 +94,75 @@ def public(handler: H) -> H:
     return handler
 
 
+def requires(role: str) -> Callable[[H], H]:
+    """Mark the role a handler needs (`read` when not marked)."""
+    if role not in ALL_ROLES:
+        raise ValueError(f"unknown role {role!r}")
+
+    def mark(handler: H) -> H:
+        handler.__taskmedic_role__ = role  # type: ignore[attr-defined]
+        return handler
+
+    return mark
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
+
+
 def _eq(a: str, b: str) -> bool:
     """Constant time, and hashing first keeps the length of the secret from showing too."""
-    da = hashlib.sha256(a.encode("utf-8", "surrogateescape")).digest()
-    db = hashlib.sha256(b.encode("utf-8", "surrogateescape")).digest()
-    return hmac.compare_digest(da, db)
+    return hmac.compare_digest(_digest(a), _digest(b))
+
+
+def _hash_cookie(value: str) -> str:
+    return hashlib.sha256(b"taskmedic-session\x00" + value.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class _Credential:
+    name: str
+    secret: str
+    roles: frozenset[str]
+
+    @property
+    def material(self) -> bytes:
+        """What a session's stamp covers: changing the secret or the roles ends sessions."""
+        text = "\x00".join([self.name, self.secret, ",".join(sorted(self.roles))])
+        return _digest("taskmedic-credential\x00" + text)
+
+
+def _effective(roles: Iterable[str]) -> frozenset[str]:
+    out = set(roles)
+    if "approve" in out:  # nobody approves a plan they may not read
+        out.add("read")
+    return frozenset(out)
 
 
 class Authenticator:
-    """Checks credentials and console sessions; `enabled` is False only for the loopback demo."""
+    """Checks credentials, roles and console sessions; `enabled` is False only for the
+    loopback demo."""
 
     def __init__(self, settings: AuthSettings, metrics: HealerMetrics | None = None) -> None:
         self.metrics = metrics or HealerMetrics()
         self.limiter = FailureLimiter(
             settings.max_failures, settings.max_failures_total, settings.failure_window
         )
-        self._token = settings.secret_token()
-        basic = settings.basic_auth
-        self._username = basic.username if basic else None
-        self._password = basic.secret_password() if basic else None
+        am_roles = _effective(settings.alertmanager_roles)
+        token = settings.secret_token()
+        self._token = _Credential("token", token, am_roles) if token is not None else None
+        passwords = []
+        if settings.basic_auth is not None:
+            basic = settings.basic_auth
+            passwords.append(_Credential(basic.username, basic.secret_password(), am_roles))
+        for user in settings.users:
+            passwords.append(_Credential(user.name, user.secret_password(), _effective(user.roles)))
+        self._passwords = passwords
+        self._by_name = {c.name: c for c in passwords}
+        if self._token is not None:
+            self._by_name.setdefault(self._token.name, self._token)
         self._ttl = settings.session_ttl
-        if settings.session_secret is not None:
-            material = settings.session_secret.get_secret_value()
-        else:
-            material = f"{self._token or ''}\x00{self._username or ''}\x00{self._password or ''}"
-        self._key = hashlib.sha256(b"taskmedic-session\x00" + material.encode()).digest()
+        self._proxies = list(settings.trusted_proxies)
         self.enabled = settings.has_credentials
 
     @property
@@ -76,90 +170,146 @@ class Authenticator:
         out = []
         if self._token is not None:
             out.append("Bearer")
-        if self._username is not None:
+        if self._passwords:
             out.append("Basic")
         return out
 
-    def verify_credentials(
-        self, token: str | None = None, username: str | None = None, password: str | None = None
-    ) -> bool:
-        """True when the token, or the username and password, are right (constant time)."""
-        if not self.enabled:
-            return True
-        ok = False
-        if token is not None and self._token is not None:
-            ok |= _eq(token, self._token)
-        if username is not None and password is not None and self._username is not None:
-            assert self._password is not None
+    def login_fields(self) -> tuple[bool, bool]:
+        """Which fields the login form needs: (token, username and password). Only
+        credentials that may read the console count."""
+        token = self._token is not None and "read" in self._token.roles
+        password = any("read" in c.roles for c in self._passwords)
+        return token, password
+
+    def verify_token(self, token: str) -> Identity | None:
+        if self._token is None:
+            return None
+        return _identity(self._token) if _eq(token, self._token.secret) else None
+
+    def verify_password(self, username: str, password: str) -> Identity | None:
+        """The identity whose name and password these are, or None. Every credential is
+        compared, so the time taken does not tell which name exists."""
+        found = None
+        for cred in self._passwords:
             # Both comparisons always run, so timing does not tell which one failed.
-            user_ok = _eq(username, self._username)
-            pass_ok = _eq(password, self._password)
-            ok |= user_ok and pass_ok
-        return ok
+            name_ok = _eq(username, cred.name)
+            pass_ok = _eq(password, cred.secret)
+            if name_ok and pass_ok:
+                found = cred
+        return _identity(found) if found is not None else None
 
-    def issue_session(self) -> str:
-        """A cookie value valid for `session_ttl`: `expiry.nonce.signature`."""
-        payload = f"{int(time.time() + self._ttl)}.{secrets.token_urlsafe(16)}"
-        return f"{payload}.{self._sign(payload)}"
+    # --- requests ----------------------------------------------------------------------------
 
-    def verify_session(self, value: str) -> bool:
-        parts = value.split(".")
-        if len(parts) != 3:
-            return False
-        payload = f"{parts[0]}.{parts[1]}"
-        if not _eq(parts[2], self._sign(payload)):
-            return False
-        try:
-            return int(parts[0]) > time.time()
-        except ValueError:
-            return False
+    async def identify(self, request: web.Request, pool: Pool | None) -> Identity | None:
+        """Who sent this request, None if nobody (no or wrong credentials).
 
-    def _sign(self, payload: str) -> str:
-        mac = hmac.new(self._key, payload.encode(), hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(mac).decode().rstrip("=")
-
-    def identify(self, request: web.Request) -> str | None:
-        """Who sent this request (`token`, the basic-auth user, `session`), None if nobody.
-
-        `HTTPTooManyRequests` when its address is past the failure limit and it presents
-        credentials; a wrong token or password counts against the limit.
+        An `Authorization` header, whatever its scheme, is the only credential looked at when
+        present: a request never falls back to the session cookie behind it. Raises
+        `HTTPTooManyRequests` when the sender is past the failure limit and presents
+        credentials (a wrong token or password counts), and `JournalUnavailable` when a
+        session cannot be looked up.
         """
         if not self.enabled:
-            return "anonymous"
-        header = request.headers.get("Authorization", "")
-        scheme, _, value = header.partition(" ")
-        value = value.strip()
-        scheme = scheme.lower()
-        cookie = request.cookies.get(SESSION_COOKIE)
-        if scheme in ("bearer", "basic") and value:
+            return Identity("anonymous", ALL_ROLES, "none")
+        header = request.headers.get("Authorization")
+        if header is not None:
+            scheme, _, value = header.partition(" ")
+            scheme, value = scheme.lower(), value.strip()
+            if scheme not in ("bearer", "basic") or not value:
+                return None
             self.check_limit(request)
             who = self._header_identity(scheme, value)
             if who is None:
                 self.failed(request, scheme)
             return who
-        if cookie:
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if cookie and pool is not None:
             self.check_limit(request)
-            if self.verify_session(cookie):
-                return "session"
+            who = await self._session_identity(pool, cookie)
+            if who is not None:
+                return who
             # An expired cookie is a browser coming back, not a guess: not counted against it.
             self.metrics.auth_failures.labels("session").inc()
         return None
 
-    def _header_identity(self, scheme: str, value: str) -> str | None:
+    def _header_identity(self, scheme: str, value: str) -> Identity | None:
         if scheme == "bearer":
-            return "token" if self.verify_credentials(token=value) else None
+            return self.verify_token(value)
         try:
             decoded = base64.b64decode(value, validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError):
             return None
         username, sep, password = decoded.partition(":")
-        if sep and self.verify_credentials(username=username, password=password):
-            return username
-        return None
+        return self.verify_password(username, password) if sep else None
+
+    async def _session_identity(self, pool: Pool, cookie: str) -> Identity | None:
+        with journal_errors():
+            async with pool.connection() as conn:
+                row = await sessions.find(conn, _hash_cookie(cookie))
+        if row is None:
+            return None
+        name, stamp = row
+        cred = self._by_name.get(name)
+        if cred is None or not _eq(stamp, _stamp(cookie, cred)):
+            return None  # the user is gone, or their password or roles changed
+        return _identity(cred, "session")
+
+    async def open_session(self, pool: Pool, who: Identity) -> str:
+        """Record a session for `who` in the journal; the cookie value to set."""
+        cred = self._by_name[who.name]
+        cookie = secrets.token_urlsafe(32)
+        with journal_errors():
+            async with pool.connection() as conn:
+                await sessions.create(
+                    conn, _hash_cookie(cookie), who.name, _stamp(cookie, cred), self._ttl
+                )
+        return cookie
+
+    async def close_session(self, pool: Pool, cookie: str) -> None:
+        """End the session of this cookie on every healer (logging out)."""
+        with journal_errors():
+            async with pool.connection() as conn:
+                await sessions.delete(conn, _hash_cookie(cookie))
+
+    def _from_proxy(self, request: web.Request) -> bool:
+        if not self._proxies or request.remote is None:
+            return False
+        try:
+            addr = ipaddress.ip_address(request.remote)
+        except ValueError:  # a unix socket
+            return False
+        return any(addr in net for net in self._proxies)
+
+    def is_secure(self, request: web.Request) -> bool:
+        """Whether the browser used HTTPS: the connection's own TLS, or a trusted proxy's
+        X-Forwarded-Proto (any other sender's is ignored)."""
+        if request.secure:
+            return True
+        if not self._from_proxy(request):
+            return False
+        proto = request.headers.get("X-Forwarded-Proto", "")
+        # The proxy nearest to us appended the last value.
+        return proto.rsplit(",", 1)[-1].strip().lower() == "https"
+
+    def client(self, request: web.Request) -> str:
+        """The sender's address for the failure limit: behind trusted proxies, the nearest
+        address in X-Forwarded-For that is not one of them."""
+        remote = request.remote or ""
+        if not self._from_proxy(request):
+            return remote
+        hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",")]
+        for hop in reversed([h for h in hops if h]):
+            try:
+                addr = ipaddress.ip_address(hop)
+            except ValueError:
+                return hop[:64]
+            if not any(addr in net for net in self._proxies):
+                return str(addr)
+        return remote
 
     def check_limit(self, request: web.Request) -> None:
         """`HTTPTooManyRequests` (with Retry-After) when the sender is past the limit."""
-        wait = self.limiter.retry_after(request.remote or "")
+        wait = self.limiter.retry_after(self.client(request))
         if wait is not None:
             self.metrics.auth_throttled.inc()
             raise web.HTTPTooManyRequests(
@@ -170,7 +320,7 @@ class Authenticator:
 
     def failed(self, request: web.Request, reason: str) -> None:
         """The sender presented wrong credentials (`reason`: bearer, basic or login)."""
-        self.limiter.failed(request.remote or "")
+        self.limiter.failed(self.client(request))
         self.metrics.auth_failures.labels(reason).inc()
 
     def challenge(self) -> web.HTTPUnauthorized:
@@ -182,23 +332,68 @@ class Authenticator:
         )
 
 
+def _identity(cred: _Credential, via: str = "header") -> Identity:
+    return Identity(cred.name, cred.roles, via)
+
+
+def _stamp(cookie: str, cred: _Credential) -> str:
+    """Keyed by the cookie, which the journal never holds: a reader of the journal cannot
+    test password guesses against it."""
+    return hmac.new(cookie.encode(), cred.material, hashlib.sha256).hexdigest()
+
+
+def forbidden(who: Identity, role: str) -> web.HTTPForbidden:
+    """403 naming the role that is missing (never the credential)."""
+    message = (
+        f"forbidden: {ROLE_WORDS[role]} needs the {role} role, which {who.name!r} does not have"
+    )
+    return web.HTTPForbidden(text=json.dumps({"error": message}), content_type="application/json")
+
+
 def identity_of(request: web.Request) -> str:
-    """The identity the auth middleware established (for `approved_by`, event actors)."""
+    """The name the auth middleware established (for `approved_by`, event actors)."""
     got = request.get(IDENTITY)
-    return got if isinstance(got, str) else "anonymous"
+    return got.name if got is not None else "anonymous"
 
 
-def auth_middleware(auth: Authenticator) -> Any:
-    """Refuse every request without valid credentials, except public paths and handlers."""
+def remember(request: web.Request, who: Identity) -> None:
+    """Record who sent the request, for handlers checked outside the middleware (pages)."""
+    request[IDENTITY] = who
+
+
+def roles_of(request: web.Request) -> frozenset[str]:
+    """What the request's sender may do (nothing when it was not authenticated)."""
+    got = request.get(IDENTITY)
+    return got.roles if got is not None else frozenset()
+
+
+def authenticated_by_header(request: web.Request) -> bool:
+    """True when the request proved itself with its Authorization header, not a cookie
+    (cross-site requests cannot set that header, so it needs no CSRF token)."""
+    got = request.get(IDENTITY)
+    return got is not None and got.via == "header"
+
+
+def auth_middleware(auth: Authenticator, pool: Callable[[], Pool | None]) -> Any:
+    """Refuse every request without valid credentials (401) or the role its handler needs
+    (403), except public paths and handlers. `pool` gives the journal's pool (sessions)."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in PUBLIC_PATHS or getattr(handler, "__taskmedic_public__", False):
             return await handler(request)
-        who = auth.identify(request)
+        try:
+            who = await auth.identify(request, pool())
+        except JournalUnavailable:
+            raise web.HTTPServiceUnavailable(
+                text='{"error": "journal unavailable"}', content_type="application/json"
+            ) from None
         if who is None:
             raise auth.challenge()
-        request[IDENTITY] = who
+        role = getattr(handler, "__taskmedic_role__", "read")
+        if role not in who.roles:
+            raise forbidden(who, role)
+        remember(request, who)
         return await handler(request)
 
     return middleware

@@ -11,7 +11,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BeforeValidator,
@@ -92,20 +92,71 @@ class BasicAuthSettings(Model):
         return out
 
 
+# What a credential may do: post alerts (POST /alerts), read actions and logs (the API's GETs
+# and the console), approve and cancel actions (approve also lets one read).
+Role = Literal["post_alerts", "read", "approve"]
+AlertmanagerRole = Literal["post_alerts", "read"]  # never approve: approvals name people
+_USER_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
+RESERVED_NAMES = frozenset({"token", "anonymous"})
+
+
+class UserSettings(Model):
+    """A named person for the console and the API (basic auth): `approved_by` names them."""
+
+    name: str = Field(pattern=_USER_NAME)
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    roles: list[Role] = Field(default_factory=lambda: list[Role](["read"]))
+
+    @model_validator(mode="after")
+    def _resolve(self) -> UserSettings:
+        if (self.password is None) == (self.password_file is None):
+            raise ValueError("give exactly one of password or password_file")
+        if self.password_file is not None:
+            secret = read_secret(self.password_file, "password_file")
+            object.__setattr__(self, "password", SecretStr(secret))
+        if not self.secret_password():
+            raise ValueError("the password is empty")
+        return self
+
+    def secret_password(self) -> str:
+        assert self.password is not None
+        return self.password.get_secret_value()
+
+    def display(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "password": _MASK, "roles": list(self.roles)}
+        if self.password_file is not None:
+            out["password_file"] = str(self.password_file)
+        return out
+
+
 class AuthSettings(Model):
     """Who may post alerts and use the API and console.
 
     With no credentials the healer refuses to start, unless `allow_unauthenticated: true` AND
     it listens on a loopback address only (a laptop demo): a webhook that runs remediation must
     never be open to the network by accident.
+
+    `bearer_token` and `basic_auth` are Alertmanager's credential: by default it may only post
+    alerts (`alertmanager_roles`), and it may never approve, so an approval always names one
+    of `users`.
     """
 
     bearer_token: SecretStr | None = None
     bearer_token_file: Path | None = None
     basic_auth: BasicAuthSettings | None = None
+    alertmanager_roles: list[AlertmanagerRole] = Field(
+        default_factory=lambda: list[AlertmanagerRole](["post_alerts"])
+    )
+    users: list[UserSettings] = Field(default_factory=list)
     allow_unauthenticated: bool = False
-    # Console sessions (cookie `taskmedic_session`): signed with a key derived from the
-    # credentials above unless given here, so rotating the token also ends every session.
+    # Proxies (addresses or CIDR networks) whose X-Forwarded-Proto and X-Forwarded-For are
+    # believed: behind a TLS proxy the session cookie keeps its Secure flag.
+    trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
+        default_factory=list
+    )
+    # Console sessions live in the journal; this key is no longer used (kept so that existing
+    # files still load). Logging out, or changing a user's password or roles, ends sessions.
     session_secret: SecretStr | None = None
     session_ttl: Duration = 12 * 3600.0
     # Guessing: past this many wrong credentials from one address (or from all addresses
@@ -125,13 +176,27 @@ class AuthSettings(Model):
             raise ValueError("bearer_token is empty")
         if self.allow_unauthenticated and self.has_credentials:
             raise ValueError(
-                "allow_unauthenticated cannot be combined with bearer_token or basic_auth"
+                "allow_unauthenticated cannot be combined with bearer_token, basic_auth or users"
+            )
+        names = [u.name for u in self.users]
+        if self.basic_auth is not None:
+            names.append(self.basic_auth.username)
+        reserved = sorted(set(names) & RESERVED_NAMES)
+        if reserved:
+            raise ValueError(
+                f"user name {reserved[0]!r} is reserved (it names the bearer token or the "
+                "loopback demo in approved_by and the audit trail)"
+            )
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(
+                f"user name {dupes[0]!r} is given twice (users and basic_auth share one namespace)"
             )
         return self
 
     @property
     def has_credentials(self) -> bool:
-        return self.bearer_token is not None or self.basic_auth is not None
+        return self.bearer_token is not None or self.basic_auth is not None or bool(self.users)
 
     def secret_token(self) -> str | None:
         return self.bearer_token.get_secret_value() if self.bearer_token else None
@@ -142,7 +207,10 @@ class AuthSettings(Model):
             "bearer_token": _MASK if self.bearer_token is not None else None,
             "bearer_token_file": str(self.bearer_token_file) if self.bearer_token_file else None,
             "basic_auth": self.basic_auth.display() if self.basic_auth is not None else None,
+            "alertmanager_roles": list(self.alertmanager_roles),
+            "users": [u.display() for u in self.users],
             "allow_unauthenticated": self.allow_unauthenticated,
+            "trusted_proxies": [str(n) for n in self.trusted_proxies],
             "session_secret": _MASK if self.session_secret is not None else None,
             "session_ttl": self.session_ttl,
             "max_failures": self.max_failures,
@@ -237,8 +305,8 @@ def check_serving_auth(config: HealerConfig, listen: str | None = None) -> None:
             [
                 config.problem(
                     ("healer", "auth"),
-                    "no credentials configured: set bearer_token (or bearer_token_file) or "
-                    "basic_auth; `allow_unauthenticated: true` is accepted on a loopback "
+                    "no credentials configured: set bearer_token (or bearer_token_file), "
+                    "basic_auth or users; `allow_unauthenticated: true` is accepted on a loopback "
                     "listen address only",
                 )
             ]

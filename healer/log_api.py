@@ -64,7 +64,7 @@ def hub_of(app: web.Application) -> LogHub:
 def setup(app: web.Application) -> None:
     """Add the log routes, and stop the hub when the app shuts down (streams then end)."""
     app[LOG_HUB] = HubSlot()
-    app.router.add_get(r"/api/actions/{id:\d+}/log", get_log)
+    app.router.add_get(r"/api/actions/{id:[0-9]+}/log", get_log)
     app.on_shutdown.append(_stop_hub)
 
 
@@ -89,7 +89,7 @@ class LogFilter:
 
 
 def _nonneg_int(value: str, what: str) -> int:
-    if not value.isdigit() or len(value) > 18:
+    if not (value.isascii() and value.isdigit()) or len(value) > 18:
         raise web.HTTPBadRequest(text=f"{what}: expected a non-negative integer, got {value!r}")
     return int(value)
 

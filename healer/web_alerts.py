@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from healer import appkeys
+from healer.auth import requires
 from healer.config import HealerSettings
 from healer.errors import JournalUnavailable
 from healer.ingest import Prepared, json_text, prepare, record
@@ -49,6 +50,7 @@ def _prepare(body: bytes, rules: RuleSet, settings: HealerSettings) -> Prepared:
     return prepare(notification, raw, rules, settings)
 
 
+@requires("post_alerts")
 async def post_alerts(request: web.Request) -> web.Response:
     """Alertmanager's webhook receiver (version 4)."""
     app = request.app

@@ -21,7 +21,7 @@ def setup(app: web.Application) -> None:
     """Add the console's routes, static files and CSRF check to the healer's app."""
     app.middlewares.append(session.csrf_middleware)
     app.router.add_get("/", views.index, name="console_index")
-    app.router.add_get(r"/actions/{id:\d+}", views.action_page, name="console_action")
+    app.router.add_get(r"/actions/{id:[0-9]+}", views.action_page, name="console_action")
     app.router.add_get("/login", session.login_form, name="console_login_form")
     app.router.add_post("/login", session.login, name="console_login")
     app.router.add_post("/logout", session.logout, name="console_logout")

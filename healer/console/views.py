@@ -16,7 +16,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from healer import appkeys
-from healer.auth import public
+from healer.auth import public, roles_of
 from healer.console.render import FINAL, STATES, render
 from healer.console.session import console_page, csrf_token, has_session
 from healer.errors import JournalUnavailable
@@ -59,7 +59,9 @@ async def index(request: web.Request) -> web.Response:
     if rule is not None and len(rule) > 200:
         raise web.HTTPBadRequest(text="rule: too long")
     before_s = request.query.get("before") or None
-    if before_s is not None and (not before_s.isdigit() or len(before_s) > 18):
+    if before_s is not None and (
+        not (before_s.isascii() and before_s.isdigit()) or len(before_s) > 18
+    ):
         raise web.HTTPBadRequest(text="before: expected an action id")
     before = int(before_s) if before_s else None
     pool = request.app[appkeys.JOURNAL_POOL]
@@ -106,6 +108,7 @@ async def action_page(request: web.Request) -> web.Response:
     plan: dict[str, Any] = action["plan"] if isinstance(action["plan"], dict) else {}
     raw_steps = plan.get("steps")
     plan_steps: list[Any] = raw_steps if isinstance(raw_steps, list) else []
+    may_approve = request.app.get(appkeys.AUTH) is None or "approve" in roles_of(request)
     ctx = {
         "a": action,
         "steps": steps,
@@ -115,8 +118,11 @@ async def action_page(request: web.Request) -> web.Response:
         "step_names": [s.get("name", "") for s in plan_steps if isinstance(s, dict)],
         "final": action["state"] in FINAL
         or (action["state"] == "interrupted" and action["finished_at"] is not None),
-        "can_approve": action["state"] == "awaiting_approval",
-        "can_cancel": action["state"] in CANCELLABLE and action["cancel_requested_at"] is None,
+        # The buttons show only to someone with the approve role (the API checks it again).
+        "can_approve": may_approve and action["state"] == "awaiting_approval",
+        "can_cancel": may_approve
+        and action["state"] in CANCELLABLE
+        and action["cancel_requested_at"] is None,
         **_page_context(request),
     }
     if request.query.get("fragment") == "detail":

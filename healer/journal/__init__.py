@@ -8,6 +8,7 @@ Every other module of the healer calls these modules' functions; none runs SQL o
 - `actions`: the rows behind listing and showing actions; approve and cancel
 - `logs`: appending step output, and reading it for the log API, the log hub and the CLI
 - `console`: the web console's reads
+- `sessions`: console sessions (logging out deletes the row)
 - `stats`: what `/metrics` counts in the journal
 - `retention`: pruning old log chunks in batches
 - `replay`: `rules replay`'s reads and its question to the journal's decision

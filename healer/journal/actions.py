@@ -144,13 +144,15 @@ async def cancel(conn: AsyncConnection[Any], action_id: int, actor: str) -> dict
         state = row["state"]
         if state in ("pending", "awaiting_approval"):
             reason = f"cancelled by {actor}"
-            await conn.execute(q("cancel_action"), {"id": action_id, "reason": reason})
+            await conn.execute(
+                q("cancel_action"), {"id": action_id, "reason": reason, "actor": actor}
+            )
             await conn.execute(q("cancel_pending_steps"), {"action_id": action_id})
             await events.record(conn, action_id, actor, "cancelled", state, "cancelled", reason)
-            return {"id": action_id, "state": "cancelled"}
+            return {"id": action_id, "state": "cancelled", "cancelled_by": actor}
         if state == "running":
             if row["cancel_requested_at"] is None:
-                await conn.execute(q("request_cancel"), {"id": action_id})
+                await conn.execute(q("request_cancel"), {"id": action_id, "actor": actor})
                 await events.record(
                     conn,
                     action_id,
@@ -161,5 +163,10 @@ async def cancel(conn: AsyncConnection[Any], action_id: int, actor: str) -> dict
                     f"cancel requested by {actor}; the executor stops the running step",
                 )
                 await channels.notify(conn, channels.CANCEL, action_id)
-            return {"id": action_id, "state": "running", "cancel_requested": True}
+            return {
+                "id": action_id,
+                "state": "running",
+                "cancel_requested": True,
+                "cancelled_by": actor,
+            }
     raise ActionConflict(f"action {action_id} is {state}: there is nothing left to cancel")

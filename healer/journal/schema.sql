@@ -69,6 +69,9 @@ CREATE TABLE actions (
     created_at          timestamptz NOT NULL DEFAULT now(),
     started_at          timestamptz,
     finished_at         timestamptz,
+    -- who cancelled it (or asked the executor to stop it), and when
+    cancelled_by        text,
+    cancelled_at        timestamptz,
     CONSTRAINT actions_once UNIQUE (rule, fingerprint, starts_at, trigger)
 );
 CREATE INDEX actions_claimable ON actions (id) WHERE state = 'pending';
@@ -99,6 +102,19 @@ CREATE TABLE steps (
     undo_error    text NOT NULL DEFAULT '',
     PRIMARY KEY (action_id, idx)
 );
+
+-- Console sessions: logging out deletes the row, so it ends on every healer at once.
+CREATE TABLE console_sessions (
+    -- sha256 of the cookie: the journal never holds a value a browser could present
+    token_hash  text PRIMARY KEY,
+    user_name   text NOT NULL,
+    -- HMAC, keyed by the cookie, of the user's credential and roles at login: changing them
+    -- ends the session
+    credential  text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    expires_at  timestamptz NOT NULL
+);
+CREATE INDEX console_sessions_expires_at ON console_sessions (expires_at);
 
 -- The audit trail: one row per state change, written in the same transaction as the change.
 CREATE TABLE events (

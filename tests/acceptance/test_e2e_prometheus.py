@@ -229,7 +229,11 @@ def taskmedic_config(
         "healer": {
             "listen": healer,
             "journal": {"dsn": journal_dsn},
-            "auth": {"bearer_token_file": str(token_file)},
+            # The token reads too: the test checks what happened through the API.
+            "auth": {
+                "bearer_token_file": str(token_file),
+                "alertmanager_roles": ["post_alerts", "read"],
+            },
             "rules": ["rules.yaml"],
             "lease": "10s",
         },

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import textwrap
@@ -17,6 +18,12 @@ from healer.journal import migrate
 PAYLOADS = Path(__file__).parent / "payloads"
 TOKEN = "s3cret-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+# A person who may approve and cancel (Alertmanager's token may not).
+APPROVER, APPROVER_PASSWORD = "alice", "alice-approves-for-tests"
+APPROVER_AUTH = {
+    "Authorization": "Basic "
+    + base64.b64encode(f"{APPROVER}:{APPROVER_PASSWORD}".encode()).decode()
+}
 
 RULES = textwrap.dedent(
     """\
@@ -61,6 +68,17 @@ def with_alert(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
     return out
 
 
+def auth_config(token: str = TOKEN, **more: Any) -> dict[str, Any]:
+    """`healer.auth` for tests: Alertmanager's token posts alerts and reads (the tests check
+    what happened with it), and `APPROVER` approves and cancels."""
+    return {
+        "bearer_token": token,
+        "alertmanager_roles": ["post_alerts", "read"],
+        "users": [{"name": APPROVER, "password": APPROVER_PASSWORD, "roles": ["approve"]}],
+        **more,
+    }
+
+
 def write_config(
     tmp_path: Path,
     dsn: str | None,
@@ -75,7 +93,7 @@ def write_config(
     (rules_dir / "healer.yaml").write_text(rules)
     section: dict[str, Any] = {
         "listen": "127.0.0.1:0",
-        "auth": {"bearer_token": TOKEN},
+        "auth": auth_config(),
         "rules": ["rules/*.yaml"],
         "data_dir": str(tmp_path / "data"),
     }

@@ -6,6 +6,7 @@ readers under test see exactly what they would see in production.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -32,16 +33,20 @@ from tests.services import start_healer_process
 FINAL = ("succeeded", "failed", "cancelled", "skipped")
 TOKEN = "s3cret-token-for-tests"
 USER, PASSWORD = "ops", "correct horse battery staple"
+# Alertmanager's token posts alerts and reads (the tests' own checks use it); the person
+# `USER` reads and approves.
+USER_AUTH = {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}
+AUTH_CONFIG: dict[str, Any] = {
+    "bearer_token": TOKEN,
+    "alertmanager_roles": ["post_alerts", "read"],
+    "users": [{"name": USER, "password": PASSWORD, "roles": ["approve"]}],
+}
 
 
 def make_app(dsn: str, *, auth: bool = False) -> web.Application:
     """The healer's own app (create_app) on `dsn`, recording only (no executor): with a token
     and basic auth, or (`auth=False`) open on loopback as the laptop demo runs it."""
-    creds: dict[str, Any] = (
-        {"bearer_token": TOKEN, "basic_auth": {"username": USER, "password": PASSWORD}}
-        if auth
-        else {"allow_unauthenticated": True}
-    )
+    creds: dict[str, Any] = AUTH_CONFIG if auth else {"allow_unauthenticated": True}
     config = HealerConfig.model_validate({"healer": {"journal": {"dsn": dsn}, "auth": creds}})
     return create_app(config, dsn=dsn, run_executor=False)
 
@@ -249,10 +254,7 @@ def write_config(tmp: Path, dsn: str, rules: list[dict[str, Any]], name: str = "
             {
                 "healer": {
                     "journal": {"dsn": dsn},
-                    "auth": {
-                        "bearer_token": TOKEN,
-                        "basic_auth": {"username": USER, "password": PASSWORD},
-                    },
+                    "auth": AUTH_CONFIG,
                     "rules": [str(rules_file)],
                     "lease": "5s",
                     "data_dir": str(tmp / f"{name}-data"),

@@ -19,7 +19,7 @@ SELECT a.id, a.rule, a.state, a.reason, a.dry_run, a.target, a.fingerprint, a.st
        a.trigger, a.labels, a.plan_hash, a.created_at, a.started_at, a.finished_at,
        a.approval_expires_at, a.cancel_requested_at, al.annotations, al.status AS alert_status,
        a.plan, a.attempt, a.lease_owner, a.lease_expires_at, a.approved_by, a.approved_at,
-       a.on_interrupt, al.ends_at, al.generator_url, al.notification_id, a.alert_id
+       a.cancelled_by, a.cancelled_at, a.on_interrupt, al.ends_at, al.generator_url, al.notification_id, a.alert_id
 FROM actions AS a
 JOIN alerts AS al ON al.id = a.alert_id
 WHERE a.id = %(id)s
@@ -51,7 +51,8 @@ WHERE id = %(id)s AND state = 'awaiting_approval'
 
 -- name: cancel_action
 UPDATE actions
-SET state = 'cancelled', reason = %(reason)s, finished_at = now()
+SET state = 'cancelled', reason = %(reason)s, finished_at = now(),
+    cancelled_by = %(actor)s, cancelled_at = now()
 WHERE id = %(id)s AND state IN ('pending', 'awaiting_approval')
 
 -- name: cancel_pending_steps
@@ -59,5 +60,5 @@ UPDATE steps SET state = 'cancelled' WHERE action_id = %(action_id)s AND state =
 
 -- name: request_cancel
 UPDATE actions
-SET cancel_requested_at = now()
+SET cancel_requested_at = now(), cancelled_by = %(actor)s, cancelled_at = now()
 WHERE id = %(id)s AND state = 'running' AND cancel_requested_at IS NULL

@@ -22,7 +22,8 @@ SELECT a.id, a.rule, a.state, a.reason, a.dry_run, a.labels, a.created_at, a.sta
        a.finished_at, a.cancel_requested_at,
        extract(epoch FROM coalesce(a.finished_at, now()) - a.started_at) AS duration,
        a.plan, a.plan_hash, a.on_interrupt, a.attempt, a.lease_owner, a.lease_expires_at,
-       a.approval_expires_at, a.approved_by, a.approved_at, a.fingerprint, a.target,
+       a.approval_expires_at, a.approved_by, a.approved_at, a.cancelled_by, a.cancelled_at,
+       a.fingerprint, a.target,
        al.status AS alert_status, al.annotations, al.starts_at AS alert_starts_at,
        al.generator_url
 FROM actions AS a

@@ -18,7 +18,15 @@ import psycopg
 import pytest
 
 from tests.services import ROOT, need_or_skip
-from tests.support.log_helpers import TOKEN, HealerProcess, fire, start_healer, write_config
+from tests.support.log_helpers import (
+    PASSWORD,
+    USER,
+    USER_AUTH,
+    HealerProcess,
+    fire,
+    start_healer,
+    write_config,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -112,16 +120,18 @@ async def browser(healer: HealerProcess) -> AsyncIterator[Browser]:
 
 
 async def logged_in_page(browser: Browser, healer: HealerProcess, viewport: dict[str, int]) -> Page:
-    """A page that went to the console, was sent to the login form, and logged in with it."""
+    """A page that went to the console, was sent to the login form, and logged in there as the
+    user who may approve."""
     context = await browser.new_context(viewport=viewport)  # type: ignore[arg-type]
     page = await context.new_page()
     await page.goto(f"{healer.url}/")
     assert page.url.startswith(f"{healer.url}/login")
-    await page.fill("input[name=token]", TOKEN)
+    await page.fill("input[name=username]", USER)
+    await page.fill("input[name=password]", PASSWORD)
     await page.click("button[type=submit]")
     await page.wait_for_selector("#actions")
-    assert "token" not in page.url
-    assert TOKEN not in page.url
+    assert "password" not in page.url
+    assert PASSWORD not in page.url
     return page
 
 
@@ -210,8 +220,25 @@ async def test_approve_a_waiting_action_by_clicking(
         cur = await conn.execute(
             "SELECT state, approved_by FROM actions WHERE id = %s", (action_id,)
         )
-        assert await cur.fetchone() == ("succeeded", "session")
+        assert await cur.fetchone() == ("succeeded", USER)  # the person, by name
     await page.screenshot(path=str(artifacts / "approved-laptop.png"), full_page=True)
+
+
+async def test_logging_out_ends_the_session_even_for_a_copy_of_its_cookie(
+    browser: Browser, healer: HealerProcess
+) -> None:
+    """Log out by clicking: the console asks to log in again, and the cookie the browser had
+    (put back as a thief would) opens nothing."""
+    page = await logged_in_page(browser, healer, LAPTOP)
+    [cookie] = [c for c in await page.context.cookies() if c["name"] == "taskmedic_session"]
+    await page.click("form.logout button")
+    await page.wait_for_url(f"{healer.url}/login")
+    await page.context.add_cookies(
+        [{"name": cookie["name"], "value": cookie["value"], "url": healer.url}]
+    )
+    await page.goto(f"{healer.url}/")
+    assert page.url.startswith(f"{healer.url}/login")
+    await expect(page.locator("input[name=username]")).to_be_visible()
 
 
 async def test_auto_scroll_follows_new_output_until_the_reader_scrolls_up(
@@ -257,7 +284,7 @@ async def test_pages_fit_a_phone_screen_and_the_list_refreshes_itself(
         s.post(
             f"{healer.url}/api/actions/{gated}/approve",
             json={"plan_hash": plan_hash},
-            headers={"Authorization": f"Bearer {TOKEN}"},
+            headers=USER_AUTH,
         ) as resp,
     ):
         assert resp.status == 200, await resp.text()

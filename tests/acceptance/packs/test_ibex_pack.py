@@ -59,7 +59,7 @@ from psycopg import sql
 from exporter.base.connections import parse_mysql_dsn
 from tests.apps import create_mysql
 from tests.services import ROOT, need_or_skip, reachable, start_healer_process, wait_for
-from tests.support.ingest_helpers import AUTH, TOKEN
+from tests.support.ingest_helpers import APPROVER_AUTH, AUTH, auth_config
 
 pytestmark = [pytest.mark.mariadb, pytest.mark.timeout(180)]
 
@@ -333,13 +333,17 @@ class Healer:
     log: Path
 
     def request(
-        self, method: str, path: str, body: dict[str, Any] | None = None
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        auth: dict[str, str] = AUTH,
     ) -> tuple[int, Any]:
         req = urllib.request.Request(
             f"http://127.0.0.1:{self.port}{path}",
             data=json.dumps(body).encode() if body is not None else None,
             method=method,
-            headers={**AUTH, "Content-Type": "application/json"},
+            headers={**auth, "Content-Type": "application/json"},
         )
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
@@ -378,7 +382,7 @@ def setup(
                 "databases": {"ibex": {"dsn": ibex_dsn}},
                 "healer": {
                     "listen": "127.0.0.1:0",
-                    "auth": {"bearer_token": TOKEN},
+                    "auth": auth_config(),
                     "journal": {"dsn": pg_dsn},
                     "data_dir": str(tmp_path / "data"),
                 },
@@ -459,7 +463,10 @@ def awaiting_action(healer: Healer) -> dict[str, Any]:
 
 def approve_and_settle(healer: Healer, action: dict[str, Any]) -> dict[str, Any]:
     status, out = healer.request(
-        "POST", f"/api/actions/{action['id']}/approve", {"plan_hash": action["plan_hash"]}
+        "POST",
+        f"/api/actions/{action['id']}/approve",
+        {"plan_hash": action["plan_hash"]},
+        auth=APPROVER_AUTH,
     )
     assert status == 200, out
 

@@ -295,7 +295,7 @@ def start_taskmedic(trmm: Trmm, journal_dsn: str, *, restarts: bool, within: flo
         "exporter": {"listen": exporter, "interval": f"{INTERVAL:g}s"},
         "healer": {
             "journal": {"dsn": journal_dsn},
-            "auth": {"bearer_token": TOKEN},
+            "auth": {"bearer_token": TOKEN, "alertmanager_roles": ["post_alerts", "read"]},
             "data_dir": str(tmp / "healer-data"),
         },
     }

@@ -33,6 +33,7 @@ from exporter.config import load_config
 from tests.apps import create_pg
 from tests.celery_app import make_app
 from tests.services import ROOT, Worker, start_healer_process, start_worker, wait_for
+from tests.support.ingest_helpers import APPROVER_AUTH, auth_config
 
 PACK = ROOT / "rules" / "timesketch"
 TOKEN = "timesketch-pack-token"
@@ -138,7 +139,7 @@ def write_config(
         "healer": {
             "listen": "127.0.0.1:0",
             "journal": {"dsn": journal},
-            "auth": {"bearer_token": TOKEN},
+            "auth": auth_config(TOKEN),
             "data_dir": str(tmp_path / "data"),
             "dry_run": dry_run,
         },
@@ -162,9 +163,11 @@ class HealerApi:
     def __init__(self, port: int) -> None:
         self.url = f"http://127.0.0.1:{port}"
 
-    def call(self, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
+    def call(
+        self, method: str, path: str, body: bytes | None = None, auth: dict[str, str] = AUTH
+    ) -> tuple[int, Any]:
         req = urllib.request.Request(  # noqa: S310 - http://127.0.0.1 only
-            self.url + path, data=body, method=method, headers=AUTH
+            self.url + path, data=body, method=method, headers={**AUTH, **auth}
         )
         try:
             with urllib.request.urlopen(req, timeout=15) as resp:  # noqa: S310
@@ -195,6 +198,7 @@ class HealerApi:
             "POST",
             f"/api/actions/{action['id']}/approve",
             json.dumps({"plan_hash": waiting["plan_hash"]}).encode(),
+            auth=APPROVER_AUTH,
         )
         assert status == 200, answer
         return self.action_in(action["id"], "succeeded", "failed", "skipped", timeout=90)

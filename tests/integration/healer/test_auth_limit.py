@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestServer
 from healer import appkeys
 from healer.app import create_app
 from healer.config import HealerConfig
-from tests.support.log_helpers import PASSWORD, TOKEN, USER
+from tests.support.log_helpers import AUTH_CONFIG, TOKEN, USER
 
 Serve = Callable[..., Awaitable[TestServer]]
 
@@ -27,7 +27,7 @@ async def serve(journal_dsn: str) -> AsyncIterator[Serve]:
     servers: list[TestServer] = []
 
     async def start(**limits: Any) -> TestServer:
-        auth = {"bearer_token": TOKEN, "basic_auth": {"username": USER, "password": PASSWORD}}
+        auth = AUTH_CONFIG
         config = HealerConfig.model_validate(
             {"healer": {"journal": {"dsn": journal_dsn}, "auth": {**auth, **limits}}}
         )
@@ -125,3 +125,29 @@ async def test_the_global_cap_holds_guesses_spread_over_addresses(serve: Serve) 
     status, wait = await send(server, "GET", "/api/actions", source="127.0.0.6", headers=wrong)
     assert status == 429
     assert wait is not None
+
+
+async def test_behind_a_trusted_proxy_each_forwarded_address_has_its_own_budget(
+    serve: Serve,
+) -> None:
+    """Through a proxy listed in trusted_proxies, a guesser is counted by the address the proxy
+    forwards, so people behind the same proxy are not locked out with it; a sender that is
+    not a trusted proxy cannot dodge the limit by writing X-Forwarded-For itself."""
+    server = await serve(max_failures=2, trusted_proxies=["127.0.0.1/32"])
+    wrong = {"Authorization": "Bearer nope"}
+    right = {"Authorization": f"Bearer {TOKEN}"}
+
+    def via(client: str, headers: dict[str, str]) -> dict[str, Any]:
+        return {"headers": {**headers, "X-Forwarded-For": f"{client}, 127.0.0.1"}}
+
+    for _ in range(2):
+        assert (await send(server, "GET", "/api/actions", **via("198.51.100.7", wrong)))[0] == 401
+    assert (await send(server, "GET", "/api/actions", **via("198.51.100.7", right)))[0] == 429
+    assert (await send(server, "GET", "/api/actions", **via("198.51.100.8", right)))[0] == 200
+
+    # 127.0.0.2 is no proxy of ours: its X-Forwarded-For is ignored, it is itself.
+    for n in range(2):
+        spoofed = via(f"203.0.113.{n}", wrong)
+        assert (await send(server, "GET", "/api/actions", source="127.0.0.2", **spoofed))[0] == 401
+    spoofed = via("203.0.113.99", right)
+    assert (await send(server, "GET", "/api/actions", source="127.0.0.2", **spoofed))[0] == 429

@@ -11,8 +11,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from healer.console.session import CSRF_HEADER
+from healer.app import create_app
+from healer.config import HealerConfig
+from healer.console.session import CSRF_HEADER, SESSION_COOKIE
 from tests.support.log_helpers import (
+    AUTH_CONFIG,
     PASSWORD,
     TOKEN,
     USER,
@@ -43,7 +46,10 @@ async def client(
 
 async def log_in(client: Client, **form: str) -> Any:
     return await client.post(
-        "/login", data=form or {"token": TOKEN}, allow_redirects=False, headers=same_origin(client)
+        "/login",
+        data=form or {"username": USER, "password": PASSWORD},
+        allow_redirects=False,
+        headers=same_origin(client),
     )
 
 
@@ -304,3 +310,198 @@ async def test_approving_asks_first_and_shows_the_whole_plan_hash(
     assert f'Run the 2 steps of plan <code class="wrap">{plan_hash}</code> now?' in confirm
     assert 'id="approve"' in confirm
     assert html.count("data-post=") == 2  # the confirmed approve and cancel
+
+
+def app_with(dsn: str, auth: dict[str, Any]) -> web.Application:
+    """The healer's app on `dsn` with these `healer.auth` settings, recording only."""
+    config = HealerConfig.model_validate({"healer": {"journal": {"dsn": dsn}, "auth": auth}})
+    return create_app(config, dsn=dsn, run_executor=False)
+
+
+def session_cookie(resp: Any) -> str:
+    morsel = resp.cookies[SESSION_COOKIE]
+    return str(morsel.value)
+
+
+async def test_logout_ends_the_session_on_the_server_not_only_in_the_browser(
+    client: Client,
+) -> None:
+    """A copy of the cookie (another tab, a stolen one) is worthless once its user logged out."""
+    cookie = session_cookie(await log_in(client, username=USER, password=PASSWORD))
+    html = await (await client.get("/")).text()
+    resp = await client.post(
+        "/logout", data={"csrf_token": csrf_of(html)}, headers=same_origin(client)
+    )
+    assert resp.status == 200  # followed to the login form
+    client.session.cookie_jar.clear()
+    copied = {"Cookie": f"{SESSION_COOKIE}={cookie}"}
+    resp = await client.get("/", headers=copied, allow_redirects=False)
+    assert resp.status == 303
+    assert resp.headers["Location"].startswith("/login")
+    assert (await client.get("/api/actions/1/log", headers=copied)).status == 401
+
+
+@pytest.mark.parametrize("session_secret", [None, "a-fixed-session-secret"])
+async def test_changing_a_users_password_ends_their_sessions(
+    journal_dsn: str,
+    aiohttp_client: Callable[..., Awaitable[Client]],
+    session_secret: str | None,
+) -> None:
+    """A healer restarted with a new password for a user (even with `session_secret` set)
+    no longer accepts the sessions opened with the old one; other users' sessions live on."""
+    alice_cfg: dict[str, Any] = {"name": "alice", "password": "old-password", "roles": ["approve"]}
+    bob_cfg: dict[str, Any] = {"name": "bob", "password": "bobs-password"}
+    old: dict[str, Any] = {"bearer_token": TOKEN, "users": [alice_cfg, bob_cfg]}
+    if session_secret is not None:
+        old["session_secret"] = session_secret
+    first = await aiohttp_client(app_with(journal_dsn, old))
+    alice = session_cookie(await log_in(first, username="alice", password="old-password"))
+    bob = session_cookie(await log_in(first, username="bob", password="bobs-password"))
+    new_alice = {**alice_cfg, "password": "new-password"}
+    second = await aiohttp_client(app_with(journal_dsn, {**old, "users": [new_alice, bob_cfg]}))
+    resp = await second.get("/", headers={"Cookie": f"{SESSION_COOKIE}={alice}"})
+    assert resp.url.path == "/login"
+    resp = await second.get("/", headers={"Cookie": f"{SESSION_COOKIE}={bob}"})
+    assert resp.url.path == "/"
+    # The same happens when a user loses a role.
+    fewer = {**old, "users": [new_alice, {**bob_cfg, "roles": []}]}
+    third = await aiohttp_client(app_with(journal_dsn, fewer))
+    resp = await third.get("/", headers={"Cookie": f"{SESSION_COOKIE}={bob}"})
+    assert resp.url.path == "/login"
+
+
+async def test_behind_a_trusted_tls_proxy_the_session_cookie_keeps_secure(
+    journal_dsn: str, aiohttp_client: Callable[..., Awaitable[Client]]
+) -> None:
+    """X-Forwarded-Proto is believed from `trusted_proxies` only: from anyone else it could
+    not be told from a forgery, and the cookie follows the connection itself."""
+    users = [{"name": USER, "password": PASSWORD}]
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9"}
+    trusted = await aiohttp_client(
+        app_with(journal_dsn, {"users": users, "trusted_proxies": ["127.0.0.0/8", "::1"]})
+    )
+    resp = await trusted.post(
+        "/login",
+        data={"username": USER, "password": PASSWORD},
+        allow_redirects=False,
+        headers={**same_origin(trusted), **forwarded},
+    )
+    assert resp.status == 303
+    assert "Secure" in resp.headers["Set-Cookie"]
+    resp = await trusted.post(
+        "/login",
+        data={"username": USER, "password": PASSWORD},
+        allow_redirects=False,
+        headers=same_origin(trusted),
+    )
+    assert "Secure" not in resp.headers["Set-Cookie"]  # plain HTTP through the proxy
+
+    untrusted = await aiohttp_client(
+        app_with(journal_dsn, {"users": users, "trusted_proxies": ["192.0.2.0/24"]})
+    )
+    resp = await untrusted.post(
+        "/login",
+        data={"username": USER, "password": PASSWORD},
+        allow_redirects=False,
+        headers={**same_origin(untrusted), **forwarded},
+    )
+    assert resp.status == 303
+    assert "Secure" not in resp.headers["Set-Cookie"]
+
+
+async def test_an_authorization_header_that_does_not_authenticate_gets_no_cookie_fallback(
+    client: Client,
+) -> None:
+    """Skipping the CSRF check is for requests that prove themselves by their header; a
+    header of another scheme, or a wrong one, does not let the cookie through unchecked."""
+    await log_in(client)
+    origin = same_origin(client)
+    for header in ("Negotiate abc", "Foo", "Bearer wrong-token"):
+        resp = await client.post("/api/test-post", headers={"Authorization": header, **origin})
+        assert resp.status == 401, header
+    # The page's own token still works with the cookie alone.
+    token = csrf_of(await (await client.get("/")).text())
+    resp = await client.post("/api/test-post", headers={CSRF_HEADER: token, **origin})
+    assert resp.status == 200
+
+
+async def test_the_login_form_asks_only_for_what_the_configured_credentials_need(
+    journal_dsn: str, aiohttp_client: Callable[..., Awaitable[Client]]
+) -> None:
+    cases: list[tuple[dict[str, Any], bool, bool]] = [
+        ({"bearer_token": TOKEN, "alertmanager_roles": ["post_alerts", "read"]}, True, False),
+        ({"users": [{"name": USER, "password": PASSWORD}]}, False, True),
+        ({**AUTH_CONFIG}, True, True),
+    ]
+    for auth, token_field, password_fields in cases:
+        client = await aiohttp_client(app_with(journal_dsn, auth))
+        html = await (await client.get("/login")).text()
+        assert ('name="token"' in html) is token_field, auth
+        assert ('name="username"' in html) is password_fields, auth
+        assert ('name="password"' in html) is password_fields, auth
+    # Alertmanager's token alone (it may only post alerts): no form, and what to do instead.
+    client = await aiohttp_client(app_with(journal_dsn, {"bearer_token": TOKEN}))
+    html = await (await client.get("/login")).text()
+    assert "<form" not in html
+    assert "healer.auth.users" in html
+    resp = await log_in(client, token=TOKEN)
+    assert resp.status == 403
+    assert "Set-Cookie" not in resp.headers
+
+
+async def test_an_approval_from_the_console_names_the_user_who_logged_in(
+    client: Client, journal_conn: psycopg.AsyncConnection[Any]
+) -> None:
+    """Approving needs the approve role: a session opened with Alertmanager's token may read
+    but not approve, and a user's approval records their name, as does a cancel."""
+    aid = await create_action(journal_conn, state="awaiting_approval")
+    other = await create_action(journal_conn, state="awaiting_approval")
+    cur = await journal_conn.execute("SELECT plan_hash FROM actions WHERE id = %s", (aid,))
+    (plan_hash,) = await cur.fetchone()  # type: ignore[misc]
+
+    await log_in(client, token=TOKEN)
+    html = await (await client.get(f"/actions/{aid}")).text()
+    assert 'id="approve"' not in html  # no button for what the role does not allow
+    assert 'id="cancel"' not in html
+    csrf = {CSRF_HEADER: csrf_of(html)}
+    resp = await client.post(
+        f"/api/actions/{aid}/approve",
+        json={"plan_hash": plan_hash},
+        headers={**csrf, **same_origin(client)},
+    )
+    assert resp.status == 403
+    assert "approve role" in (await resp.json())["error"]
+
+    client.session.cookie_jar.clear()
+    await log_in(client, username=USER, password=PASSWORD)
+    csrf = {CSRF_HEADER: csrf_of(await (await client.get(f"/actions/{aid}")).text())}
+    resp = await client.post(
+        f"/api/actions/{aid}/approve",
+        json={"plan_hash": plan_hash},
+        headers={**csrf, **same_origin(client)},
+    )
+    assert resp.status == 200
+    resp = await client.post(
+        f"/api/actions/{other}/cancel", headers={**csrf, **same_origin(client)}
+    )
+    assert resp.status == 200
+    html = await (await client.get(f"/actions/{other}")).text()
+    assert f"by {USER}" in html  # the page says who cancelled
+    cur = await journal_conn.execute(
+        "SELECT id, approved_by, cancelled_by FROM actions WHERE id IN (%s, %s) ORDER BY id",
+        (aid, other),
+    )
+    assert await cur.fetchall() == [(aid, USER, None), (other, None, USER)]
+
+
+async def test_a_session_ends_when_its_time_is_up(
+    journal_dsn: str, aiohttp_client: Callable[..., Awaitable[Client]]
+) -> None:
+    auth = {"users": [{"name": USER, "password": PASSWORD}], "session_ttl": 0}
+    client = await aiohttp_client(app_with(journal_dsn, auth))
+    resp = await log_in(client, username=USER, password=PASSWORD)
+    assert resp.status == 303
+    assert session_cookie(resp)
+    resp = await client.get("/", allow_redirects=False)
+    assert resp.status == 303
+    assert resp.headers["Location"].startswith("/login")

@@ -25,7 +25,11 @@ async def client(aiohttp_client: Any, journal_dsn: str, tmp_path: Path) -> Clien
         journal_dsn,
         healer={
             "max_body": "64KiB",
-            "auth": {"bearer_token": TOKEN, "basic_auth": {"username": "am", "password": "pw"}},
+            "auth": {
+                "bearer_token": TOKEN,
+                "basic_auth": {"username": "am", "password": "pw"},
+                "alertmanager_roles": ["post_alerts", "read"],
+            },
         },
     )
     c: Client = await aiohttp_client(create_app(config, dsn=journal_dsn, run_executor=False))

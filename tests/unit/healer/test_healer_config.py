@@ -131,19 +131,99 @@ def test_unauthenticated_cannot_be_mixed_with_credentials(tmp_path: Path) -> Non
         )
 
 
-def test_sessions_are_signed_expire_and_end_when_the_token_changes() -> None:
-    auth = Authenticator(AuthSettings(bearer_token=TOKEN))
-    cookie = auth.issue_session()
-    assert auth.verify_session(cookie)
-    expiry, nonce, sig = cookie.split(".")
-    assert not auth.verify_session(f"{int(expiry) + 3600}.{nonce}.{sig}")
-    assert not auth.verify_session("garbage")
-    assert not Authenticator(AuthSettings(bearer_token="rotated")).verify_session(cookie)
-    expired = Authenticator(AuthSettings(bearer_token=TOKEN, session_ttl=0))
-    assert not expired.verify_session(expired.issue_session())
-    assert auth.verify_credentials(token=TOKEN)
-    assert not auth.verify_credentials(token=TOKEN + "x")
-    assert not auth.verify_credentials()
+def test_credentials_carry_roles_and_alertmanagers_never_approves() -> None:
+    """The token posts alerts only unless told it may read; a user reads by default, and
+    approving implies reading. Wrong secrets and unknown names give nobody."""
+    settings = AuthSettings.model_validate(
+        {
+            "bearer_token": TOKEN,
+            "basic_auth": {"username": "am", "password": "am-pw"},
+            "users": [
+                {"name": "rita", "password": "r"},
+                {"name": "alice", "password": "a", "roles": ["approve"]},
+            ],
+        }
+    )
+    auth = Authenticator(settings)
+    token = auth.verify_token(TOKEN)
+    assert token is not None
+    assert token.roles == {"post_alerts"}
+    am = auth.verify_password("am", "am-pw")
+    assert am is not None
+    assert am.roles == {"post_alerts"}
+    rita = auth.verify_password("rita", "r")
+    assert rita is not None
+    assert rita.roles == {"read"}
+    alice = auth.verify_password("alice", "a")
+    assert alice is not None
+    assert alice.name == "alice"
+    assert alice.roles == {"approve", "read"}
+    assert auth.verify_token(TOKEN + "x") is None
+    assert auth.verify_password("alice", "r") is None
+    assert auth.verify_password("nobody", "a") is None
+    assert auth.login_fields() == (False, True)  # the token may not read: no token field
+    reader = Authenticator(
+        AuthSettings.model_validate(
+            {"bearer_token": TOKEN, "alertmanager_roles": ["post_alerts", "read"]}
+        )
+    )
+    assert reader.login_fields() == (True, False)
+
+
+def test_alertmanagers_credential_cannot_be_given_the_approve_role(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError, match=r"alertmanager_roles\[1\]: Input should be .post_alerts. or .read."
+    ):
+        config_for(
+            tmp_path,
+            None,
+            healer={
+                "auth": {"bearer_token": "t", "alertmanager_roles": ["post_alerts", "approve"]}
+            },
+        )
+
+
+def test_users_need_unique_names_and_a_password_and_never_show_it(tmp_path: Path) -> None:
+    secret = tmp_path / "alice-password"
+    secret.write_text("from-a-file\n")
+    users = [{"name": "alice", "password_file": str(secret), "roles": ["approve"]}]
+    config = config_for(tmp_path, None, healer={"auth": {"users": users}})
+    [alice] = config.healer.auth.users
+    assert alice.secret_password() == "from-a-file"
+    shown = str(config.display())
+    assert "from-a-file" not in shown
+    assert "'roles': ['approve']" in shown
+    with pytest.raises(ConfigError, match="given twice"):
+        config_for(
+            tmp_path,
+            None,
+            healer={"auth": {"users": users, "basic_auth": {"username": "alice", "password": "x"}}},
+        )
+    with pytest.raises(ConfigError, match="'token' is reserved"):
+        config_for(tmp_path, None, healer={"auth": {"users": [{"name": "token", "password": "p"}]}})
+    with pytest.raises(ConfigError, match="exactly one of password or password_file"):
+        config_for(tmp_path, None, healer={"auth": {"users": [{"name": "bob"}]}})
+    with pytest.raises(ConfigError, match=r"users\[0\]\.name"):
+        config_for(tmp_path, None, healer={"auth": {"users": [{"name": "a b", "password": "p"}]}})
+    with pytest.raises(ConfigError, match=r"users\[0\]\.roles\[0\]"):
+        config_for(
+            tmp_path,
+            None,
+            healer={"auth": {"users": [{"name": "bob", "password": "p", "roles": ["root"]}]}},
+        )
+
+
+def test_trusted_proxies_are_networks(tmp_path: Path) -> None:
+    config = config_for(
+        tmp_path,
+        None,
+        healer={"auth": {"bearer_token": "t", "trusted_proxies": ["10.0.0.0/8", "::1"]}},
+    )
+    assert [str(n) for n in config.healer.auth.trusted_proxies] == ["10.0.0.0/8", "::1/128"]
+    with pytest.raises(ConfigError, match="trusted_proxies"):
+        config_for(
+            tmp_path, None, healer={"auth": {"bearer_token": "t", "trusted_proxies": ["nope"]}}
+        )
 
 
 async def test_journal_password_file_is_applied_to_the_journal_dsn(tmp_path: Path) -> None:
