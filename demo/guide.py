@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from demo import configs, sample, tasks
+from demo import configs, faults, sample, tasks
 from demo.processes import Child
 
 if TYPE_CHECKING:
@@ -63,7 +63,10 @@ and one finding already: task_record {demo.orphan_record} was written without it
 (ibex's bug), so after its grace ({configs.RECORD_GRACE:g} s):
   taskmedic_orphan_rows{{check="records_without_action"}} 1
 
-Break something and watch /metrics:
+Break something and watch /metrics. Type a fault's number or name here and press Enter, or
+from another terminal run `{taskmedic} demo fault NAME`; the demo says what happens next:
+{faults.menu()}
+By hand, the same:
   1. Stop beat:                kill -STOP {b}      (resume with kill -CONT {b})
      The cache is no longer refreshed; after max_age ({configs.MAX_AGE:g} s):
        taskmedic_stale_rows{{check="tree_status_cache"}} {sample.AGENTS}
@@ -75,6 +78,8 @@ Break something and watch /metrics:
      The timeline it was importing keeps saying 'processing'; after its grace
      ({configs.TIMELINE_GRACE:g} s) and two collections:
        taskmedic_orphan_tasks{{check="timelines",reason="lost"}} 1 (or more)
+     Nobody runs beat's cache refresh either: tree_status_cache goes stale after
+     {configs.MAX_AGE:g} s too, until the worker is back (`demo fault restart-worker`).
   Every finding with its row key and task id:
        {taskmedic} check --config {demo.config.path}
 """
@@ -83,7 +88,8 @@ Break something and watch /metrics:
         if demo.healer_files is not None
         else (
             "\nWith --healer the demo also runs the healer (and Prometheus and Alertmanager when"
-            "\ninstalled) and repairs what you break.\n"
+            "\ninstalled: apt-get install prometheus prometheus-alertmanager on Debian/Ubuntu)"
+            "\nand repairs what you break.\n"
         )
     )
     return text + "\nCtrl-C stops everything the demo started.\n"
@@ -98,9 +104,13 @@ def healer_guide(demo: Demo) -> str:
 The healer runs the demo's rules ({files.rules_file}):
   console        {files.base_url}/   (log in with the token in {files.token_file})
   actions        {taskmedic} actions list --config {demo.config.path}
-  stopped beat   -> TaskmedicStaleRows   -> sends demo.update_tree_status_cache to the worker
-  killed worker  -> TaskmedicOrphanTasks -> marks the lost timelines as failed (repair)
-  orphan record  -> TaskmedicOrphanRows  -> waits for your approval in the console
+  killed worker  -> TaskmedicCeleryWorkerDown (~10 s) -> starts the worker again
+                 -> TaskmedicOrphanTasks (~25 s)      -> marks the lost timelines as failed
+  stopped beat   -> TaskmedicStaleRows (~35 s)        -> sends demo.update_tree_status_cache
+  orphan record  -> TaskmedicOrphanRows (~15 s)       -> waits for your approval in the console
+  A killed worker also leaves the cache stale (nobody runs beat's refresh); the worker is
+  restarted first so that the refresh finds it. Were it still down, the refresh would fail
+  after its 20 s wait with "no result within 20s (state PENDING)".
 """
     if demo.prometheus is not None and demo.alertmanager_url:
         text += (
@@ -108,11 +118,9 @@ The healer runs the demo's rules ({files.rules_file}):
             f"  alertmanager   {demo.alertmanager_url}/   (webhook to the healer, bearer token)\n"
         )
     else:
-        text += f"""  Prometheus and Alertmanager are not installed, so no alert arrives by itself.
-  Post one as Alertmanager would:
-    curl -H "Authorization: Bearer $(cat {files.token_file})" \\
-         -H 'Content-Type: application/json' --data @{demo.dir / "sample-alert.json"} \\
-         {files.base_url}/alerts
+        text += """  Prometheus and Alertmanager are not installed (Debian/Ubuntu: apt-get install
+  prometheus prometheus-alertmanager), so the demo reads /metrics every 2 s and posts these
+  alerts to the healer itself, as Alertmanager would (fresh startsAt, resolved when cleared).
 """
     return text
 
