@@ -1,17 +1,19 @@
-"""`taskmedic demo fault NAME` (also `python -m demo fault NAME`): break the running demo."""
+"""`python -m demo fault NAME`: break the running demo from another terminal.
+
+Not a `taskmedic` subcommand: the installed command (healer/cli.py) never imports the demo.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from demo.faults import FAULTS, FaultError, request
 from demo.leftovers import StateDirUnsafe
 from demo.output import show
 
-__all__ = ["main", "register"]
+__all__ = ["main"]
 
 
 def _cmd_fault(args: argparse.Namespace) -> int:
@@ -32,13 +34,6 @@ def _add_fault(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dir", help="the demo's folder, when several demos are running")
     parser.set_defaults(func=_cmd_fault)
-
-
-def register(sub: Any) -> None:
-    """Mount `demo fault` on the `taskmedic` command's subparsers."""
-    demo = sub.add_parser("demo", help="talk to a running `make demo`")
-    demo_sub = demo.add_subparsers(dest="demo_command", required=True, metavar="COMMAND")
-    _add_fault(demo_sub.add_parser("fault", help="inject a fault; prints what happens next"))
 
 
 def main(argv: Sequence[str]) -> int:

@@ -1,5 +1,5 @@
-"""The faults a demo user injects, as commands: `taskmedic demo fault NAME` (or
-`python -m demo fault NAME`), or typed in the demo's terminal.
+"""The faults a demo user injects: `python -m demo fault NAME` from another terminal, or a
+fault's number or name typed in the demo's own terminal.
 
 A command finds the running demo through its state file (demo.leftovers) and drops a request
 into the demo's `control/` folder; the demo, which owns its processes, injects the fault in its

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 from demo import configs, faults, sample, tasks
@@ -44,6 +45,7 @@ def guide(demo: Demo) -> str:
     url = demo.config.base_url
     w, b = demo.worker.pid, demo.beat.pid
     taskmedic = " ".join(demo.taskmedic)
+    fault_command = f"{sys.executable} -m demo fault"
     text = f"""
 taskmedic demo is running
   metrics        {url}/metrics
@@ -64,7 +66,7 @@ and one finding already: task_record {demo.orphan_record} was written without it
   taskmedic_orphan_rows{{check="records_without_action"}} 1
 
 Break something and watch /metrics. Type a fault's number or name here and press Enter, or
-from another terminal run `{taskmedic} demo fault NAME`; the demo says what happens next:
+from another terminal run `{fault_command} NAME`; the demo says what happens next:
 {faults.menu()}
 By hand, the same:
   1. Stop beat:                kill -STOP {b}      (resume with kill -CONT {b})
@@ -118,9 +120,10 @@ The healer runs the demo's rules ({files.rules_file}):
             f"  alertmanager   {demo.alertmanager_url}/   (webhook to the healer, bearer token)\n"
         )
     else:
-        text += """  Prometheus and Alertmanager are not installed (Debian/Ubuntu: apt-get install
-  prometheus prometheus-alertmanager), so the demo reads /metrics every 2 s and posts these
-  alerts to the healer itself, as Alertmanager would (fresh startsAt, resolved when cleared).
+        text += """  No Prometheus and Alertmanager here (Debian/Ubuntu: apt-get install prometheus
+  prometheus-alertmanager; the demo uses them when installed), so the demo reads /metrics
+  every 2 s and posts these alerts to the healer itself, as Alertmanager would (a fresh
+  startsAt for each new fault, resolved when it clears).
 """
     return text
 

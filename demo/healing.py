@@ -35,7 +35,7 @@ RULES: dict[str, Any] = {
             # The worker is gone: start it again through the running demo (demo.faults).
             "name": "demo-restart-worker",
             "match": {"alertname": "TaskmedicCeleryWorkerDown", "cluster": configs.CLUSTER},
-            "cooldown": "30s",
+            "cooldown": "10s",
             "limit": {"count": 5, "per": "1h"},
             "steps": [
                 {

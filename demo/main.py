@@ -186,10 +186,12 @@ class Demo:
         argv = [*self.taskmedic, "healer", "--config", str(config.path)]
         healer = self.spawn("healer", argv, env)
         self.wait(lambda: http_ok(f"{files.base_url}/readyz"), 60, healer, "the healer's /readyz")
-        binaries = healing.alerting_binaries()
+        binaries = None if self.args.without_prometheus else healing.alerting_binaries()
         if binaries is None:
             say(
-                "Prometheus or Alertmanager not installed (Debian/Ubuntu: apt-get install "
+                "the demo fires the alerts itself"
+                if self.args.without_prometheus
+                else "Prometheus or Alertmanager not installed (Debian/Ubuntu: apt-get install "
                 "prometheus prometheus-alertmanager): the demo fires the alerts itself"
             )
             self.firer = alerts.AlertFirer(
@@ -328,6 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also run the healer with the demo's rules (and Prometheus and Alertmanager "
         "when installed), so what you break gets repaired",
+    )
+    p.add_argument(
+        "--without-prometheus",
+        action="store_true",
+        help="with --healer: fire the alerts from the demo even when Prometheus and "
+        "Alertmanager are installed",
     )
     p.add_argument(
         "--healer-listen", default="127.0.0.1:9809", help="healer address (default %(default)s)"

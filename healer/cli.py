@@ -395,10 +395,6 @@ def build_parser() -> argparse.ArgumentParser:
     subs = register(sub)
     log_cli.register_actions_log(subs["actions"])
     log_cli.register_journal(sub)
-    # `taskmedic demo fault NAME`: the faults of a running `make demo` (demo/ ships in the wheel).
-    from demo import cli as demo_cli
-
-    demo_cli.register(sub)
     return parser
 
 
