@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from demo import configs
+from demo import configs, leftovers
 
 # The repository's alerting rules; absent from an installed wheel, present for `make demo`.
 SHIPPED_RULES = Path(__file__).resolve().parents[1] / "rules" / "prometheus" / "taskmedic.rules.yml"
@@ -132,7 +132,9 @@ def demo_rules(directory: Path) -> dict[str, Any]:
     for rule in rules["rules"]:
         for step in rule["steps"]:
             if "script" in step:
+                # A script step gets a minimal environment: name the demo's state folder.
                 step["script"]["argv"] += ["--dir", str(directory)]
+                step["script"]["env"] = {leftovers.STATE_ENV: str(leftovers.state_dir())}
     return rules
 
 

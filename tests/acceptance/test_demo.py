@@ -473,3 +473,79 @@ def test_a_second_demo_cleans_up_what_a_killed_demo_left_behind(
     assert again["pid"] != data["pid"]
     second.keys("C-c")
     assert_nothing_left(again, second)
+
+
+def healer_actions(info: dict[str, str], token: str, rule: str) -> list[dict[str, Any]]:
+    req = urllib.request.Request(  # noqa: S310 - the demo's own healer
+        f"{info['healer']}api/actions?rule={rule}",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310
+        items: list[dict[str, Any]] = json.load(resp)["items"]
+    return items
+
+
+@pytest.mark.timeout(300)
+def test_a_fault_command_is_healed_by_an_alert_the_demo_fires_itself_each_time(
+    tmp_path: Path, demos: list[DemoRun]
+) -> None:
+    """Without Prometheus: `python -m demo fault kill-worker` kills the worker and says what
+    comes next; the demo fires TaskmedicCeleryWorkerDown at the healer, whose rule starts the
+    worker again. A second kill is a new alert (fresh startsAt), so it is healed again."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    env = {"TASKMEDIC_DEMO_STATE": str(state)}
+    run = start_demo(
+        tmp_path,
+        "--healer",
+        "--without-prometheus",
+        "--listen",
+        f"127.0.0.1:{free_port()}",
+        "--healer-listen",
+        f"127.0.0.1:{free_port()}",
+        "--run-for",
+        "280",
+        env=env,
+    )
+    demos.append(run)
+    info = wait_for(run.ready, timeout=150, interval=0.2, what="the demo's ready line")
+    token = (run.dir / "healer-token").read_text().strip()
+    worker = info["worker"]
+
+    def worker_up() -> float | None:
+        return value(
+            scrape(info["metrics"]), "taskmedic_celery_worker_up", cluster="demo", worker=worker
+        )
+
+    def restarts() -> list[dict[str, Any]]:
+        items = healer_actions(info, token, "demo-restart-worker")
+        return [i for i in items if i["state"] == "succeeded"]
+
+    wait_for(lambda: worker_up() == 1, timeout=30, interval=0.5, what="the worker seen alive")
+    for round_ in (1, 2):
+        out = subprocess.run(
+            [sys.executable, "-m", "demo", "fault", "kill-worker", "--dir", str(run.dir)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, **env},
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "killed the Celery worker" in out.stdout
+        assert "restarts the worker" in out.stdout  # what the healer will do next
+        wait_for(
+            lambda: len(restarts()) >= round_,  # noqa: B023 - called before round_ changes
+            timeout=90,
+            interval=1,
+            what=f"restart {round_} of the worker by the healer",
+        )
+        wait_for(lambda: worker_up() == 1, timeout=30, interval=0.5, what="the worker back")
+    assert run.said("fired TaskmedicCeleryWorkerDown")
+    alerts = [a["alert"]["starts_at"] for a in restarts()]
+    assert len(set(alerts)) == 2, alerts
+
+    os.kill(run.proc.pid, signal.SIGINT)
+    assert run.proc.wait(timeout=60) == 0, run.output()
+    assert not processes_using(run.dir)
+    assert not list(state.glob("*.json"))

@@ -5,16 +5,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 CHECKS = ("tree_status_cache", "timelines", "records_without_action")
 
 
-def test_demo_healer_config_and_rules_load_with_every_reference_resolved(tmp_path: Path) -> None:
+def test_demo_healer_config_and_rules_load_with_every_reference_resolved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`--healer` writes a taskmedic.yaml and rules the healer accepts: the Celery app, the
     checks and the token file they name all exist."""
     from demo import configs, healing
     from healer.config import load_healer_config
     from healer.rules import load_rules
 
+    monkeypatch.setenv("TASKMEDIC_DEMO_STATE", str(tmp_path / "state"))
     files = healing.write_healer_files(tmp_path, "127.0.0.1:9809")
     assert files.token_file.stat().st_mode & 0o077 == 0, "the token is readable by others"
     config_file = configs.write_config(
@@ -33,6 +38,8 @@ def test_demo_healer_config_and_rules_load_with_every_reference_resolved(tmp_pat
     assert restart.rule.match["alertname"] == "TaskmedicCeleryWorkerDown"
     assert restart.rule.steps[0].script is not None
     assert restart.rule.steps[0].script.argv[-2:] == ["--dir", str(tmp_path)]
+    # A script step's environment is minimal: the demo's state folder is named in it.
+    assert restart.rule.steps[0].script.env == {"TASKMEDIC_DEMO_STATE": str(tmp_path / "state")}
 
 
 def test_the_demo_fires_the_shipped_alert_for_each_fault_it_offers() -> None:
