@@ -162,8 +162,9 @@ def inject(demo: Demo, name: str) -> str:
         )
         if healer:
             return text + (
-                "\n  healer: TaskmedicOrphanRows (~15 s) plans the missing cancel action and "
-                "waits for your approval in the console."
+                "\n  healer: TaskmedicOrphanRows (already firing for the seeded record, else"
+                " ~15 s) plans the missing cancel action, which waits for your approval in the"
+                " console and then covers every row the check confirms at that moment."
             )
         return text
     return f"no fault {name!r}; one of: {', '.join(FAULTS)}"

@@ -65,8 +65,10 @@ and one finding already: task_record {demo.orphan_record} was written without it
 (ibex's bug), so after its grace ({configs.RECORD_GRACE:g} s):
   taskmedic_orphan_rows{{check="records_without_action"}} 1
 
-Break something and watch /metrics. Type a fault's number or name here and press Enter, or
-from another terminal run `{fault_command} NAME`; the demo says what happens next:
+Break something and watch /metrics. Type a fault's number or name here and press Enter,
+or from another terminal run
+  {fault_command} NAME
+and the demo says what happens next and when:
 {faults.menu()}
 By hand, the same:
   1. Stop beat:                kill -STOP {b}      (resume with kill -CONT {b})
@@ -120,8 +122,13 @@ The healer runs the demo's rules ({files.rules_file}):
             f"  alertmanager   {demo.alertmanager_url}/   (webhook to the healer, bearer token)\n"
         )
     else:
-        text += """  No Prometheus and Alertmanager here (Debian/Ubuntu: apt-get install prometheus
-  prometheus-alertmanager; the demo uses them when installed), so the demo reads /metrics
+        text += (
+            "  --without-prometheus:"
+            if demo.args.without_prometheus
+            else "  No Prometheus and Alertmanager here (Debian/Ubuntu: apt-get install\n"
+            "  prometheus prometheus-alertmanager; the demo uses them when installed), so"
+        )
+        text += """ the demo reads /metrics
   every 2 s and posts these alerts to the healer itself, as Alertmanager would (a fresh
   startsAt for each new fault, resolved when it clears).
 """
@@ -139,7 +146,12 @@ def fault_note(demo: Demo, child: Child) -> str | None:
             return (
                 f'{what}: taskmedic_celery_worker_up{{worker="{demo.worker_name}"}} goes 0 '
                 f'within ~5 s; a timeline it was importing becomes an orphan (reason="lost") '
-                f"after {configs.TIMELINE_GRACE:g} s. The demo does not restart it."
+                f"after {configs.TIMELINE_GRACE:g} s. "
+                + (
+                    "The healer starts it again once TaskmedicCeleryWorkerDown fires."
+                    if demo.healer_files is not None
+                    else "`python -m demo fault restart-worker` starts it again."
+                )
             )
         if child is demo.beat:
             return f"{what}: cache rows go stale after {configs.MAX_AGE:g} s"
