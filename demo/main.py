@@ -150,9 +150,10 @@ class Demo:
         say("starting the Celery worker and beat ...")
         worker_argv = ["worker", "-E", "-P", "threads", "-c", "2", "-n", self.worker_name]
         worker_argv += ["--without-mingle", "--without-gossip", "--heartbeat-interval=2"]
-        # SIGTERM (warm shutdown) would wait for a 20 s import; the stop deadline ends it.
+        # SIGTERM is a warm shutdown: it waits for the import in flight (20 s), and the worker
+        # ignores SIGQUIT while it does. The demo's data goes with it, so 1 s, then SIGKILL.
         self.worker_argv = [*celery_command(), *worker_argv, "-l", "INFO"]
-        self.worker = self.spawn("worker", self.worker_argv, env)
+        self.worker = self.spawn("worker", self.worker_argv, env, stop_wait=1.0)
         schedule, pidfile = self.dir / "beat-schedule", self.dir / "beat.pid"
         self.beat = self.spawn(
             "beat",
@@ -225,7 +226,7 @@ class Demo:
         """A new worker process in place of a dead one (the `restart-worker` fault)."""
         old = self.worker
         assert old is not None
-        child = self.spawn("worker", self.worker_argv, self.env)
+        child = self.spawn("worker", self.worker_argv, self.env, stop_wait=1.0)
         self.children.remove(child)
         self.children[self.children.index(old)] = child
         self.worker = child

@@ -28,6 +28,8 @@ class Child:
     proc: subprocess.Popen[bytes]
     log: Path
     stop_signal: int = signal.SIGTERM
+    # Seconds between the stop signal and SIGKILL, when shorter than stop_all's deadline.
+    stop_wait: float | None = None
     reported: set[str] = field(default_factory=set)
 
     @property
@@ -100,6 +102,7 @@ def spawn(
     *,
     cwd: Path | None = None,
     stop_signal: int = signal.SIGTERM,
+    stop_wait: float | None = None,
 ) -> Child:
     """Start `argv` in a new session (its own process group), output to `logdir/NAME.log`."""
     logdir.mkdir(parents=True, exist_ok=True)
@@ -115,13 +118,13 @@ def spawn(
             start_new_session=True,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
-    return Child(name, proc, log, stop_signal)
+    return Child(name, proc, log, stop_signal, stop_wait)
 
 
 def stop_all(children: Sequence[Child], timeout: float = STOP_DEADLINE) -> None:
     """Ask every child to stop at once, then wait for each and kill what is left."""
     for child in children:
         child.request_stop()
-    deadline = time.monotonic() + timeout
+    now = time.monotonic()
     for child in children:
-        child.finish_stop(deadline)
+        child.finish_stop(now + min(timeout, child.stop_wait or timeout))

