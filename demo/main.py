@@ -31,7 +31,7 @@ from demo import alerts, configs, faults, healing, leftovers, sample, tasks
 from demo.guide import fault_note, guide, ready_line
 from demo.output import say, settle, show
 from demo.processes import Child, spawn, stop_all
-from demo.services import EmbeddedPostgres, EmbeddedRedis
+from demo.services import EmbeddedPostgres, EmbeddedRedis, pid_alive
 from exporter.base.errors import TaskmedicError
 
 
@@ -308,6 +308,12 @@ class Demo:
                 t.start()
             for t in threads:
                 t.join()
+        left = [s for s in services if pid_alive(s.pid)]
+        if left:
+            # Keep the folder and the state file: the next demo stops and removes them.
+            names = ", ".join(type(s).__name__ for s in left)
+            say(f"could not stop {names}; the next demo will")
+            return
         if not self.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
         else:
