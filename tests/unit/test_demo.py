@@ -114,3 +114,15 @@ def test_faults_typed_in_the_terminal_by_number_or_name() -> None:
     names = list(FAULTS)
     assert reader.poll() == [names[0], "stop-beat", names[-1]]
     assert reader.poll() == []
+
+
+def test_the_license_is_an_spdx_expression_so_installing_does_not_warn() -> None:
+    """setuptools 77+ deprecates `license = {text = ...}` and warned twice on every
+    `make demo`; an SPDX string needs setuptools 77 in the build requirements."""
+    import tomllib
+
+    from tests.services import ROOT
+
+    pyproject = tomllib.loads((Path(ROOT) / "pyproject.toml").read_text(encoding="utf-8"))
+    assert pyproject["project"]["license"] == "Apache-2.0"
+    assert "setuptools>=77" in pyproject["build-system"]["requires"]
