@@ -439,10 +439,17 @@ def test_ctrl_c_on_a_demo_piped_through_tee_stops_everything_although_tee_dies_f
 
 @pytest.mark.timeout(240)
 def test_closing_the_demos_terminal_stops_everything(tmp_path: Path, terminal: Any) -> None:
-    """The terminal closes (SIGHUP to the demo and tee): nothing keeps running, nothing is left
-    on disk."""
+    """A fault typed in the demo's terminal (`3`, stop-beat) suspends beat; then the terminal
+    closes (SIGHUP to the demo and tee): nothing keeps running, suspended beat included, and
+    nothing is left on disk."""
     run = terminal()
     data = ready_state(run)
+    beat = next(int(pid) for name, (pid, _) in data["processes"].items() if name.startswith("beat"))
+    run.keys("3", "Enter")
+    wait_for(lambda: "suspended celery beat" in run.text(), timeout=20, what="the fault's reply")
+    wait_for(lambda: "is suspended" in run.text(), timeout=20, what="the demo noticing")
+    with open(f"/proc/{beat}/stat", encoding="ascii") as f:
+        assert f.read().rsplit(")", 1)[1].split()[0] in ("T", "t"), "beat is not suspended"
     subprocess.run([*run.tmux, "kill-session", "-t", run.session], check=True)
     assert_nothing_left(data, run)
 
