@@ -20,7 +20,7 @@ def _cmd_fault(args: argparse.Namespace) -> int:
     try:
         show(request(args.fault, args.dir))
     except (FaultError, StateDirUnsafe) as exc:
-        print(f"taskmedic demo: {exc}", file=sys.stderr)
+        print(f"python -m demo fault: {exc}", file=sys.stderr)
         return 1
     return 0
 

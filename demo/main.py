@@ -328,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m demo",
         description="Run taskmedic's exporter on a sample Celery app with embedded "
         "PostgreSQL and Redis; Ctrl-C stops everything.",
+        epilog="From another terminal, `python -m demo fault NAME [--dir DIR]` breaks the "
+        "running demo: " + ", ".join(faults.FAULTS) + ".",
     )
     p.add_argument(
         "--listen", default="127.0.0.1:9808", help="exporter address (default %(default)s)"
