@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
-from demo import configs, sample, tasks
+from demo import configs, faults, sample, tasks
 from demo.processes import Child
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ def guide(demo: Demo) -> str:
     url = demo.config.base_url
     w, b = demo.worker.pid, demo.beat.pid
     taskmedic = " ".join(demo.taskmedic)
+    fault_command = f"{sys.executable} -m demo fault"
     text = f"""
 taskmedic demo is running
   metrics        {url}/metrics
@@ -63,7 +65,12 @@ and one finding already: task_record {demo.orphan_record} was written without it
 (ibex's bug), so after its grace ({configs.RECORD_GRACE:g} s):
   taskmedic_orphan_rows{{check="records_without_action"}} 1
 
-Break something and watch /metrics:
+Break something and watch /metrics. Type a fault's number or name here and press Enter,
+or from another terminal run
+  {fault_command} NAME
+and the demo says what happens next and when:
+{faults.menu()}
+By hand, the same:
   1. Stop beat:                kill -STOP {b}      (resume with kill -CONT {b})
      The cache is no longer refreshed; after max_age ({configs.MAX_AGE:g} s):
        taskmedic_stale_rows{{check="tree_status_cache"}} {sample.AGENTS}
@@ -75,6 +82,8 @@ Break something and watch /metrics:
      The timeline it was importing keeps saying 'processing'; after its grace
      ({configs.TIMELINE_GRACE:g} s) and two collections:
        taskmedic_orphan_tasks{{check="timelines",reason="lost"}} 1 (or more)
+     Nobody runs beat's cache refresh either: tree_status_cache goes stale after
+     {configs.MAX_AGE:g} s too, until the worker is back (`demo fault restart-worker`).
   Every finding with its row key and task id:
        {taskmedic} check --config {demo.config.path}
 """
@@ -83,7 +92,8 @@ Break something and watch /metrics:
         if demo.healer_files is not None
         else (
             "\nWith --healer the demo also runs the healer (and Prometheus and Alertmanager when"
-            "\ninstalled) and repairs what you break.\n"
+            "\ninstalled: apt-get install prometheus prometheus-alertmanager on Debian/Ubuntu)"
+            "\nand repairs what you break.\n"
         )
     )
     return text + "\nCtrl-C stops everything the demo started.\n"
@@ -98,9 +108,13 @@ def healer_guide(demo: Demo) -> str:
 The healer runs the demo's rules ({files.rules_file}):
   console        {files.base_url}/   (log in as demo, password in {files.password_file})
   actions        {taskmedic} actions list --config {demo.config.path}
-  stopped beat   -> TaskmedicStaleRows   -> sends demo.update_tree_status_cache to the worker
-  killed worker  -> TaskmedicOrphanTasks -> marks the lost timelines as failed (repair)
-  orphan record  -> TaskmedicOrphanRows  -> waits for your approval in the console
+  killed worker  -> TaskmedicCeleryWorkerDown (~10 s) -> starts the worker again
+                 -> TaskmedicOrphanTasks (~25 s)      -> marks the lost timelines as failed
+  stopped beat   -> TaskmedicStaleRows (~35 s)        -> sends demo.update_tree_status_cache
+  orphan record  -> TaskmedicOrphanRows (~15 s)       -> waits for your approval in the console
+  A killed worker also leaves the cache stale (nobody runs beat's refresh); the worker is
+  restarted first so that the refresh finds it. Were it still down, the refresh would fail
+  after its 20 s wait with "no result within 20s (state PENDING)".
 """
     if demo.prometheus is not None and demo.alertmanager_url:
         text += (
@@ -108,11 +122,15 @@ The healer runs the demo's rules ({files.rules_file}):
             f"  alertmanager   {demo.alertmanager_url}/   (webhook to the healer, bearer token)\n"
         )
     else:
-        text += f"""  Prometheus and Alertmanager are not installed, so no alert arrives by itself.
-  Post one as Alertmanager would:
-    curl -H "Authorization: Bearer $(cat {files.token_file})" \\
-         -H 'Content-Type: application/json' --data @{demo.dir / "sample-alert.json"} \\
-         {files.base_url}/alerts
+        text += (
+            "  --without-prometheus:"
+            if demo.args.without_prometheus
+            else "  No Prometheus and Alertmanager here (Debian/Ubuntu: apt-get install\n"
+            "  prometheus prometheus-alertmanager; the demo uses them when installed), so"
+        )
+        text += """ the demo reads /metrics
+  every 2 s and posts these alerts to the healer itself, as Alertmanager would (a fresh
+  startsAt for each new fault, resolved when it clears).
 """
     return text
 
@@ -128,7 +146,12 @@ def fault_note(demo: Demo, child: Child) -> str | None:
             return (
                 f'{what}: taskmedic_celery_worker_up{{worker="{demo.worker_name}"}} goes 0 '
                 f'within ~5 s; a timeline it was importing becomes an orphan (reason="lost") '
-                f"after {configs.TIMELINE_GRACE:g} s. The demo does not restart it."
+                f"after {configs.TIMELINE_GRACE:g} s. "
+                + (
+                    "The healer starts it again once TaskmedicCeleryWorkerDown fires."
+                    if demo.healer_files is not None
+                    else "`python -m demo fault restart-worker` starts it again."
+                )
             )
         if child is demo.beat:
             return f"{what}: cache rows go stale after {configs.MAX_AGE:g} s"

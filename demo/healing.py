@@ -3,22 +3,27 @@ real Prometheus and Alertmanager closing the loop (alert -> webhook -> remediati
 
 Prometheus evaluates the repository's own alerting rules (rules/prometheus/, `for:` shortened
 to seconds) and Alertmanager calls the healer's webhook with a bearer token from a file, as in
-deploy/alertmanager/alertmanager.yml. Without the two binaries the healer still runs and the
-guide shows how to post an alert by hand.
+deploy/alertmanager/alertmanager.yml. Without the two binaries the demo evaluates the same
+alerts on /metrics and posts them to the healer itself (demo.alerts).
+
+The rules work together: a killed worker also stops the cache refreshes (nobody runs beat's
+task), so the worker is restarted first, within seconds, and the cache refresh that follows
+~30 s later finds a worker to run it; without that it would fail after its 20 s wait with
+"no result within 20s (state PENDING)".
 """
 
 from __future__ import annotations
 
-import json
 import secrets
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from demo import configs
+from demo import configs, leftovers
 
 # The repository's alerting rules; absent from an installed wheel, present for `make demo`.
 SHIPPED_RULES = Path(__file__).resolve().parents[1] / "rules" / "prometheus" / "taskmedic.rules.yml"
@@ -26,6 +31,22 @@ FOR = "5s"
 
 RULES: dict[str, Any] = {
     "rules": [
+        {
+            # The worker is gone: start it again through the running demo (demo.faults).
+            "name": "demo-restart-worker",
+            "match": {"alertname": "TaskmedicCeleryWorkerDown", "cluster": configs.CLUSTER},
+            "cooldown": "10s",
+            "limit": {"count": 5, "per": "1h"},
+            "steps": [
+                {
+                    "name": "start the Celery worker again",
+                    "script": {
+                        "argv": [sys.executable, "-m", "demo", "fault", "restart-worker"],
+                        "timeout": "40s",
+                    },
+                }
+            ],
+        },
         {
             # beat is stopped: run its job once from the healer, through the Celery app.
             "name": "demo-refresh-tree-status",
@@ -104,10 +125,22 @@ def write_healer_files(directory: Path, listen: str) -> HealerFiles:
     rules_file = directory / "healer-rules.yaml"
     rules_file.write_text(
         "# The demo's remediation rules (see rules/healer/ for the packs to copy).\n"
-        + yaml.safe_dump(RULES, sort_keys=False),
+        + yaml.safe_dump(demo_rules(directory), sort_keys=False),
         encoding="utf-8",
     )
     return HealerFiles(token_file, password_file, rules_file, listen)
+
+
+def demo_rules(directory: Path) -> dict[str, Any]:
+    """RULES, with the restart step naming this demo's folder (several demos may run)."""
+    rules: dict[str, Any] = yaml.safe_load(yaml.safe_dump(RULES))
+    for rule in rules["rules"]:
+        for step in rule["steps"]:
+            if "script" in step:
+                # A script step gets a minimal environment: name the demo's state folder.
+                step["script"]["argv"] += ["--dir", str(directory)]
+                step["script"]["env"] = {leftovers.STATE_ENV: str(leftovers.state_dir())}
+    return rules
 
 
 def healer_section(files: HealerFiles, journal_dsn: str) -> dict[str, Any]:
@@ -123,7 +156,8 @@ def healer_section(files: HealerFiles, journal_dsn: str) -> dict[str, Any]:
             ],
         },
         "rules": [str(files.rules_file)],
-        "shutdown_grace": "5s",
+        # The demo stops each child within 2 s: the healer's drain must fit.
+        "shutdown_grace": "1s",
         "approval_timeout": "30m",
     }
 
@@ -191,33 +225,4 @@ def write_alertmanager(directory: Path, files: HealerFiles) -> Path:
     }
     path = directory / "alertmanager.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    return path
-
-
-def sample_alert(directory: Path) -> Path:
-    """A webhook payload as Alertmanager sends it (version 4), to post by hand."""
-    payload = {
-        "version": "4",
-        "groupKey": '{}:{alertname="TaskmedicOrphanRows"}',
-        "truncatedAlerts": 0,
-        "status": "firing",
-        "receiver": "taskmedic-healer",
-        "groupLabels": {"alertname": "TaskmedicOrphanRows"},
-        "commonLabels": {"alertname": "TaskmedicOrphanRows", "check": "records_without_action"},
-        "commonAnnotations": {},
-        "externalURL": "http://127.0.0.1:9093",
-        "alerts": [
-            {
-                "status": "firing",
-                "labels": {"alertname": "TaskmedicOrphanRows", "check": "records_without_action"},
-                "annotations": {"summary": "records_without_action: 1 orphan rows"},
-                "startsAt": "2024-01-01T00:00:00Z",
-                "endsAt": "0001-01-01T00:00:00Z",
-                "generatorURL": "",
-                "fingerprint": "d3m0d3m0d3m0d3m0",
-            }
-        ],
-    }
-    path = directory / "sample-alert.json"
-    path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
     return path

@@ -1,15 +1,19 @@
 """Child processes of the demo, each in its own process group, stopped for certain.
 
 Own process groups keep Ctrl-C in the terminal from reaching Celery before the demo decides
-the order of shutdown, and let the demo end each child with everything it started.
+the order of shutdown, and let the demo end each child with everything it started. On Linux
+each child also gets SIGKILL from the kernel when the demo dies without stopping it (`kill -9`
+of the demo); what outlives that is for the next demo to clean (demo.leftovers).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +28,8 @@ class Child:
     proc: subprocess.Popen[bytes]
     log: Path
     stop_signal: int = signal.SIGTERM
+    # Seconds between the stop signal and SIGKILL, when shorter than stop_all's deadline.
+    stop_wait: float | None = None
     reported: set[str] = field(default_factory=set)
 
     @property
@@ -76,6 +82,18 @@ class Child:
         return "\n".join(text.splitlines()[-lines:])
 
 
+# A stopped demo does not wait for work in flight: each child gets this long after its stop
+# signal, then SIGKILL (the Celery worker would otherwise finish its 20 s import first).
+STOP_DEADLINE = 2.0
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the demo's thread that started us is gone."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
 def spawn(
     name: str,
     argv: Sequence[str],
@@ -84,6 +102,7 @@ def spawn(
     *,
     cwd: Path | None = None,
     stop_signal: int = signal.SIGTERM,
+    stop_wait: float | None = None,
 ) -> Child:
     """Start `argv` in a new session (its own process group), output to `logdir/NAME.log`."""
     logdir.mkdir(parents=True, exist_ok=True)
@@ -97,14 +116,15 @@ def spawn(
             env=dict(env),
             cwd=str(cwd) if cwd else None,
             start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
-    return Child(name, proc, log, stop_signal)
+    return Child(name, proc, log, stop_signal, stop_wait)
 
 
-def stop_all(children: Sequence[Child], timeout: float = 10.0) -> None:
+def stop_all(children: Sequence[Child], timeout: float = STOP_DEADLINE) -> None:
     """Ask every child to stop at once, then wait for each and kill what is left."""
     for child in children:
         child.request_stop()
-    deadline = time.monotonic() + timeout
+    now = time.monotonic()
     for child in children:
-        child.finish_stop(deadline)
+        child.finish_stop(now + min(timeout, child.stop_wait or timeout))

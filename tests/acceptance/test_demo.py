@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -310,3 +313,246 @@ def test_demo_with_healer_routes_its_orphan_record_to_an_approval_and_stops_clea
     left = [name for name, pid in pids.items() if alive(pid)]
     assert not left, f"still running after Ctrl-C: {left}\n{run.output()}"
     assert not processes_using(run.dir)
+
+
+# --- in a terminal, piped through tee: Ctrl-C, SIGHUP, kill -9 then another demo -------------
+
+TMUX = shutil.which("tmux")
+
+
+@dataclass
+class TerminalDemo:
+    """A demo run by a user in a terminal: `python -m demo ARGS 2>&1 | tee LOG` in a tmux pane."""
+
+    tmux: list[str]
+    session: str
+    log: Path
+    state: Path
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def state_file(self) -> dict[str, Any]:
+        """The running demo's state file (which pids and folder it owns), once it is ready."""
+        for path in self.state.glob("*.json"):
+            data: dict[str, Any] = json.loads(path.read_text())
+            if data.get("ready") and path.stem == str(data["pid"]):
+                return data
+        return {}
+
+    def keys(self, *keys: str) -> None:
+        subprocess.run([*self.tmux, "send-keys", "-t", self.session, *keys], check=True)
+
+
+@pytest.fixture
+def terminal(tmp_path: Path) -> Iterator[Any]:
+    """Start demos in panes of a private tmux server; the server is killed at the end."""
+    need_or_skip(TMUX is not None, "tmux")
+    assert TMUX is not None
+    tmux = [TMUX, "-L", f"taskmedic-demo-{uuid.uuid4().hex[:8]}", "-f", "/dev/null"]
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    started: list[TerminalDemo] = []
+
+    def start(*args: str) -> TerminalDemo:
+        name = f"demo{len(started)}"
+        log = tmp_path / f"{name}.log"
+        demo = [sys.executable, "-m", "demo", "--listen", f"127.0.0.1:{free_port()}", *args]
+        command = (
+            f"cd {shlex.quote(str(ROOT))} && TASKMEDIC_DEMO_STATE={shlex.quote(str(state))} "
+            f"{shlex.join(demo)} 2>&1 | tee {shlex.quote(str(log))}"
+        )
+        subprocess.run(
+            [*tmux, "new-session", "-d", "-s", name, "-x", "160", "-y", "48", command],
+            check=True,
+        )
+        run = TerminalDemo(tmux, name, log, state)
+        started.append(run)
+        return run
+
+    yield start
+    subprocess.run([*tmux, "kill-server"], capture_output=True)
+    # A demo a failed test left running is ended by a last demo's clean-up pass.
+    for leftover in state.glob("*.json"):
+        data = json.loads(leftover.read_text())
+        if alive(data["pid"]):
+            os.kill(data["pid"], signal.SIGKILL)
+    if any(state.glob("*.json")):
+        subprocess.run(
+            [sys.executable, "-c", "from demo.leftovers import clean_leftovers; clean_leftovers()"],
+            env={**os.environ, "TASKMEDIC_DEMO_STATE": str(state)},
+            cwd=ROOT,
+            check=False,
+        )
+
+
+def ready_state(run: TerminalDemo) -> dict[str, Any]:
+    data: dict[str, Any] = wait_for(
+        run.state_file, timeout=150, interval=0.2, what=f"{run.session} ready"
+    )
+    wait_for(lambda: "taskmedic-demo ready" in run.text(), timeout=10, what="the ready line")
+    return data
+
+
+def owned_pids(data: dict[str, Any]) -> list[int]:
+    """The demo itself and every process its state file records."""
+    return [int(data["pid"]), *(int(pid) for pid, _ in data["processes"].values())]
+
+
+def assert_nothing_left(data: dict[str, Any], run: TerminalDemo) -> None:
+    """Within a deadline: no process of the demo, its folders gone, its state file gone."""
+    folders = [Path(data["dir"]), *(Path(d) for d in data["dirs"])]
+
+    def gone() -> bool:
+        return (
+            not any(alive(pid) for pid in owned_pids(data))
+            and not any(f.exists() for f in folders)
+            and not any(processes_using(f) for f in folders)
+            and not (run.state / f"{data['pid']}.json").exists()
+        )
+
+    try:
+        wait_for(gone, timeout=30, interval=0.2, what="the demo and all it started gone")
+    except AssertionError:
+        left = [p for p in owned_pids(data) if alive(p)]
+        using = [u for f in folders for u in processes_using(f)]
+        raise AssertionError(
+            f"left behind: pids {left}, processes {using}, "
+            f"folders {[str(f) for f in folders if f.exists()]}\n{run.text()}"
+        ) from None
+
+
+@pytest.mark.timeout(240)
+def test_ctrl_c_on_a_demo_piped_through_tee_stops_everything_although_tee_dies_first(
+    tmp_path: Path, terminal: Any
+) -> None:
+    """`python -m demo --healer 2>&1 | tee log` and Ctrl-C: the terminal's SIGINT reaches tee
+    too, so every later message of the demo hits a closed pipe; the demo still stops its
+    worker, beat, exporter, healer, Redis and PostgreSQL and removes its folder."""
+    run = terminal("--healer", "--healer-listen", f"127.0.0.1:{free_port()}")
+    data = ready_state(run)
+    assert {"postgres", "redis"} <= set(data["processes"])
+    assert any(name.startswith("healer-") for name in data["processes"])
+    run.keys("C-c")
+    assert_nothing_left(data, run)
+
+
+@pytest.mark.timeout(240)
+def test_closing_the_demos_terminal_stops_everything(tmp_path: Path, terminal: Any) -> None:
+    """A fault typed in the demo's terminal (`3`, stop-beat) suspends beat; then the terminal
+    closes (SIGHUP to the demo and tee): nothing keeps running, suspended beat included, and
+    nothing is left on disk."""
+    run = terminal()
+    data = ready_state(run)
+    beat = next(int(pid) for name, (pid, _) in data["processes"].items() if name.startswith("beat"))
+    run.keys("3", "Enter")
+    wait_for(lambda: "suspended celery beat" in run.text(), timeout=20, what="the fault's reply")
+    wait_for(lambda: "is suspended" in run.text(), timeout=20, what="the demo noticing")
+    with open(f"/proc/{beat}/stat", encoding="ascii") as f:
+        assert f.read().rsplit(")", 1)[1].split()[0] in ("T", "t"), "beat is not suspended"
+    subprocess.run([*run.tmux, "kill-session", "-t", run.session], check=True)
+    assert_nothing_left(data, run)
+
+
+@pytest.mark.timeout(300)
+def test_a_second_demo_cleans_up_what_a_killed_demo_left_behind(
+    tmp_path: Path, terminal: Any
+) -> None:
+    """`kill -9` of the demo leaves its PostgreSQL and Redis (daemons) and its folder; the next
+    demo stops those processes and removes the folder before it starts, then stops clean."""
+    first = terminal()
+    data = ready_state(first)
+    os.kill(int(data["pid"]), signal.SIGKILL)
+    wait_for(lambda: not alive(int(data["pid"])), timeout=10, what="the demo killed")
+    postgres, redis = (int(data["processes"][n][0]) for n in ("postgres", "redis"))
+    assert alive(postgres)
+    assert alive(redis)
+    assert Path(data["dir"]).exists()
+
+    second = terminal()
+    wait_for(
+        lambda: "cleaned up after an earlier demo" in second.text(),
+        timeout=60,
+        what="the second demo's clean-up",
+    )
+    assert_nothing_left(data, first)
+    again = ready_state(second)
+    assert again["pid"] != data["pid"]
+    second.keys("C-c")
+    assert_nothing_left(again, second)
+
+
+def healer_actions(info: dict[str, str], token: str, rule: str) -> list[dict[str, Any]]:
+    req = urllib.request.Request(  # noqa: S310 - the demo's own healer
+        f"{info['healer']}api/actions?rule={rule}",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310
+        items: list[dict[str, Any]] = json.load(resp)["items"]
+    return items
+
+
+@pytest.mark.timeout(300)
+def test_a_fault_command_is_healed_by_an_alert_the_demo_fires_itself_each_time(
+    tmp_path: Path, demos: list[DemoRun]
+) -> None:
+    """Without Prometheus: `python -m demo fault kill-worker` kills the worker and says what
+    comes next; the demo fires TaskmedicCeleryWorkerDown at the healer, whose rule starts the
+    worker again. A second kill is a new alert (fresh startsAt), so it is healed again."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    env = {"TASKMEDIC_DEMO_STATE": str(state)}
+    run = start_demo(
+        tmp_path,
+        "--healer",
+        "--without-prometheus",
+        "--listen",
+        f"127.0.0.1:{free_port()}",
+        "--healer-listen",
+        f"127.0.0.1:{free_port()}",
+        "--run-for",
+        "280",
+        env=env,
+    )
+    demos.append(run)
+    info = wait_for(run.ready, timeout=150, interval=0.2, what="the demo's ready line")
+    token = (run.dir / "healer-token").read_text().strip()
+    worker = info["worker"]
+
+    def worker_up() -> float | None:
+        return value(
+            scrape(info["metrics"]), "taskmedic_celery_worker_up", cluster="demo", worker=worker
+        )
+
+    def restarts() -> list[dict[str, Any]]:
+        items = healer_actions(info, token, "demo-restart-worker")
+        return [i for i in items if i["state"] == "succeeded"]
+
+    wait_for(lambda: worker_up() == 1, timeout=30, interval=0.5, what="the worker seen alive")
+    for round_ in (1, 2):
+        out = subprocess.run(
+            [sys.executable, "-m", "demo", "fault", "kill-worker", "--dir", str(run.dir)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, **env},
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "killed the Celery worker" in out.stdout
+        assert "restarts the worker" in out.stdout  # what the healer will do next
+        wait_for(
+            lambda: len(restarts()) >= round_,  # noqa: B023 - called before round_ changes
+            timeout=90,
+            interval=1,
+            what=f"restart {round_} of the worker by the healer",
+        )
+        wait_for(lambda: worker_up() == 1, timeout=30, interval=0.5, what="the worker back")
+    assert run.said("fired TaskmedicCeleryWorkerDown")
+    alerts = [a["alert"]["starts_at"] for a in restarts()]
+    assert len(set(alerts)) == 2, alerts
+
+    os.kill(run.proc.pid, signal.SIGINT)
+    assert run.proc.wait(timeout=60) == 0, run.output()
+    assert not processes_using(run.dir)
+    assert not list(state.glob("*.json"))
