@@ -52,7 +52,7 @@ COUNTS = (
         load_alerts=1_500,
         load_seconds=10.0,
         load_repeats=2,
-        outage_seconds=8.0,
+        outage_seconds=5.0,
     )
 )
 
