@@ -49,8 +49,8 @@ COUNTS = (
     else Counts(
         kill_rounds=8,
         fuzz_requests=1_000,
-        load_alerts=1_500,
-        load_seconds=10.0,
+        load_alerts=1_000,
+        load_seconds=6.0,
         load_repeats=2,
         outage_seconds=5.0,
     )
