@@ -17,23 +17,18 @@ import contextlib
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
-import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.services import ROOT, free_port, need_or_skip, reachable, wait_for
-from tests.support.exporter_helpers import parse_metrics, value
-from tests.support.faults import COUNTS, report
-from tests.support.orphan_tasks import add_row, config_data
+from tests.services import free_port, need_or_skip, reachable, wait_for
+from tests.support.faults import COUNTS, Scraper, report
+from tests.support.orphan_tasks import add_row
 from tests.support.rabbitmq import AMQP_URL
 
 
@@ -127,69 +122,6 @@ class CuttableRelay:
             dst.shutdown(socket.SHUT_WR)
 
 
-class Scraper:
-    """Scrapes /metrics 5 times a second in a thread; keeps (check_up, lost, finished)."""
-
-    def __init__(self, port: int) -> None:
-        self.url = f"http://127.0.0.1:{port}/metrics"
-        self.seen: list[tuple[float | None, float | None, float | None]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            try:
-                with urllib.request.urlopen(self.url, timeout=5) as resp:  # noqa: S310
-                    m = parse_metrics(resp.read().decode())
-            except OSError:
-                continue
-            self.seen.append(
-                (
-                    value(m, "taskmedic_check_up", check="timelines"),
-                    value(m, "taskmedic_orphan_tasks", check="timelines", reason="lost"),
-                    value(m, "taskmedic_orphan_tasks", check="timelines", reason="finished"),
-                )
-            )
-
-    def last(self) -> tuple[float | None, float | None, float | None] | None:
-        return self.seen[-1] if self.seen else None
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-
-@pytest.fixture
-def exporter_for(timeline: str, tmp_path: Path) -> Iterator[Any]:
-    """`exporter_for(broker, backend, queues)` starts `taskmedic exporter` (stopped after)."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(broker: str, backend: str | None, queues: list[str]) -> tuple[int, Path]:
-        port = free_port()
-        add_row(timeline, 1, str(uuid.uuid4()))  # the one true orphan: nobody knows its id
-        data = config_data(timeline, broker, grace="1s", listen=f"127.0.0.1:{port}")
-        data["celery"]["main"].update(backend=backend, queues=queues)
-        path = tmp_path / "taskmedic.yaml"
-        path.write_text(yaml.safe_dump(data))
-        log = tmp_path / "exporter.log"
-        with log.open("wb") as out:
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "healer.cli", "exporter", "--config", str(path)],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    cwd=str(ROOT),
-                )
-            )
-        return port, log
-
-    yield start
-    for p in procs:
-        p.kill()
-        p.wait(timeout=10)
-
-
 def _outage(scraper: Scraper, log: Path, cut: Any, restore: Any, rounds: int) -> dict[str, Any]:
     """Cut and restore the broker `rounds` times; returns the figures of the scenario."""
 
@@ -220,10 +152,13 @@ ROUNDS = 3 if COUNTS.kill_rounds > 100 else 1
 
 
 @pytest.mark.timeout(300)
-def test_redis_stopped_and_started_under_the_exporter(exporter_for: Any, tmp_path: Path) -> None:
+def test_redis_stopped_and_started_under_the_exporter(
+    exporter_for: Any, timeline: str, tmp_path: Path
+) -> None:
     need_or_skip(shutil.which("redis-server") is not None, "redis-server")
     redis = OwnRedis(tmp_path)
     redis.start()
+    add_row(timeline, 1, str(uuid.uuid4()))  # the one true orphan: nobody knows its id
     try:
         port, log = exporter_for(redis.url, redis.url, ["celery"])
         figures = _outage(Scraper(port), log, redis.kill, redis.start, ROUNDS)
@@ -236,11 +171,12 @@ def test_redis_stopped_and_started_under_the_exporter(exporter_for: Any, tmp_pat
 
 @pytest.mark.timeout(300)
 def test_rabbitmq_cut_and_restored_under_the_exporter(
-    exporter_for: Any, amqp_url: str, queue: str
+    exporter_for: Any, timeline: str, amqp_url: str, queue: str
 ) -> None:
     host_port = amqp_url.split("@", 1)[1].split("/", 1)[0]
     relay = CuttableRelay("127.0.0.1", int(host_port.rsplit(":", 1)[1]))
     broker = AMQP_URL.replace(host_port, f"127.0.0.1:{relay.port}")
+    add_row(timeline, 1, str(uuid.uuid4()))  # the one true orphan: nobody knows its id
     try:
         port, log = exporter_for(broker, None, [queue])
         figures = _outage(Scraper(port), log, relay.cut, relay.restore, ROUNDS)

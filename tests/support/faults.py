@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.services import free_port, start_healer_process
+from tests.support.exporter_helpers import parse_metrics, value
 from tests.support.ingest_helpers import AUTH
 
 FULL = os.environ.get("TASKMEDIC_FAULTS", "") == "full"
@@ -170,3 +171,36 @@ class Sender:
                     self.failed.append(f"{fingerprints}: no 200 within {self.give_up}s")
                 return
             time.sleep(0.1)
+
+
+class Scraper:
+    """Scrapes /metrics 5 times a second in a thread; keeps (check_up, lost, finished)."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.seen: list[tuple[float | None, float | None, float | None]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as resp:  # noqa: S310
+                    m = parse_metrics(resp.read().decode())
+            except OSError:
+                continue
+            self.seen.append(
+                (
+                    value(m, "taskmedic_check_up", check="timelines"),
+                    value(m, "taskmedic_orphan_tasks", check="timelines", reason="lost"),
+                    value(m, "taskmedic_orphan_tasks", check="timelines", reason="finished"),
+                )
+            )
+
+    def last(self) -> tuple[float | None, float | None, float | None] | None:
+        return self.seen[-1] if self.seen else None
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
