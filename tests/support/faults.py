@@ -35,6 +35,7 @@ class Counts:
     load_seconds: float
     load_repeats: int
     outage_seconds: float
+    race_tasks: int
 
 
 COUNTS = (
@@ -45,6 +46,7 @@ COUNTS = (
         load_seconds=60.0,
         load_repeats=3,
         outage_seconds=30.0,
+        race_tasks=1_000,
     )
     if FULL
     else Counts(
@@ -54,6 +56,7 @@ COUNTS = (
         load_seconds=6.0,
         load_repeats=2,
         outage_seconds=5.0,
+        race_tasks=200,
     )
 )
 
@@ -176,6 +179,8 @@ class Sender:
 class Scraper:
     """Scrapes /metrics 5 times a second in a thread; keeps (check_up, lost, finished)."""
 
+    EVERY = 0.2
+
     def __init__(self, port: int) -> None:
         self.url = f"http://127.0.0.1:{port}/metrics"
         self.seen: list[tuple[float | None, float | None, float | None]] = []
@@ -184,7 +189,7 @@ class Scraper:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(0.2):
+        while not self._stop.wait(self.EVERY):
             try:
                 with urllib.request.urlopen(self.url, timeout=5) as resp:  # noqa: S310
                     m = parse_metrics(resp.read().decode())
