@@ -44,9 +44,7 @@ def test_every_route_is_in_the_document_and_every_path_is_a_route(
     assert documented - served == set(), "paths in healer/openapi.yaml that no route serves"
 
 
-def test_the_document_is_valid_openapi_and_its_webhook_schema_takes_alertmanagers_payload() -> (
-    None
-):
+def test_the_document_is_valid_openapi_and_its_webhook_schema_takes_alertmanagers_payload() -> None:
     doc = document()
     assert doc["openapi"].startswith("3.1")
     schema = {
