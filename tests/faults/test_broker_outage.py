@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from tests.services import free_port, need_or_skip, reachable, wait_for
-from tests.support.faults import COUNTS, Scraper, report
+from tests.support.faults import FULL, Scraper, report
 from tests.support.orphan_tasks import add_row
 from tests.support.rabbitmq import AMQP_URL
 
@@ -148,7 +148,7 @@ def _outage(scraper: Scraper, log: Path, cut: Any, restore: Any, rounds: int) ->
     }
 
 
-ROUNDS = 3 if COUNTS.kill_rounds > 100 else 1
+ROUNDS = 3 if FULL else 1  # outages per broker
 
 
 @pytest.mark.timeout(300)

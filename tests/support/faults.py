@@ -52,11 +52,11 @@ COUNTS = (
     else Counts(
         kill_rounds=8,
         fuzz_requests=1_000,
-        load_alerts=1_000,
-        load_seconds=6.0,
+        load_alerts=600,
+        load_seconds=4.0,
         load_repeats=2,
-        outage_seconds=5.0,
-        race_tasks=200,
+        outage_seconds=3.0,
+        race_tasks=100,
     )
 )
 
