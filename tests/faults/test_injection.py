@@ -1,7 +1,7 @@
-"""An injection corpus through labels and annotations into the script, sql and http steps of a
-real healer: every value arrives as the bytes it was, nothing is interpreted (no shell, no
-template, no path), and nothing is written anywhere but the journal and the step's own
-targets.
+"""An injection corpus through labels and annotations into the script, sql, celery and http
+steps of a real healer: every value arrives as the bytes it was, nothing is interpreted (no
+shell, no template, no path), and nothing is written anywhere but the journal and the step's
+own targets.
 
 Each value goes out as label `v` and annotation `a` of one alert; three rules take it, one per
 step kind, through a declared parameter that accepts anything. A value with NUL is refused
@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.services import wait_for
+from tests.services import Worker, start_worker, wait_for
 from tests.support.faults import RestartableHealer, post, report
 from tests.support.ingest_helpers import payload, rows, with_alert, write_config
 
@@ -86,6 +86,18 @@ rules:
           database: target
           query: "INSERT INTO inj (i, v) VALUES (%(i)s::int, %(v)s)"
           params: {{i: "{{{{ params.i }}}}", v: "{{{{ params.v }}}}"}}
+  - name: inject-celery
+    match: {{alertname: Injection}}
+    params:
+      i: {{label: i, pattern: '[0-9]+'}}
+      v: {{label: v, pattern: '(?s).*'}}
+    steps:
+      - name: celery
+        celery:
+          app: main
+          task: tests.touch
+          args: ["{out}/celery-{{{{ params.i }}}}.txt", "{{{{ params.v }}}}"]
+          wait: 60s
   - name: inject-http
     match: {{alertname: Injection}}
     params:
@@ -139,12 +151,55 @@ def _files(top: Path) -> set[Path]:
     return {p for p in top.rglob("*") if p.is_file()}
 
 
+def _arrived(
+    i: int,
+    v: str,
+    status: int,
+    outcome: dict[tuple[int, str], tuple[str, str]],
+    out: Path,
+    stored: dict[int, str],
+    http_body: Any,
+) -> list[tuple[Any, ...]]:
+    """What went wrong with value `v` (number `i`) in each step kind; [] when nothing did."""
+    if "\x00" in v:
+        ok = status == 400 and not any(k[0] == i for k in outcome)
+        return [] if ok else [(i, "a NUL was recorded", status)]
+    if status != 200:
+        return [(i, "not taken", status)]
+    wrong: list[tuple[Any, ...]] = []
+    written = out / f"{i}.json"
+    if len(v.encode()) > ARG_MAX_STRING:
+        state, reason = outcome[(i, "inject-script")]
+        if state != "failed" or written.exists():
+            wrong.append((i, "an oversized argument ran", state, reason))
+    elif not written.exists() or json.loads(written.read_bytes()) != {
+        "argv": [v, v],
+        "env": v,
+        "stdin": [v, v],
+    }:
+        wrong.append((i, "script", outcome.get((i, "inject-script"))))
+    if stored.get(i) != v:
+        wrong.append((i, "sql", outcome.get((i, "inject-sql"))))
+    sent = out / f"celery-{i}.txt"
+    if not sent.exists() or sent.read_bytes().decode() != v + "\n":
+        wrong.append((i, "celery", outcome.get((i, "inject-celery"))))
+    if http_body != {"v": v}:
+        wrong.append((i, "http", outcome.get((i, "inject-http"))))
+    return wrong
+
+
 @pytest.mark.timeout(300)
 def test_an_injection_corpus_through_labels_reaches_every_step_verbatim_and_uninterpreted(
-    journal_dsn: str, pg_dsn: str, tmp_path: Path, echo: Echo
+    journal_dsn: str,
+    pg_dsn: str,
+    tmp_path: Path,
+    echo: Echo,
+    broker_url: str,
+    workers: list[Worker],
 ) -> None:
     out = tmp_path / "out"
     out.mkdir()
+    workers.append(start_worker(broker_url, tmp_path))
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE inj (i int PRIMARY KEY, v text NOT NULL)")
     rules = RULES.format(py=sys.executable, script=SCRIPT, out=out, port=echo.server_address[1])
@@ -153,7 +208,10 @@ def test_an_injection_corpus_through_labels_reaches_every_step_verbatim_and_unin
         journal_dsn,
         rules=rules,
         healer={"max_body": "8MiB"},
-        top={"databases": {"target": {"dsn": pg_dsn}}},
+        top={
+            "databases": {"target": {"dsn": pg_dsn}},
+            "celery": {"main": {"broker": broker_url, "backend": broker_url}},
+        },
     )
     healer = RestartableHealer(config, tmp_path / "healer.log")
     healer.start()
@@ -185,33 +243,18 @@ def test_an_injection_corpus_through_labels_reaches_every_step_verbatim_and_unin
         )
     }
     stored = dict(rows(pg_dsn, "SELECT i, v FROM inj"))
-    wrong: list[tuple[Any, ...]] = []
-    for i, v in enumerate(values):
-        if "\x00" in v:
-            if statuses[i] != 400 or any(k[0] == i for k in outcome):
-                wrong.append((i, "a NUL was recorded", statuses[i]))
-            continue
-        if statuses[i] != 200:
-            wrong.append((i, "not taken", statuses[i]))
-            continue
-        written = out / f"{i}.json"
-        if len(v.encode()) > ARG_MAX_STRING:
-            state, reason = outcome[(i, "inject-script")]
-            if state != "failed" or written.exists():
-                wrong.append((i, "an oversized argument ran", state, reason))
-        elif not written.exists() or json.loads(written.read_text()) != {
-            "argv": [v, v],
-            "env": v,
-            "stdin": [v, v],
-        }:
-            wrong.append((i, "script", outcome.get((i, "inject-script"))))
-        if stored.get(i) != v:
-            wrong.append((i, "sql", outcome.get((i, "inject-sql"))))
-        if echo.bodies.get(i) != {"v": v}:
-            wrong.append((i, "http", outcome.get((i, "inject-http"))))
-    expected_outputs = {out / f"{i}.json" for i in range(len(values))}
+    wrong = [
+        w
+        for i, v in enumerate(values)
+        for w in _arrived(i, v, statuses[i], outcome, out, stored, echo.bodies.get(i))
+    ]
+    expected_outputs = {
+        out / f"{n}{i}.{x}"
+        for i in range(len(values))
+        for n, x in (("", "json"), ("celery-", "txt"))
+    }
     stray = {p for p in _files(tmp_path) - before if p not in expected_outputs}
-    stray = {p for p in stray if p.name != "healer.log"}
+    stray = {p for p in stray if not p.name.endswith(".log")}
     report(
         "injection corpus",
         values=len(values),
