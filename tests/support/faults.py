@@ -50,7 +50,7 @@ COUNTS = (
     )
     if FULL
     else Counts(
-        kill_rounds=8,
+        kill_rounds=4,
         fuzz_requests=1_000,
         load_alerts=600,
         load_seconds=4.0,
