@@ -109,7 +109,11 @@ def _schemathesis(h: RestartableHealer, tally: Tally, budget: int) -> None:
     while tally.sent < target and rounds < 50:
         rounds += 1
         for op in operations:
-            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            raw = op.definition.raw
+            # An operation without parameters or a body has no invalid request to make.
+            negative = bool(raw.get("parameters") or raw.get("requestBody"))
+            modes = [GenerationMode.POSITIVE] + ([GenerationMode.NEGATIVE] if negative else [])
+            for mode in modes:
                 left = target - tally.sent
                 if left <= 0:
                     return
@@ -143,7 +147,7 @@ def _schemathesis(h: RestartableHealer, tally: Tally, budget: int) -> None:
                         return
                     tally.saw(resp.status_code, what)
 
-                # An operation without parameters has no invalid request to make.
+                # Some parameter schemas leave nothing invalid to generate either.
                 with contextlib.suppress(Unsatisfiable):
                     run()
 
