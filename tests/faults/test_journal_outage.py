@@ -80,7 +80,6 @@ def _check(
         **figures,
     )
     assert set(counts) <= {200, 503}, healer.output()[-3000:]
-    assert counts[503] > 0, "the outage was never seen: the test did not test anything"
     assert acked - recorded == set()
     assert healer.starts == 1, "the healer was started again"
     assert healer.proc is not None
@@ -144,6 +143,8 @@ def test_a_restarted_postgresql_costs_503s_only_and_the_healer_recovers_by_itsel
                 restarts += 1
                 _serves_again(healer)
         _check("postgresql restarted", traffic, dsn, healer, restarts=restarts)
+        # Down longer than connect_timeout: some alert must have met it.
+        assert traffic.count()[503] > 0, "the outage was never seen"
     finally:
         healer.stop()
 
@@ -174,5 +175,8 @@ def test_killed_journal_connections_cost_503s_only_and_the_healer_recovers_by_it
                 terminated += killed[0] if killed else 0
         _serves_again(healer)
         _check("pg_terminate_backend", traffic, journal_dsn, healer, terminated=terminated)
+        # A connection killed while idle is replaced before use and costs no 503, so the
+        # number of 503s is up to chance; that connections were killed is not.
+        assert terminated > 0
     finally:
         healer.stop()

@@ -177,13 +177,15 @@ class Sender:
 
 
 class Scraper:
-    """Scrapes /metrics 5 times a second in a thread; keeps (check_up, lost, finished)."""
+    """Scrapes /metrics 5 times a second in a thread; keeps (check_up, lost, finished) of the
+    check `timelines`, and how long each of its collections took."""
 
     EVERY = 0.2
 
     def __init__(self, port: int) -> None:
         self.url = f"http://127.0.0.1:{port}/metrics"
         self.seen: list[tuple[float | None, float | None, float | None]] = []
+        self.durations: list[float] = []  # taskmedic_check_duration_seconds, every scrape
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -195,6 +197,9 @@ class Scraper:
                     m = parse_metrics(resp.read().decode())
             except OSError:
                 continue
+            took = value(m, "taskmedic_check_duration_seconds", check="timelines")
+            if took is not None:
+                self.durations.append(took)
             self.seen.append(
                 (
                     value(m, "taskmedic_check_up", check="timelines"),
