@@ -1,12 +1,14 @@
-"""An injection corpus through labels and annotations into the script, sql, celery and http
-steps of a real healer: every value arrives as the bytes it was, nothing is interpreted (no
-shell, no template, no path), and nothing is written anywhere but the journal and the step's
-own targets.
+"""An injection corpus through labels and annotations into the script, sql, celery, http and
+verify steps of a real healer: every value arrives as the bytes it was, nothing is
+interpreted (no shell, no template, no path), and nothing is written anywhere but the journal
+and the step's own targets.
 
-Each value goes out as label `v` and annotation `a` of one alert; three rules take it, one per
-step kind, through a declared parameter that accepts anything. A value with NUL is refused
-at the door (400, nothing recorded); one larger than the kernel's limit for one argument or
-environment string (128 KiB) cannot start a script, and that step fails saying so.
+Each value goes out as label `v` and annotation `a` of one alert; a rule per step kind takes
+it through a declared parameter that accepts anything (the repair step is left out: what it
+changes comes from its check, and a label reaches it only as an SQL parameter, as in `sql`).
+A value with NUL is refused at the door (400, nothing recorded); one larger than the kernel's
+limit for one argument or environment string (128 KiB) cannot start a script, and that step
+fails saying so.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
 from tests.services import Worker, start_worker, wait_for
 from tests.support.faults import RestartableHealer, post, report
@@ -98,6 +101,19 @@ rules:
           task: tests.touch
           args: ["{out}/celery-{{{{ params.i }}}}.txt", "{{{{ params.v }}}}"]
           wait: 60s
+  - name: inject-verify
+    match: {{alertname: Injection}}
+    params:
+      v: {{label: v, pattern: '(?s).*'}}
+    steps:
+      - name: verify
+        verify:
+          series: taskmedic_injected
+          labels: {{v: "{{{{ params.v }}}}"}}
+          equals: 1
+          within: 30s
+          interval: 0.5s
+          url: "http://127.0.0.1:{port}/metrics"
   - name: inject-http
     match: {{alertname: Injection}}
     params:
@@ -121,6 +137,7 @@ SCRIPT = (
 
 class Echo(ThreadingHTTPServer):
     bodies: dict[int, Any]
+    metrics: bytes  # taskmedic_injected{v=<each value>} 1, as an exporter would show it
 
 
 class EchoHandler(BaseHTTPRequestHandler):
@@ -133,6 +150,13 @@ class EchoHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.send_header("Content-Length", str(len(self.server.metrics)))
+        self.end_headers()
+        self.wfile.write(self.server.metrics)
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
@@ -141,6 +165,12 @@ class EchoHandler(BaseHTTPRequestHandler):
 def echo() -> Iterator[Echo]:
     server = Echo(("127.0.0.1", 0), EchoHandler)
     server.bodies = {}
+    registry = CollectorRegistry()
+    gauge = Gauge("taskmedic_injected", "one per corpus value", ["v"], registry=registry)
+    for v in corpus():
+        if "\x00" not in v:
+            gauge.labels(v=v).set(1)
+    server.metrics = generate_latest(registry)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server
     server.shutdown()
@@ -183,6 +213,8 @@ def _arrived(
     sent = out / f"celery-{i}.txt"
     if not sent.exists() or sent.read_bytes().decode() != v + "\n":
         wrong.append((i, "celery", outcome.get((i, "inject-celery"))))
+    if outcome.get((i, "inject-verify"), ("",))[0] != "succeeded":
+        wrong.append((i, "verify", outcome.get((i, "inject-verify"))))
     if http_body != {"v": v}:
         wrong.append((i, "http", outcome.get((i, "inject-http"))))
     return wrong
