@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: venv demo test unit lint bench clean
+.PHONY: venv demo test unit lint faults bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ test: lint
 # The unit tier alone: pure Python, no service, no process; well under 30 s.
 unit: venv
 	@$(PYTEST) tests/unit $(PYTEST_ARGS); $(NONE_COLLECTED)
+
+# The fault, load and fuzz scenarios at their full counts (200 kill rounds, 10,000 alerts in
+# 60 s, 10,000 generated requests); `make test` runs the same files with small counts.
+faults: venv
+	@TASKMEDIC_FAULTS=full $(PYTEST) tests/faults -m faults -p no:randomly -s $(PYTEST_ARGS); $(NONE_COLLECTED)
 
 # query-exporter, the peer the exporter benchmark compares against, lives in its own venv so
 # its dependencies never mix with ours.

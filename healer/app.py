@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from exporter.base.errors import ConfigError
 from exporter.base.types import split_listen
-from healer import api, appkeys, console, log_api, retention
+from healer import api, appkeys, console, log_api, openapi, retention
 from healer.auth import Authenticator, auth_middleware
 from healer.config import HealerConfig, check_serving_auth
 from healer.errors import JournalUnavailable
@@ -172,6 +172,7 @@ def create_app(
         ]
     )
     api.setup(app)
+    openapi.setup(app)
     log_api.setup(app)
     retention.setup(app)  # the hourly log prune runs wherever the log is served
     console.setup(app)

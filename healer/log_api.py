@@ -88,9 +88,11 @@ class LogFilter:
         )
 
 
-def _nonneg_int(value: str, what: str) -> int:
-    if not (value.isascii() and value.isdigit()) or len(value) > 18:
-        raise web.HTTPBadRequest(text=f"{what}: expected a non-negative integer, got {value!r}")
+def _nonneg_int(value: str, what: str, maximum: int = 10**18 - 1) -> int:
+    if not (value.isascii() and value.isdigit()) or len(value) > 18 or int(value) > maximum:
+        raise web.HTTPBadRequest(
+            text=f"{what}: expected an integer from 0 to {maximum}, got {value[:40]!r}"
+        )
     return int(value)
 
 
@@ -101,7 +103,8 @@ def _filter(request: web.Request) -> LogFilter:
             text=f"stream: expected one of {', '.join(sorted(STREAMS))}, got {stream!r}"
         )
     step_s = request.query.get("step")
-    step = _nonneg_int(step_s, "step") if step_s else None
+    # A step index is an integer column in the journal.
+    step = _nonneg_int(step_s, "step", 2**31 - 1) if step_s else None
     return LogFilter(stream, step)
 
 

@@ -19,11 +19,11 @@ surrogate; an integer beyond 64 bits becomes a double.
 from __future__ import annotations
 
 import re
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from exporter.base.errors import TaskmedicError
 
@@ -49,12 +49,24 @@ class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
 
+def _in_utc(value: datetime) -> datetime:
+    """The same moment in UTC: RFC 3339 allows offsets up to ±23:59, PostgreSQL takes only
+    ±15:59, and a time the journal refuses would be a 500 for client input."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the time is outside years 1-9999 in UTC") from None
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+
+
 class Alert(_Lenient):
     status: Literal["firing", "resolved"]
     labels: dict[str, str]
     annotations: dict[str, str] = Field(default_factory=dict)
-    starts_at: AwareDatetime = Field(alias="startsAt")
-    ends_at: AwareDatetime | None = Field(default=None, alias="endsAt")
+    starts_at: UtcDatetime = Field(alias="startsAt")
+    ends_at: UtcDatetime | None = Field(default=None, alias="endsAt")
     generator_url: str = Field(default="", alias="generatorURL")
     fingerprint: str = Field(min_length=1, max_length=256)
 

@@ -368,15 +368,21 @@ def free_port() -> int:
 
 
 def start_healer_process(
-    config: Path, log: Path, *, timeout: float = 60.0, env: dict[str, str] | None = None
+    config: Path,
+    log: Path,
+    *,
+    timeout: float = 60.0,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """Start a real `taskmedic healer --config F` on a free loopback port (in its own process
-    group) and wait until its /readyz answers 200; the process is killed if it never does.
-    `env` is added to (or replaces parts of) the test's own environment."""
+    """Start a real `taskmedic healer --config F` on a free loopback port (or `port`: a
+    restarted healer keeps its address) in its own process group, and wait until its /readyz
+    answers 200; the process is killed if it never does. `env` is added to (or replaces parts
+    of) the test's own environment."""
     import urllib.request
 
-    port = free_port()
-    with log.open("wb") as out:
+    port = port or free_port()
+    with log.open("ab") as out:
         proc = subprocess.Popen(
             [
                 *(sys.executable, "-m", "healer.cli", "healer"),

@@ -9,6 +9,7 @@ across files, and, given the config, that named databases, Celery apps and check
 from __future__ import annotations
 
 import glob
+import hashlib
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,9 @@ from healer.config import HealerConfig
 from healer.plan import canonical_json
 from healer.rules.models import Rule, RulesFile, StepRule
 from healer.rules.planning import ENV
+
+# Targets longer than this (bytes of canonical JSON) are kept as their SHA-256.
+MAX_TARGET = 1024
 
 __all__ = ["CompiledRule", "RuleSet", "load_rule_files", "load_rules"]
 
@@ -64,7 +68,13 @@ class CompiledRule:
         labels (canonical_json).
         """
         names = self.rule.target if self.rule.target is not None else sorted(labels)
-        return canonical_json({n: labels.get(n, "") for n in names}, plain_numbers=True)
+        text = canonical_json({n: labels.get(n, "") for n in names}, plain_numbers=True)
+        raw = text.encode()
+        if len(raw) <= MAX_TARGET:
+            return text
+        # The journal indexes (rule, target): a row of an index holds a few KiB at most, and a
+        # label can be as large as the body. The digest still tells targets apart.
+        return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,12 @@ async def test_unknown_action_is_404_and_bad_parameters_are_400(
     resp = await client.get(f"/api/actions/{aid}/log", params={"step": "-1"})
     assert resp.status == 400
     assert "step" in await resp.text()
+    # Beyond the journal's integer: was a 500 (found by tests/faults/test_fuzz_api.py).
+    for follow in ("0", "1"):
+        params = {"step": str(2**31), "follow": follow}
+        resp = await client.get(f"/api/actions/{aid}/log", params=params)
+        assert resp.status == 400, await resp.text()
+        assert "step" in await resp.text()
     resp = await client.get(
         f"/api/actions/{aid}/log",
         headers={"Accept": "text/event-stream", "Last-Event-ID": "x1"},

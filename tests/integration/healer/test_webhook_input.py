@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, given, settings
@@ -211,3 +214,60 @@ async def test_no_client_input_ever_gets_a_5xx(client: Client, body: bytes) -> N
     """Garbage of many shapes: a 2xx or a 4xx, never a 5xx."""
     resp = await client.post("/alerts", data=body, headers=AUTH)
     assert resp.status < 500, (body, await resp.text())
+
+
+@pytest.mark.parametrize(
+    ("starts_at", "stored"),
+    [
+        ("2024-05-14T09:21:47-18:30", "2024-05-15T03:51:47+00:00"),
+        ("2024-05-14T09:21:47+23:59", "2024-05-13T09:22:47+00:00"),
+    ],
+)
+async def test_a_time_zone_offset_postgresql_does_not_take_is_recorded_in_utc(
+    client: Client, journal_dsn: str, starts_at: str, stored: str
+) -> None:
+    """RFC 3339 allows offsets up to ±23:59, PostgreSQL only up to ±15:59: such an alert was a
+    500 (found by tests/faults/test_fuzz_api.py)."""
+    body = payload("firing_stale_rows")
+    body["alerts"][0]["startsAt"] = starts_at
+    resp = await client.post("/alerts", json=body, headers=AUTH)
+    assert resp.status == 200, await resp.text()
+    with psycopg.connect(journal_dsn) as conn:
+        (at,) = conn.execute("SELECT starts_at FROM alerts").fetchone() or (None,)
+    assert at is not None
+    assert at.astimezone(UTC).isoformat() == stored
+
+
+async def test_a_time_that_leaves_the_calendar_in_utc_is_a_400(
+    client: Client, journal_dsn: str
+) -> None:
+    body = payload("firing_stale_rows")
+    body["alerts"][0]["startsAt"] = "0001-01-01T00:00:00+05:00"
+    resp = await client.post("/alerts", json=body, headers=AUTH)
+    assert resp.status == 400, await resp.text()
+    assert (await resp.json())["path"] == "$.alerts[0].startsAt"
+    assert nothing_recorded(journal_dsn)
+
+
+async def test_a_label_larger_than_an_index_row_is_recorded_not_refused_as_an_outage(
+    aiohttp_client: Any, journal_dsn: str, tmp_path: Path
+) -> None:
+    """A 1 MB label made the action's rule+target too large for the journal's index: the
+    insert failed and the webhook answered 503 for ever (found by
+    tests/faults/test_injection.py). The same labels still count as the same target."""
+    config = config_for(tmp_path, journal_dsn, healer={"max_body": "4MiB"})
+    client: Client = await aiohttp_client(create_app(config, dsn=journal_dsn, run_executor=False))
+    body = payload("firing_stale_rows")
+    body["alerts"][0]["labels"]["huge"] = "A" * (1 << 20)
+    headers = {**AUTH, "Content-Type": "application/json"}
+
+    def sent() -> io.BytesIO:  # a stream: aiohttp warns about a large body of bytes
+        return io.BytesIO(json.dumps(body).encode())
+
+    resp = await client.post("/alerts", data=sent(), headers=headers)
+    assert resp.status == 200, await resp.text()
+    assert [a["state"] for a in (await resp.json())["actions"]] == ["pending"]
+    body["alerts"][0]["startsAt"] = "2024-05-14T09:25:00Z"  # the same target, again
+    resp = await client.post("/alerts", data=sent(), headers=headers)
+    assert resp.status == 200, await resp.text()
+    assert [a["state"] for a in (await resp.json())["actions"]] == ["skipped"]  # cooldown
