@@ -30,7 +30,7 @@ from healer.journal.ingest_writer import IngestWriter
 from healer.journal.pool import journal_dsn, journal_errors, open_pool
 from healer.metrics import HealerMetrics, JournalGauges
 from healer.rules import RuleSet, load_rules
-from healer.web_alerts import post_alerts
+from healer.web_alerts import IN_FLIGHT, post_alerts
 
 __all__ = ["EXECUTOR", "create_app", "drain", "serve"]
 
@@ -152,6 +152,7 @@ def create_app(
     app[appkeys.DRAINING] = asyncio.Event()
     app[_FIXED_DSN] = dsn
     app[_RUN_EXECUTOR] = run_executor
+    app[IN_FLIGHT] = [0]
     gauges = JournalGauges(
         app[appkeys.METRICS], lambda: app[appkeys.RULES], lambda: app[appkeys.JOURNAL_POOL]
     )
