@@ -57,7 +57,9 @@ def hub_of(app: web.Application) -> LogHub:
     """This process's log hub, created with the app's journal pool and DSN on first use."""
     slot = app[LOG_HUB]
     if slot.hub is None:
-        slot.hub = LogHub(app[appkeys.JOURNAL_DSN], app[appkeys.JOURNAL_POOL])
+        slot.hub = LogHub(
+            app[appkeys.JOURNAL_DSN], app[appkeys.JOURNAL_POOL], health=app[appkeys.METRICS].loops
+        )
     return slot.hub
 
 
