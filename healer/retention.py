@@ -1,7 +1,8 @@
-"""Log retention: delete log chunks older than `healer.log_retention`, keep everything else.
+"""Log retention: delete log chunks older than `healer.log_retention` and empty the raw
+webhook payloads as old; keep everything else.
 
-Output is the bulk of the journal; alerts, actions, steps and events are the audit trail and
-stay. The journal prunes in short batches (`healer.journal.retention`). `taskmedic journal
+Output and payloads are the bulk of the journal; alerts (labels and annotations included),
+actions, steps and events are the audit trail and stay. The journal prunes in short batches (`healer.journal.retention`). `taskmedic journal
 prune` runs it once; a running healer runs it every hour.
 """
 
@@ -50,7 +51,7 @@ async def run_periodic(
             with journal_errors("log retention"):
                 async with pool().connection() as conn:
                     report = await prune_logs(conn, retention, actor="healer (log_retention)")
-            if report.chunks:
+            if report.anything:
                 log.info("log retention: %s", report.summary())
         except JournalUnavailable as e:
             log.warning("log retention: journal unavailable (%s); next try in %.0fs", e, every)
