@@ -2,8 +2,9 @@
 webhook payloads as old; keep everything else.
 
 Output and payloads are the bulk of the journal; alerts (labels and annotations included),
-actions, steps and events are the audit trail and stay. The journal prunes in short batches (`healer.journal.retention`). `taskmedic journal
-prune` runs it once; a running healer runs it every hour.
+actions, steps and events are the audit trail and stay. The journal prunes in short batches
+(`healer.journal.retention`). `taskmedic journal prune` runs it once; a running healer runs it
+every hour.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 the raw webhook payloads older than it are emptied (`{}`) the same way.
 
 Alerts (with their labels and annotations), actions, steps (with their true output byte counts)
-and events are the audit trail and stay; so does each notification's row, without its body. Each batch is its own short transaction, so a prune never holds a long lock on a journal
-that executors are writing to, and SKIP LOCKED lets two replicas prune side by side. One event
-row says when and why output disappeared.
+and events are the audit trail and stay; so does each notification's row, without its body.
+Each batch is its own short transaction, so a prune never holds a long lock on a journal that
+executors are writing to, and SKIP LOCKED lets two replicas prune side by side. One event row
+says when and why output disappeared.
 """
 
 from __future__ import annotations
