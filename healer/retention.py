@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -22,6 +23,7 @@ from healer import appkeys
 from healer.errors import JournalUnavailable
 from healer.journal.pool import journal_errors
 from healer.journal.retention import PruneReport, prune_logs
+from healer.supervise import supervise
 
 __all__ = ["DEFAULT_RETENTION", "PruneReport", "prune_logs", "run_periodic", "setup"]
 
@@ -64,10 +66,15 @@ def setup(app: web.Application) -> None:
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         retention = retention_of(app.get(appkeys.CONFIG))
+        metrics = app.get(appkeys.METRICS)
         task = None
         if retention > 0 and appkeys.JOURNAL_POOL in app:
             task = asyncio.create_task(
-                run_periodic(lambda: app[appkeys.JOURNAL_POOL], retention),
+                supervise(
+                    "log-retention",
+                    partial(run_periodic, lambda: app[appkeys.JOURNAL_POOL], retention),
+                    metrics.loops if metrics is not None else None,
+                ),
                 name="taskmedic-log-retention",
             )
         yield
