@@ -185,9 +185,9 @@ def test_task_of_a_worker_killed_mid_task_is_lost(
 
     worker.kill()
     assert job.state == "STARTED"
-    wait_for(
-        lambda: (s := status_of(monitor, worker.hostname)) is not None and not s.online,
-        timeout=15,
+    wait_for(  # a worker never seen alive (no heartbeat yet) cannot hold the task either
+        lambda: (s := status_of(monitor, worker.hostname)) is None or not s.online,
+        timeout=30,  # two heartbeat intervals (a requested heartbeat claims 5 s) and a margin
         what="the killed worker to read offline",
     )
     assert monitor.task_traces([job.id]) == {job.id: TaskTrace.LOST}
