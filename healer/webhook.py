@@ -82,7 +82,7 @@ def _over_value(text: object, limit: int) -> bool:
     return len(text) > limit or len(text.encode("utf-8", "surrogatepass")) > limit
 
 
-def _check_labels(raw: object, path: str, limits: PayloadLimits, count: bool) -> None:
+def _check_labels(raw: object, path: str, limits: PayloadLimits, count: bool, sizes: bool) -> None:
     if not isinstance(raw, dict):
         return  # the model names the wrong shape
     if count and len(raw) > limits.labels:
@@ -93,6 +93,8 @@ def _check_labels(raw: object, path: str, limits: PayloadLimits, count: bool) ->
             limits.labels,
             f"{len(raw)} entries, more than healer.limits.labels_per_alert ({limits.labels})",
         )
+    if not sizes:
+        return
     for name, value in raw.items():
         if _over_value(name, limits.value) or _over_value(value, limits.value):
             raise OverLimit(
@@ -104,9 +106,10 @@ def _check_labels(raw: object, path: str, limits: PayloadLimits, count: bool) ->
             )
 
 
-def _check_limits(raw: dict[str, Any], limits: PayloadLimits) -> None:
+def _check_limits(raw: dict[str, Any], limits: PayloadLimits, body_size: int) -> None:
     """Refuse what would cost far more than it is worth, before pydantic builds a model of it:
-    the alerts are counted first, then every label and annotation is measured."""
+    the alerts are counted first, then every label and annotation is measured (only when the
+    body is larger than one value may be: the common small notification pays no walk)."""
     alerts = raw.get("alerts")
     if isinstance(alerts, list) and len(alerts) > limits.alerts:
         raise OverLimit(
@@ -117,12 +120,14 @@ def _check_limits(raw: dict[str, Any], limits: PayloadLimits) -> None:
             f"{len(alerts)} alerts, more than healer.limits.alerts_per_notification "
             f"({limits.alerts}); lower max_alerts in Alertmanager's webhook_config",
         )
-    for key in ("groupLabels", "commonLabels", "commonAnnotations"):
-        _check_labels(raw.get(key), f"$.{key}", limits, count=False)
+    sizes = body_size > limits.value
+    if sizes:
+        for key in ("groupLabels", "commonLabels", "commonAnnotations"):
+            _check_labels(raw.get(key), f"$.{key}", limits, count=False, sizes=True)
     for i, alert in enumerate(alerts if isinstance(alerts, list) else ()):
         if isinstance(alert, dict):
             for key in ("labels", "annotations"):
-                _check_labels(alert.get(key), f"$.alerts[{i}].{key}", limits, count=True)
+                _check_labels(alert.get(key), f"$.alerts[{i}].{key}", limits, True, sizes)
 
 
 class _Lenient(BaseModel):
@@ -235,7 +240,7 @@ def parse_notification(
             f'webhook version {version[:20]!r} is not supported; taskmedic accepts version "4"'
         )
     if limits is not None:
-        _check_limits(raw, limits)
+        _check_limits(raw, limits, len(body))
     bad = _unstorable(raw, ()) if _may_be_unstorable(body) else None
     if bad is not None:
         raise BadPayload(*bad)
