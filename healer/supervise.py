@@ -39,7 +39,8 @@ class LoopHealth:
         self._up.labels(name).set(1)
 
     def failed(self, name: str, exc: BaseException) -> None:
-        self._down[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        # The type only: /readyz is public, and the log has the message and the traceback.
+        self._down[name] = type(exc).__name__
         self._up.labels(name).set(0)
         self._failures.labels(name).inc()
 
@@ -49,7 +50,8 @@ class LoopHealth:
             self._up.remove(name)
 
     def down(self) -> dict[str, str]:
-        """Loop name -> the error that stopped it, for every loop waiting to start again."""
+        """Loop name -> the type of the error that stopped it, for every loop waiting to start
+        again."""
         return dict(self._down)
 
 
