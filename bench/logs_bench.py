@@ -199,7 +199,13 @@ def big_output(env: BenchEnv) -> dict[str, Any]:
 
 
 def run(env: BenchEnv, quick: bool = False) -> dict[str, Any]:
-    healer = start_healer(env, "healer-logs", RULES, healer={"output_cap": "256MiB"})
+    # Every follower of the bench comes from this one address.
+    healer = start_healer(
+        env,
+        "healer-logs",
+        RULES,
+        healer={"output_cap": "256MiB", "limits": {"followers_per_client": 64}},
+    )
     out: dict[str, Any] = {}
     log("logs: a line every 200 ms")
     lines = asyncio.run(_latency(healer, "lines"))

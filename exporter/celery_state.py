@@ -160,7 +160,7 @@ class ClusterMonitor:
                 else:
                     queued = set()
                     queues_empty = self._queues_empty(conn)
-                on_workers = self._ask_workers(conn, wanted)
+                on_workers, replied = self._ask_workers(conn, wanted)
         except self._broker_errors as exc:
             raise CheckUnknown(
                 f"celery cluster {self.name!r}: broker {self._where} unreachable: "
@@ -168,7 +168,8 @@ class ClusterMonitor:
             ) from None
 
         finished = self._finished([t for t in wanted if t not in on_workers and t not in queued])
-        nowhere = TaskTrace.LOST if self._peekable or queues_empty else TaskTrace.UNKNOWN
+        readable = self._peekable or queues_empty
+        nowhere = TaskTrace.LOST if readable and not self._silent(replied) else TaskTrace.UNKNOWN
         return {
             t: on_workers.get(t)
             or (TaskTrace.QUEUED if t in queued else None)
@@ -197,20 +198,28 @@ class ClusterMonitor:
                     queued, unreadable = self._peek_redis_arguments(conn, match)
                 else:
                     queued, unreadable = set(), not self._queues_empty(conn)
-                on_workers = self._workers_by_argument(match)
+                on_workers, replied = self._workers_by_argument(match)
         except self._broker_errors as exc:
             raise CheckUnknown(
                 f"celery cluster {self.name!r}: broker {self._where} unreachable: "
                 f"{self.config.scrub(str(exc)) or type(exc).__name__}"
             ) from None
-        nowhere = TaskTrace.UNKNOWN if unreadable else TaskTrace.LOST
+        nowhere = TaskTrace.UNKNOWN if unreadable or self._silent(replied) else TaskTrace.LOST
         return {
             v: on_workers.get(v) or (TaskTrace.QUEUED if v in queued else nowhere) for v in wanted
         }
 
-    def _workers_by_argument(self, match: TaskMatch) -> dict[str, TaskTrace]:
+    def _silent(self, replied: set[str]) -> bool:
+        """Whether a worker alive by its heartbeats did not answer inspect in time: a busy or
+        slow worker may hold a task it did not get to report, so "lost" could be false."""
+        return any(
+            w.online and w.hostname not in replied for w in self._table.statuses(time.time())
+        )
+
+    def _workers_by_argument(self, match: TaskMatch) -> tuple[dict[str, TaskTrace], set[str]]:
         """Celery's public inspect commands, all three at once (each waits inspect_timeout
-        for every worker's reply, so one after another would take three times as long)."""
+        for every worker's reply, so one after another would take three times as long); and
+        the workers that answered all three."""
         found: dict[str, TaskTrace] = {}
         with ThreadPoolExecutor(3, thread_name_prefix="taskmedic-inspect") as pool:
             asked = {
@@ -219,6 +228,8 @@ class ClusterMonitor:
                 TaskTrace.SCHEDULED: pool.submit(self._inspect_fresh, "scheduled"),
             }
             replies = {trace: future.result() for trace, future in asked.items()}
+        answered = [set(r) if isinstance(r, Mapping) else set() for r in replies.values()]
+        replied = set.intersection(*answered)
         for trace in (TaskTrace.SCHEDULED, TaskTrace.RESERVED, TaskTrace.ACTIVE):
             for requests in (replies[trace] or {}).values():
                 if not isinstance(requests, list):
@@ -231,7 +242,7 @@ class ClusterMonitor:
                         )
                         if value is not None:
                             found[value] = trace  # ACTIVE last: it wins
-        return found
+        return found, replied
 
     def _inspect_fresh(self, command: str) -> Any:
         """One inspect broadcast on a connection of its own (a connection is not shared
@@ -268,8 +279,11 @@ class ClusterMonitor:
                 start += _PAGE
         return found, unreadable
 
-    def _ask_workers(self, conn: Any, task_ids: Sequence[str]) -> dict[str, TaskTrace]:
-        """One broadcast (`query_task`) answered by every live worker within inspect_timeout.
+    def _ask_workers(
+        self, conn: Any, task_ids: Sequence[str]
+    ) -> tuple[dict[str, TaskTrace], set[str]]:
+        """One broadcast (`query_task`) answered by every live worker within inspect_timeout;
+        and the workers that answered.
 
         No reply at all is no error: zero live workers is a real state, and then no task can be
         on a worker.
@@ -286,7 +300,7 @@ class ClusterMonitor:
                 # "ready" means the worker just finished it; the result backend will say so.
                 if trace is not None and found.get(task_id) != TaskTrace.ACTIVE:
                     found[task_id] = trace
-        return found
+        return found, set(replies)
 
     def _redis_keys(self, channel: Any) -> list[str]:
         """The Redis list keys of the configured queues, priority lists included.

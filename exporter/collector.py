@@ -2,7 +2,7 @@
 
 Nothing is mutated between scrapes; each scrape renders what the background collection knows
 now. Finding gauges follow one rule: a check whose last collection succeeded exports a value
-for every label set it owns (0 when it found nothing, both `reason`s for orphan_tasks); a
+for every label set it owns (0 when it found nothing, every `reason` of orphan_tasks); a
 check that cannot tell (down, not collected yet, or an orphan check with one observation so
 far) exports no finding at all, so a missing series means "unknown" and never a stale count.
 Celery liveness is computed at scrape time from the last heartbeats.
@@ -64,7 +64,8 @@ class ExporterCollector(Collector):
         orphans = self._gauge(
             "taskmedic_orphan_tasks",
             f"Rows of an orphan_tasks check past grace, on two consecutive collections, whose "
-            f"Celery task is lost (nowhere) or finished (final state in the result backend), {w}",
+            f"Celery task is lost (nowhere) or finished (final state in the result backend); "
+            f"unknown: rows past grace whose task could not be located (not orphans), {w}",
             ["check", "reason"],
         )
         orphan_age = self._gauge(
@@ -87,7 +88,8 @@ class ExporterCollector(Collector):
                 stale_age.add_metric([s.name], out.oldest_age_seconds)
             elif s.type == "orphan_tasks":
                 for reason in REASONS:
-                    orphans.add_metric([s.name, reason], float(out.count(reason)))
+                    n = out.unknown if reason == "unknown" else out.count(reason)
+                    orphans.add_metric([s.name, reason], float(n))
                 orphan_age.add_metric([s.name], out.oldest_age_seconds)
             elif s.type == "orphan_rows":
                 orphan_rows.add_metric([s.name], float(out.count()))

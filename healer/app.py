@@ -2,9 +2,12 @@
 
 Resources live in cleanup contexts, opened in order and closed in reverse: the journal (its
 DSN, an embedded server if none is configured, the schema upgrade, the pool), then the
-executor. On SIGTERM `serve` first stops taking alerts (POST /alerts and /readyz answer 503,
-so Alertmanager keeps the alert and retries), lets the executor finish running steps for up
-to `shutdown_grace` and release its leases, and only then closes the listener and exits 0.
+executor. `/readyz` is false while the journal is unreachable or behind, and while a
+background loop waits to start again after an error (healer.supervise).
+
+On SIGTERM `serve` first stops taking alerts (POST /alerts and /readyz answer 503, so
+Alertmanager keeps the alert and retries), lets the executor finish running steps for up to
+`shutdown_grace` and release its leases, and only then closes the listener and exits 0.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ import gc
 import logging
 import signal
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from psycopg_pool import AsyncConnectionPool
 
 from exporter.base.errors import ConfigError
 from exporter.base.types import split_listen
@@ -31,7 +36,7 @@ from healer.journal.ingest_writer import IngestWriter
 from healer.journal.pool import journal_dsn, journal_errors, journal_secrets, open_pool
 from healer.metrics import HealerMetrics, JournalGauges
 from healer.rules import RuleSet, load_rules
-from healer.web_alerts import post_alerts
+from healer.web_alerts import IN_FLIGHT, post_alerts
 
 __all__ = ["EXECUTOR", "create_app", "drain", "serve"]
 
@@ -42,6 +47,7 @@ EXECUTOR: web.AppKey[Executor | None] = web.AppKey("executor")
 _GAUGES: web.AppKey[JournalGauges] = web.AppKey("journal_gauges")
 _FIXED_DSN: web.AppKey[str | None] = web.AppKey("fixed_dsn")
 _RUN_EXECUTOR = web.AppKey("run_executor", bool)
+_READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
 
 
 async def _journal_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -57,6 +63,10 @@ async def _journal_ctx(app: web.Application) -> AsyncIterator[None]:
             dsn, max_size=max(4, config.healer.executor_concurrency + 4), wait_timeout=timeout
         )
         writer = IngestWriter(pool, metrics=app[appkeys.METRICS])
+        # /readyz has a connection of its own: health checks never wait for, nor take, one
+        # that ingest needs.
+        ready_pool = await open_pool(dsn, max_size=1, wait_timeout=min(timeout, 2.0))
+        app[_READINESS] = Readiness(ready_pool)
         app[appkeys.JOURNAL_DSN] = dsn
         app[appkeys.JOURNAL_POOL] = pool
         app[appkeys.INGEST_WRITER] = writer
@@ -64,6 +74,7 @@ async def _journal_ctx(app: web.Application) -> AsyncIterator[None]:
             yield
         finally:
             await writer.close()
+            await ready_pool.close()
             await pool.close()
 
 
@@ -104,25 +115,54 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-async def readyz(request: web.Request) -> web.Response:
-    if request.app[appkeys.DRAINING].is_set():
-        return web.json_response({"ready": False, "reason": "shutting down"}, status=503)
-    try:
-        with journal_errors():
-            async with request.app[appkeys.JOURNAL_POOL].connection() as conn:
-                version = await migrate.current_version(conn)
-    except JournalUnavailable as exc:
-        return web.json_response({"ready": False, "reason": str(exc)}, status=503)
-    if version != migrate.latest_version():
-        return web.json_response(
-            {
+READY_TTL = 1.0
+
+
+class Readiness:
+    """/readyz's journal answer: asked at most once per READY_TTL, by one request at a time,
+    on a pool of one connection, so a flood of health checks costs the journal one round trip
+    a second and can never starve ingest of connections."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        self._pool = pool
+        self._lock = asyncio.Lock()
+        self._at = -READY_TTL
+        self._answer: tuple[int, dict[str, Any]] = (503, {})
+
+    async def journal(self) -> tuple[int, dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            if loop.time() - self._at >= READY_TTL:
+                self._answer = await self._ask()
+                self._at = loop.time()
+            return self._answer
+
+    async def _ask(self) -> tuple[int, dict[str, Any]]:
+        try:
+            with journal_errors():
+                async with self._pool.connection() as conn:
+                    version = await migrate.current_version(conn)
+        except JournalUnavailable as exc:
+            return 503, {"ready": False, "reason": str(exc)}
+        if version != migrate.latest_version():
+            return 503, {
                 "ready": False,
                 "reason": f"journal schema {version}, expected "
                 f"{migrate.latest_version()}: run taskmedic db upgrade",
-            },
-            status=503,
-        )
-    return web.json_response({"ready": True, "schema": version})
+            }
+        return 200, {"ready": True, "schema": version}
+
+
+async def readyz(request: web.Request) -> web.Response:
+    app = request.app
+    if app[appkeys.DRAINING].is_set():
+        return web.json_response({"ready": False, "reason": "shutting down"}, status=503)
+    down = app[appkeys.METRICS].loops.down()
+    if down:
+        reason = "; ".join(f"loop {name} failed ({error})" for name, error in sorted(down.items()))
+        return web.json_response({"ready": False, "reason": reason}, status=503)
+    status, body = await app[_READINESS].journal()
+    return web.json_response(body, status=status)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -156,6 +196,7 @@ def create_app(
     app[appkeys.DRAINING] = asyncio.Event()
     app[_FIXED_DSN] = dsn
     app[_RUN_EXECUTOR] = run_executor
+    app[IN_FLIGHT] = [0]
     gauges = JournalGauges(
         app[appkeys.METRICS], lambda: app[appkeys.RULES], lambda: app[appkeys.JOURNAL_POOL]
     )

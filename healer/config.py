@@ -219,6 +219,33 @@ class AuthSettings(Model):
         }
 
 
+class LimitSettings(Model):
+    """What one client or one request may cost the healer (`healer.limits`).
+
+    Each limit has its own answer (README, "Limits"): a notification with too many alerts is
+    413, a label or annotation too long or too many of them 422 naming where, a request past
+    `requests_in_flight` or a log follower past `followers` 503 with Retry-After, a client past
+    `followers_per_client` 429.
+    """
+
+    # Alerts in one webhook notification (Alertmanager's max_alerts can keep it under this).
+    alerts_per_notification: int = Field(default=1000, ge=1)
+    # Labels, and annotations, of one alert (each counted on its own).
+    labels_per_alert: int = Field(default=64, ge=1)
+    # One label or annotation value, or name; also the notification's common and group ones.
+    # Under the kernel's 128 KiB limit of one argument, so a value fits in a script's argv.
+    label_value: Size = 8 * 1024
+    # POST /alerts requests parsed or waiting for the journal at once, in this process. A
+    # storm from Alertmanager keeps one per aggregation group in flight: the default lets the
+    # benchmark's 10,000 single-alert groups in at once; lower it on a host with little memory.
+    requests_in_flight: int = Field(default=10_000, ge=1)
+    # Bodies above this are parsed and planned off the event loop (a worker thread).
+    parse_in_thread_above: Size = 64 * 1024
+    # Live log followers (GET /api/actions/{id}/log?follow=1), in all and per client address.
+    followers: int = Field(default=256, ge=1)
+    followers_per_client: int = Field(default=16, ge=1)
+
+
 class HealerSettings(Model):
     """The `healer:` section. Durations in seconds, sizes in bytes once loaded."""
 
@@ -235,6 +262,7 @@ class HealerSettings(Model):
     log_retention: Duration = 30 * 86400.0
     output_cap: Size = 1 << 20
     executor_concurrency: int = Field(default=4, ge=1, le=256)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
 
     @model_validator(mode="after")
     def _journal_is_postgresql(self) -> HealerSettings:

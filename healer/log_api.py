@@ -10,6 +10,10 @@ first chunk of each step; and once the action reaches a final state, `event: end
 `{"state": …}`) and the stream closes. A reconnect with `Last-Event-ID` (or `?after=ID`)
 continues after that chunk with no gap and no repeat. Every follower is fed by this process's
 `LogHub` (one journal query per chunk, shared), so any replica can serve any action's log.
+
+Followers hold a connection and a buffer each for as long as they like, so they are counted:
+past `healer.limits.followers` in this process a new one gets 503, past
+`followers_per_client` from one address 429, both with Retry-After.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import codecs
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,17 +57,62 @@ class HubSlot:
 LOG_HUB = web.AppKey("log_hub", HubSlot)
 
 
+class Followers:
+    """Live followers of this process, in all and per client address."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.by_client: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def admit(self, client: str, total: int, per_client: int) -> Iterator[None]:
+        """Count one follower of `client` while the block runs; refuse it past a limit."""
+        if self.by_client.get(client, 0) >= per_client:
+            raise _too_many(
+                web.HTTPTooManyRequests,
+                f"more than healer.limits.followers_per_client ({per_client}) live logs "
+                "followed from this address",
+            )
+        if self.total >= total:
+            raise _too_many(
+                web.HTTPServiceUnavailable,
+                f"more than healer.limits.followers ({total}) live logs followed",
+            )
+        self.total += 1
+        self.by_client[client] = self.by_client.get(client, 0) + 1
+        try:
+            yield
+        finally:
+            self.total -= 1
+            left = self.by_client[client] - 1
+            if left:
+                self.by_client[client] = left
+            else:
+                del self.by_client[client]  # the table holds live clients only
+
+
+def _too_many(kind: type[web.HTTPException], text: str) -> web.HTTPException:
+    return kind(text=text, headers={"Retry-After": str(FOLLOWERS_RETRY_AFTER)})
+
+
+FOLLOWERS = web.AppKey("log_followers", Followers)
+FOLLOWERS_RETRY_AFTER = 5
+
+
 def hub_of(app: web.Application) -> LogHub:
     """This process's log hub, created with the app's journal pool and DSN on first use."""
     slot = app[LOG_HUB]
     if slot.hub is None:
-        slot.hub = LogHub(app[appkeys.JOURNAL_DSN], app[appkeys.JOURNAL_POOL])
+        slot.hub = LogHub(
+            app[appkeys.JOURNAL_DSN], app[appkeys.JOURNAL_POOL], health=app[appkeys.METRICS].loops
+        )
     return slot.hub
 
 
 def setup(app: web.Application) -> None:
     """Add the log routes, and stop the hub when the app shuts down (streams then end)."""
     app[LOG_HUB] = HubSlot()
+    app[FOLLOWERS] = Followers()
     app.router.add_get(r"/api/actions/{id:[0-9]+}/log", get_log)
     app.on_shutdown.append(_stop_hub)
 
@@ -238,6 +287,17 @@ async def _client_gone(request: web.Request, resp: EventSourceResponse) -> None:
 
 
 async def _follow(request: web.Request, action_id: int, flt: LogFilter) -> web.StreamResponse:
+    limits = request.app[appkeys.CONFIG].healer.limits
+    admitted = request.app[FOLLOWERS].admit(
+        request.remote or "", limits.followers, limits.followers_per_client
+    )
+    with admitted:
+        return await _follow_admitted(request, action_id, flt)
+
+
+async def _follow_admitted(
+    request: web.Request, action_id: int, flt: LogFilter
+) -> web.StreamResponse:
     after = _after(request)
     await _action_state(request.app[appkeys.JOURNAL_POOL], action_id)
     try:

@@ -33,6 +33,7 @@ from healer.journal import channels, logs
 from healer.journal.actions import ActionNotFound
 from healer.journal.logs import Chunk, Page
 from healer.journal.pool import journal_errors
+from healer.supervise import LoopHealth, supervise
 
 __all__ = ["Chunk", "End", "HubStats", "LogHub", "read_page"]
 
@@ -134,6 +135,7 @@ class LogHub:
         buffer_bytes: int = 4 << 20,
         poll_interval: float = 30.0,
         retry_delay: float = 1.0,
+        health: LoopHealth | None = None,
     ) -> None:
         self._dsn = dsn
         self._pool = pool
@@ -142,6 +144,7 @@ class LogHub:
         self.buffer_bytes = buffer_bytes
         self.poll_interval = poll_interval
         self.retry_delay = retry_delay
+        self._health = health
         self.stats = HubStats()
         self._feeds: dict[int, _Feed] = {}
         self._listener: asyncio.Task[None] | None = None
@@ -155,7 +158,10 @@ class LogHub:
         if self._closed:
             raise RuntimeError("the log hub is stopped")
         if self._listener is None:
-            self._listener = asyncio.create_task(self._listen(), name="taskmedic-log-listener")
+            self._listener = asyncio.create_task(
+                supervise("log-listener", self._listen, self._health),
+                name="taskmedic-log-listener",
+            )
 
     async def stop(self) -> None:
         """Close the listener and end every follower's stream (they reconnect elsewhere)."""

@@ -18,6 +18,7 @@ from healer.errors import JournalUnavailable
 from healer.journal import stats
 from healer.journal.actions import STATES
 from healer.journal.pool import journal_errors
+from healer.supervise import LoopHealth
 
 if TYPE_CHECKING:
     from healer.rules import RuleSet
@@ -36,6 +37,20 @@ class HealerMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self.loop_up = Gauge(
+            "taskmedic_healer_loop_up",
+            "1 while a background loop of this process runs, 0 while it waits to start again "
+            "after an unexpected error (then /readyz answers 503).",
+            ["loop"],
+            registry=self.registry,
+        )
+        self.loop_failures = Counter(
+            "taskmedic_healer_loop_failures",
+            "Unexpected errors that stopped a background loop (it is started again).",
+            ["loop"],
+            registry=self.registry,
+        )
+        self.loops = LoopHealth(self.loop_up, self.loop_failures)
         self.alerts_received = Counter(
             "taskmedic_alerts_received",
             "Alerts received from Alertmanager, by alert status.",

@@ -1,8 +1,10 @@
-"""Log retention: delete log chunks older than `healer.log_retention`, keep everything else.
+"""Log retention: delete log chunks older than `healer.log_retention` and empty the raw
+webhook payloads as old; keep everything else.
 
-Output is the bulk of the journal; alerts, actions, steps and events are the audit trail and
-stay. The journal prunes in short batches (`healer.journal.retention`). `taskmedic journal
-prune` runs it once; a running healer runs it every hour.
+Output and payloads are the bulk of the journal; alerts (labels and annotations included),
+actions, steps and events are the audit trail and stay. The journal prunes in short batches
+(`healer.journal.retention`). `taskmedic journal prune` runs it once; a running healer runs it
+every hour.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -20,6 +23,7 @@ from healer import appkeys
 from healer.errors import JournalUnavailable
 from healer.journal.pool import journal_errors
 from healer.journal.retention import PruneReport, prune_logs
+from healer.supervise import supervise
 
 __all__ = ["DEFAULT_RETENTION", "PruneReport", "prune_logs", "run_periodic", "setup"]
 
@@ -50,7 +54,7 @@ async def run_periodic(
             with journal_errors("log retention"):
                 async with pool().connection() as conn:
                     report = await prune_logs(conn, retention, actor="healer (log_retention)")
-            if report.chunks:
+            if report.anything:
                 log.info("log retention: %s", report.summary())
         except JournalUnavailable as e:
             log.warning("log retention: journal unavailable (%s); next try in %.0fs", e, every)
@@ -62,10 +66,15 @@ def setup(app: web.Application) -> None:
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         retention = retention_of(app.get(appkeys.CONFIG))
+        metrics = app.get(appkeys.METRICS)
         task = None
         if retention > 0 and appkeys.JOURNAL_POOL in app:
             task = asyncio.create_task(
-                run_periodic(lambda: app[appkeys.JOURNAL_POOL], retention),
+                supervise(
+                    "log-retention",
+                    partial(run_periodic, lambda: app[appkeys.JOURNAL_POOL], retention),
+                    metrics.loops if metrics is not None else None,
+                ),
                 name="taskmedic-log-retention",
             )
         yield

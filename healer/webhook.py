@@ -19,6 +19,7 @@ surrogate; an integer beyond 64 bits becomes a double.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -27,7 +28,15 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from exporter.base.errors import TaskmedicError
 
-__all__ = ["Alert", "BadPayload", "Notification", "UnsupportedVersion", "parse_notification"]
+__all__ = [
+    "Alert",
+    "BadPayload",
+    "Notification",
+    "OverLimit",
+    "PayloadLimits",
+    "UnsupportedVersion",
+    "parse_notification",
+]
 
 _INT32_MAX = 2**31 - 1
 
@@ -43,6 +52,82 @@ class BadPayload(TaskmedicError, ValueError):
 
 class UnsupportedVersion(TaskmedicError, ValueError):
     """A webhook version other than "4"."""
+
+
+class OverLimit(TaskmedicError, ValueError):
+    """Within the webhook's shape but over one of `healer.limits`: 413 (too many alerts) or
+    422 (a label too long, too many labels), naming the limit and where it was passed."""
+
+    def __init__(self, status: int, path: str, limit: str, maximum: int, message: str) -> None:
+        self.status = status
+        self.path = path
+        self.limit = limit
+        self.maximum = maximum
+        self.message = message
+        super().__init__(f"{path}: {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadLimits:
+    """The parts of `healer.limits` a notification is checked against before it is modelled."""
+
+    alerts: int = 1000
+    labels: int = 64
+    value: int = 8 * 1024
+
+
+def _over_value(text: object, limit: int) -> bool:
+    if not isinstance(text, str) or len(text) * 4 <= limit:  # UTF-8: at most 4 bytes a char
+        return False
+    return len(text) > limit or len(text.encode("utf-8", "surrogatepass")) > limit
+
+
+def _check_labels(raw: object, path: str, limits: PayloadLimits, count: bool, sizes: bool) -> None:
+    if not isinstance(raw, dict):
+        return  # the model names the wrong shape
+    if count and len(raw) > limits.labels:
+        raise OverLimit(
+            422,
+            path,
+            "healer.limits.labels_per_alert",
+            limits.labels,
+            f"{len(raw)} entries, more than healer.limits.labels_per_alert ({limits.labels})",
+        )
+    if not sizes:
+        return
+    for name, value in raw.items():
+        if _over_value(name, limits.value) or _over_value(value, limits.value):
+            raise OverLimit(
+                422,
+                f"{path}.{name[:64]}",
+                "healer.limits.label_value",
+                limits.value,
+                f"longer than healer.limits.label_value ({limits.value} bytes)",
+            )
+
+
+def _check_limits(raw: dict[str, Any], limits: PayloadLimits, body_size: int) -> None:
+    """Refuse what would cost far more than it is worth, before pydantic builds a model of it:
+    the alerts are counted first, then every label and annotation is measured (only when the
+    body is larger than one value may be: the common small notification pays no walk)."""
+    alerts = raw.get("alerts")
+    if isinstance(alerts, list) and len(alerts) > limits.alerts:
+        raise OverLimit(
+            413,
+            "$.alerts",
+            "healer.limits.alerts_per_notification",
+            limits.alerts,
+            f"{len(alerts)} alerts, more than healer.limits.alerts_per_notification "
+            f"({limits.alerts}); lower max_alerts in Alertmanager's webhook_config",
+        )
+    sizes = body_size > limits.value
+    if sizes:
+        for key in ("groupLabels", "commonLabels", "commonAnnotations"):
+            _check_labels(raw.get(key), f"$.{key}", limits, count=False, sizes=True)
+    for i, alert in enumerate(alerts if isinstance(alerts, list) else ()):
+        if isinstance(alert, dict):
+            for key in ("labels", "annotations"):
+                _check_labels(alert.get(key), f"$.alerts[{i}].{key}", limits, True, sizes)
 
 
 class _Lenient(BaseModel):
@@ -143,8 +228,12 @@ def _may_be_unstorable(body: bytes) -> bool:
     return b"\x00" in body or _RISKY_ESCAPE.search(body) is not None
 
 
-def parse_notification(body: bytes) -> tuple[Notification, dict[str, Any]]:
-    """Validate a webhook body; returns the model and the raw JSON object to store."""
+def parse_notification(
+    body: bytes, limits: PayloadLimits | None = None
+) -> tuple[Notification, dict[str, Any]]:
+    """Validate a webhook body; returns the model and the raw JSON object to store.
+
+    Raises BadPayload, UnsupportedVersion, or OverLimit past `limits` (default: no limits)."""
     try:
         # A number beyond a double's range is refused, never made infinite: infinity is not
         # JSON, and the journal would refuse the payload (a 500 for bad input).
@@ -162,6 +251,8 @@ def parse_notification(body: bytes) -> tuple[Notification, dict[str, Any]]:
         raise UnsupportedVersion(
             f'webhook version {version[:20]!r} is not supported; taskmedic accepts version "4"'
         )
+    if limits is not None:
+        _check_limits(raw, limits, len(body))
     bad = _unstorable(raw, ()) if _may_be_unstorable(body) else None
     if bad is not None:
         raise BadPayload(*bad)

@@ -121,19 +121,41 @@ def load_yaml(path: str | Path, env: Mapping[str, str] | None = None) -> Located
     return parse_yaml(text, file, os.environ if env is None else env)
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader refusing aliases (`*name`).
+
+    An alias is the same node again: one that refers to its own parent makes a cycle, and a
+    few nested ones (the "billion laughs") expand a 1 kB file into billions of values. No
+    taskmedic file needs them, so the first alias is an error at its line.
+    """
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not supported", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
 def parse_yaml(text: str, file: str, env: Mapping[str, str]) -> Located:
     """Like `load_yaml`, from text (used by tests and by `rules check` on stdin)."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_NoAliasLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         msg = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([Problem(file, line, "", f"invalid YAML: {msg}")]) from exc
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError([Problem(file, None, "", "invalid YAML: nested too deeply")]) from None
     located = Located(file, None)
     problems: list[Problem] = []
     if node is not None:
-        located.data = _build(node, (), located, env, problems)
+        try:
+            located.data = _build(node, (), located, env, problems)
+        except RecursionError:
+            raise ConfigError([Problem(file, None, "", "nested too deeply")]) from None
     if problems:
         raise ConfigError(problems)
     return located

@@ -63,6 +63,10 @@ class CheckOutcome:
     oldest_age_seconds: float  # see each check; 0 when there is nothing to age
     observed_at: datetime  # the database's clock
     confirmed: bool = True
+    # orphan_tasks: rows past grace whose task could not be located (an unreadable queue
+    # holds messages, or a live worker did not answer in time). Never findings: nothing may
+    # repair them, but they are counted so that "cannot tell" is not exported as 0.
+    unknown: int = 0
 
     def count(self, reason: str | None = None) -> int:
         return sum(1 for f in self.findings if reason is None or f.reason == reason)

@@ -5,9 +5,10 @@ was killed. A row is an orphan when it is past `grace`, its task is on no live w
 reserved or scheduled), not waiting in a broker queue that can be peeked, and this held on two
 consecutive observations. Reasons: `lost` (no trace anywhere, or the row has no task id at
 all) and `finished` (the result backend has a final state but the row still claims to run).
-A task whose whereabouts cannot be told (`unknown`: an unreadable queue holds messages) is
-not counted. Only rows past grace are looked up in the cluster, so the Celery round trip
-grows with the suspects, not with the table.
+A task whose whereabouts cannot be told (an unreadable queue holds messages, or a live worker
+did not answer inspect in time) is no finding, so nothing repairs it, but it is exported under
+its own reason, `unknown`, so that "cannot tell" never reads as 0. Only rows past grace are
+looked up in the cluster, so the Celery round trip grows with the suspects, not with the table.
 
 A cluster whose broker is down makes the check unknown: its task lookup raises CheckUnknown,
 and in the exporter (which follows the event stream) a broker seen down does so even when no
@@ -37,7 +38,7 @@ from exporter.errors import CheckUnknown
 __all__ = ["OrphanTasks"]
 
 _ORPHAN = {str(TaskTrace.LOST): "lost", str(TaskTrace.FINISHED): "finished"}
-REASONS = ("lost", "finished")
+REASONS = ("lost", "finished", "unknown")
 
 
 class OrphanTasks(Check):
@@ -76,7 +77,11 @@ class OrphanTasks(Check):
         # Without a task id (spec.match), the second column is the argument value: `task_id`
         # of a finding then holds that value, and only "lost" is possible.
         candidates: dict[Hashable, Finding] = {}
+        unknown = 0
         for ident, f in suspects:
+            if f.task_id is not None and str(traces.get(f.task_id)) == TaskTrace.UNKNOWN:
+                unknown += 1
+                continue
             reason = "lost" if f.task_id is None else _ORPHAN.get(str(traces.get(f.task_id)))
             if reason is not None:
                 candidates[ident] = Finding(f.key, f.task_id, f.since, f.age_seconds, reason)
@@ -84,7 +89,14 @@ class OrphanTasks(Check):
         findings.sort(key=lambda f: -f.age_seconds)
         oldest = findings[0].age_seconds if findings else 0.0
         return CheckOutcome(
-            self.name, self.spec.type, findings, len(result.rows), oldest, result.now, confirmed
+            self.name,
+            self.spec.type,
+            findings,
+            len(result.rows),
+            oldest,
+            result.now,
+            confirmed,
+            unknown=unknown,
         )
 
     async def _traces(

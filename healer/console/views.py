@@ -7,7 +7,6 @@ Both read the journal through `healer.journal.console` and are rendered on the s
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from functools import cache
 from importlib import resources
 from typing import Any, TypeVar
 
@@ -133,25 +132,32 @@ async def action_page(request: web.Request) -> web.Response:
 STATIC_TYPES = {".css": "text/css", ".js": "text/javascript"}
 
 
-@cache
-def _static(name: str) -> bytes | None:
-    if "/" in name or name.startswith(".") or not name.endswith(tuple(STATIC_TYPES)):
-        return None
-    entry = resources.files("healer.console") / "static" / name
-    return entry.read_bytes() if entry.is_file() else None
+def _static_files() -> dict[str, tuple[bytes, str]]:
+    """Every file the console serves, read once at import: a request can only pick one of
+    these, so no name a client sends is ever kept, opened or looked up on disk."""
+    folder = resources.files("healer.console") / "static"
+    files: dict[str, tuple[bytes, str]] = {}
+    for entry in folder.iterdir():
+        ext = entry.name[entry.name.rfind(".") :]
+        if entry.is_file() and ext in STATIC_TYPES and not entry.name.startswith("."):
+            files[entry.name] = (entry.read_bytes(), STATIC_TYPES[ext])
+    return files
+
+
+STATIC_FILES = _static_files()
 
 
 @public  # the login form needs its stylesheet; these files hold no data
 async def static_file(request: web.Request) -> web.Response:
     """The console's own stylesheet and script (versioned URLs, so cached for a long time)."""
     name = request.match_info["name"]
-    body = _static(name)
-    if body is None:
+    found = STATIC_FILES.get(name)
+    if found is None:
         raise web.HTTPNotFound()
-    ext = name[name.rindex(".") :]
+    body, content_type = found
     return web.Response(
         body=body,
-        content_type=STATIC_TYPES[ext],
+        content_type=content_type,
         charset="utf-8",
         headers={
             "Cache-Control": "public, max-age=31536000, immutable",

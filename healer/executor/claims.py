@@ -22,7 +22,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -39,6 +39,7 @@ from healer.journal import channels
 from healer.journal import executor as journal_executor
 from healer.metrics import HealerMetrics
 from healer.steps import CeleryApps
+from healer.supervise import supervise
 
 __all__ = ["Executor"]
 
@@ -56,12 +57,6 @@ async def wait_event(event: asyncio.Event, seconds: float | None) -> None:
         await asyncio.wait({waiter}, timeout=seconds)
     finally:
         waiter.cancel()
-
-
-def _log_crash(task: asyncio.Task[None]) -> None:
-    """A loop that ends with an exception is a bug: say so loudly, never silently stop."""
-    if not task.cancelled() and task.exception() is not None:
-        log.error("executor loop %s crashed", task.get_name(), exc_info=task.exception())
 
 
 def default_owner() -> str:
@@ -111,6 +106,7 @@ class Executor:
         self._wake = asyncio.Event()
         self._check_cancels = asyncio.Event()
         self._stopping = False
+        self._stop_requested = asyncio.Event()  # ends a supervised loop's pause after a failure
         self._claimer: asyncio.Task[None] | None = None
         self._background: list[asyncio.Task[None]] = []
 
@@ -139,14 +135,12 @@ class Executor:
         self._pool = pool
         # Writes retry connection problems for half a lease; past that the lease is in doubt.
         self._journal = journal_executor.Journal(pool, retry_for=self.lease / 2)
-        self._claimer = asyncio.create_task(self._claim_loop(), name="executor-claim")
+        self._claimer = self._supervised("executor-claim", self._claim_loop)
         self._background = [
-            asyncio.create_task(self._listen_loop(), name="executor-listen"),
-            asyncio.create_task(self._sweep_loop(), name="executor-sweep"),
-            asyncio.create_task(self._cancel_loop(), name="executor-cancels"),
+            self._supervised("executor-listen", self._listen_loop),
+            self._supervised("executor-sweep", self._sweep_loop),
+            self._supervised("executor-cancels", self._cancel_loop),
         ]
-        for task in [self._claimer, *self._background]:
-            task.add_done_callback(_log_crash)
         log.info(
             "executor %s started (concurrency %d, lease %gs)",
             self.owner,
@@ -159,6 +153,7 @@ class Executor:
         if self._stopping:
             return
         self._stopping = True
+        self._stop_requested.set()
         self._wake.set()
         if self._claimer is not None:
             await self._claimer  # never cancelled mid-claim: a claimed action must get a run
@@ -188,6 +183,11 @@ class Executor:
         return settled
 
     # -- loops ----------------------------------------------------------------------------
+
+    def _supervised(self, name: str, body: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        """A loop started again after an unexpected error, and counted (healer.supervise)."""
+        loop = supervise(name, body, self.metrics.loops, stopping=self._stop_requested)
+        return asyncio.create_task(loop, name=name)
 
     def _need_journal(self) -> journal_executor.Journal:
         if self._journal is None:

@@ -1,9 +1,11 @@
-"""Log retention in the journal: log chunks older than a cutoff are deleted in batches.
+"""Log retention in the journal: log chunks older than a cutoff are deleted in batches, and
+the raw webhook payloads older than it are emptied (`{}`) the same way.
 
-Alerts, actions, steps (with their true output byte counts) and events are the audit trail and
-stay. Each batch is its own short transaction, so a prune never holds a long lock on a journal
-that executors are writing to, and SKIP LOCKED lets two replicas prune side by side. One event
-row says when and why output disappeared.
+Alerts (with their labels and annotations), actions, steps (with their true output byte counts)
+and events are the audit trail and stay; so does each notification's row, without its body.
+Each batch is its own short transaction, so a prune never holds a long lock on a journal that
+executors are writing to, and SKIP LOCKED lets two replicas prune side by side. One event row
+says when and why output disappeared.
 """
 
 from __future__ import annotations
@@ -29,6 +31,12 @@ class PruneReport:
     chunks: int = 0
     bytes: int = 0
     actions: set[int] | int = field(default=0)
+    payloads: int = 0  # webhook payloads emptied
+    payload_bytes: int = 0
+
+    @property
+    def anything(self) -> bool:
+        return bool(self.chunks or self.payloads)
 
     @property
     def action_count(self) -> int:
@@ -38,7 +46,8 @@ class PruneReport:
         verb = "would delete" if self.dry_run else "deleted"
         return (
             f"{verb} {self.chunks} log chunks ({self.bytes} bytes) of {self.action_count} "
-            f"actions older than {self.cutoff.isoformat(timespec='seconds')}"
+            f"actions and {self.payloads} webhook payloads ({self.payload_bytes} bytes) older "
+            f"than {self.cutoff.isoformat(timespec='seconds')}"
         )
 
 
@@ -64,7 +73,18 @@ async def prune_logs(
             cur = await conn.execute(q("prune_log_count"), {"cutoff": cutoff})
             counts = await cur.fetchone()
             assert counts is not None
-            return PruneReport(cutoff, True, int(counts[0]), int(counts[1]), int(counts[2]))
+            cur = await conn.execute(q("prune_payload_count"), {"cutoff": cutoff})
+            payloads = await cur.fetchone()
+            assert payloads is not None
+            return PruneReport(
+                cutoff,
+                True,
+                int(counts[0]),
+                int(counts[1]),
+                int(counts[2]),
+                int(payloads[0]),
+                int(payloads[1]),
+            )
     report = PruneReport(cutoff, False, actions=set())
     assert isinstance(report.actions, set)
     while True:
@@ -77,7 +97,16 @@ async def prune_logs(
         report.actions.update(got[2])
         if int(got[0]) < batch:
             break
-    if report.chunks:
+    while True:
+        async with conn.transaction():
+            cur = await conn.execute(q("prune_payload_batch"), {"cutoff": cutoff, "batch": batch})
+            got = await cur.fetchone()
+        assert got is not None
+        report.payloads += int(got[0])
+        report.payload_bytes += int(got[1])
+        if int(got[0]) < batch:
+            break
+    if report.anything:
         async with conn.transaction():
             await conn.execute(
                 q("prune_log_event"),
@@ -90,6 +119,8 @@ async def prune_logs(
                             "chunks": report.chunks,
                             "bytes": report.bytes,
                             "actions": report.action_count,
+                            "payloads": report.payloads,
+                            "payload_bytes": report.payload_bytes,
                         }
                     ),
                 },

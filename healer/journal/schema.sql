@@ -22,6 +22,8 @@ CREATE TABLE notifications (
     truncated_alerts integer NOT NULL DEFAULT 0,
     payload          jsonb NOT NULL
 );
+CREATE INDEX notifications_payload_kept ON notifications (received_at)
+    WHERE payload <> '{}'::jsonb;
 
 CREATE TABLE alerts (
     id              bigserial PRIMARY KEY,

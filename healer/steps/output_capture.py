@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 FLUSH_BYTES = 64 * 1024
 FLUSH_AFTER = 1.0
+# Pieces of the tail kept apart (a piece is a run of one stream): reads of one stream are
+# appended to its last piece, so this only matters for streams that alternate byte by byte.
+MAX_TAIL_PIECES = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,18 @@ class _Open:
         self.at = datetime.now(UTC)
 
 
+class _Piece:
+    """A run of one stream in the tail, grown in place: the tail costs its bytes, not an
+    object per read (a step reading one byte at a time would otherwise keep a million)."""
+
+    __slots__ = ("at", "buf", "stream")
+
+    def __init__(self, stream: str, data: bytes) -> None:
+        self.stream = stream
+        self.at = datetime.now(UTC)
+        self.buf = bytearray(data)
+
+
 class StepOutput:
     """Collects one step's output and writes it through `sink` (use as `async with`).
 
@@ -91,7 +106,7 @@ class StepOutput:
         self.total = 0  # true byte count of stdout + stderr
         self._head_left = cap // 2
         self._ring_limit = cap - cap // 2
-        self._ring: deque[OutputChunk] = deque()
+        self._ring: deque[_Piece] = deque()
         self._ring_size = 0
         self._dropped = 0  # bytes between the head and the tail: counted, never stored
         self._open: dict[str, _Open] = {}
@@ -147,7 +162,10 @@ class StepOutput:
         if self._dropped > 0:
             marker = elided_marker(self._dropped)
             self._ready.append(OutputChunk("system", datetime.now(UTC), marker))
-        self._ready.extend(self._ring)
+        for piece in self._ring:
+            for i in range(0, len(piece.buf), FLUSH_BYTES):
+                data = bytes(piece.buf[i : i + FLUSH_BYTES])
+                self._ready.append(OutputChunk(piece.stream, piece.at, data))
         self._ring.clear()
         self._ring_size = 0
         self._closing = True
@@ -180,16 +198,21 @@ class StepOutput:
         self._wake.set()
 
     def _to_ring(self, stream: str, data: bytes) -> None:
-        self._ring.append(OutputChunk(stream, datetime.now(UTC), data))
+        ring = self._ring
+        if ring and ring[-1].stream == stream:
+            ring[-1].buf += data
+        else:
+            ring.append(_Piece(stream, data))
         self._ring_size += len(data)
-        while self._ring_size - len(self._ring[0].data) >= self._ring_limit:
-            gone = self._ring.popleft()
-            self._ring_size -= len(gone.data)
-            self._dropped += len(gone.data)
+        while len(ring) > 1 and (
+            self._ring_size - len(ring[0].buf) >= self._ring_limit or len(ring) > MAX_TAIL_PIECES
+        ):
+            gone = ring.popleft()
+            self._ring_size -= len(gone.buf)
+            self._dropped += len(gone.buf)
         excess = self._ring_size - self._ring_limit
         if excess > 0:
-            first = self._ring[0]
-            self._ring[0] = OutputChunk(first.stream, first.at, first.data[excess:])
+            del ring[0].buf[:excess]  # O(1): a bytearray moves its start, not its bytes
             self._ring_size -= excess
             self._dropped += excess
 

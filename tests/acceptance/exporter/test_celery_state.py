@@ -3,6 +3,8 @@ task id stands (worker, queue, result backend, nowhere)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import time
 import uuid
@@ -173,7 +175,7 @@ def test_task_of_a_worker_killed_mid_task_is_lost(
     broker_url: str, tmp_path: Path, workers: list[Worker], monitors: Monitors, client: Celery
 ) -> None:
     """kill -9 mid-task: the backend still says STARTED, but the task is on no worker and in
-    no queue, so it is LOST."""
+    no queue, so it is LOST once the worker's heartbeats say it is gone."""
     worker = start_worker(broker_url, tmp_path)
     workers.append(worker)
     monitor = monitors(broker_url, backend=broker_url)
@@ -183,7 +185,38 @@ def test_task_of_a_worker_killed_mid_task_is_lost(
 
     worker.kill()
     assert job.state == "STARTED"
+    wait_for(  # a worker never seen alive (no heartbeat yet) cannot hold the task either
+        lambda: (s := status_of(monitor, worker.hostname)) is None or not s.online,
+        timeout=30,  # two heartbeat intervals (a requested heartbeat claims 5 s) and a margin
+        what="the killed worker to read offline",
+    )
     assert monitor.task_traces([job.id]) == {job.id: TaskTrace.LOST}
+
+
+def test_task_of_a_live_worker_that_answers_too_slowly_is_unknown_not_lost(
+    broker_url: str, tmp_path: Path, workers: list[Worker], monitors: Monitors, client: Celery
+) -> None:
+    """A worker alive by its heartbeats that misses the inspect deadline (here: stopped with
+    SIGSTOP, as a hung or overloaded host looks) may hold the task: UNKNOWN, never LOST."""
+    worker = start_worker(broker_url, tmp_path, heartbeat=5)
+    workers.append(worker)
+    monitor = monitors(broker_url, backend=broker_url)
+    job = client.send_task("tests.sleep", args=[30])
+    wait_for(lambda: job.state == "STARTED", timeout=10, what="the task to start")
+    wait_for(
+        lambda: (s := status_of(monitor, worker.hostname)) is not None and s.online,
+        timeout=10,
+        what="the worker's heartbeat",
+    )
+    os.killpg(worker.proc.pid, signal.SIGSTOP)
+    try:
+        traces = monitor.task_traces([job.id])
+        still_online = status_of(monitor, worker.hostname)
+    finally:
+        os.killpg(worker.proc.pid, signal.SIGCONT)
+    assert still_online is not None
+    assert still_online.online  # the answer was given while the worker still read alive
+    assert traces == {job.id: TaskTrace.UNKNOWN}
 
 
 def _link_to(redis_target: RedisTarget) -> TcpLink:

@@ -206,3 +206,28 @@ async def test_broker_unknown_means_no_count(timelines: str, tmp_path: Path) -> 
             assert registry.get_sample_value("taskmedic_orphan_tasks", labels) is None
     finally:
         await runner.stop()
+
+
+async def test_a_task_that_cannot_be_located_is_exported_as_unknown_never_repaired(
+    timelines: str, tmp_path: Path
+) -> None:
+    """A row whose task cannot be located (messages wait in a queue we cannot read) is no
+    orphan, but the check does not export 0 for it either: it counts under reason unknown."""
+    traces = StandInTraces(TRACES)
+    runner = Runner(
+        config_from(tmp_path, orphan_config(timelines)), monitors={"main": as_monitor(traces)}
+    )
+    registry = registry_of(runner)
+    try:
+        pg_exec(timelines, "DELETE FROM timeline WHERE id <> 7")
+        await runner.collect("timelines")
+        await runner.collect("timelines")
+        assert registry.get_sample_value("taskmedic_check_up", {"check": "timelines"}) == 1
+        for reason, count in (("lost", 0), ("finished", 0), ("unknown", 1)):
+            labels = {"check": "timelines", "reason": reason}
+            assert registry.get_sample_value("taskmedic_orphan_tasks", labels) == count
+        outcome = runner.state("timelines").outcome
+        assert outcome is not None
+        assert outcome.findings == []  # a repair acts on findings only
+    finally:
+        await runner.stop()

@@ -79,6 +79,8 @@ async def test_a_browser_without_a_session_is_sent_to_the_login_form(client: Cli
     assert (await client.get("/static/console.css")).status == 200
     assert (await client.get("/static/console.js")).status == 200
     assert (await client.get("/static/..%2Fsession.py")).status == 404
+    # A name no file system accepts is simply not one of the console's files.
+    assert (await client.get("/static/" + "a" * 300 + ".css")).status == 404
     # The API itself still answers 401 to anyone without credentials.
     assert (await client.get("/api/actions/1/log")).status == 401
     # A script's refresh gets a 401 it can act on, not a redirect to follow.

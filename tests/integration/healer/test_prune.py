@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from healer.retention import prune_logs, run_periodic
@@ -70,6 +71,39 @@ async def test_prune_deletes_only_chunks_older_than_the_retention_in_batches(
     again = await prune_logs(journal_conn, 30 * DAY)
     assert again.chunks == 0
     assert (await counts(journal_conn))["events"] == after["events"]  # nothing pruned, no event
+
+
+async def test_webhook_payloads_past_the_retention_are_emptied_and_their_alerts_kept(
+    journal_conn: psycopg.AsyncConnection[Any],
+) -> None:
+    """A notification's raw body is the bulk of what ingest stores: past the retention it
+    becomes `{}`, while the notification row and its alerts (labels, annotations) stay."""
+    await create_action(journal_conn)  # a notification of today
+    old = await create_action(journal_conn)
+    await journal_conn.execute(
+        "UPDATE notifications SET received_at = now() - interval '40 days', payload = %s "
+        "WHERE id = (SELECT notification_id FROM alerts a JOIN actions x ON x.alert_id = a.id "
+        "WHERE x.id = %s)",
+        (Jsonb({"version": "4", "alerts": [{"labels": {"big": "x" * 5000}}]}), old),
+    )
+    before = await counts(journal_conn)
+    dry = await prune_logs(journal_conn, 30 * DAY, dry_run=True)
+    assert dry.payloads == 1
+    assert dry.payload_bytes > 5000
+    report = await prune_logs(journal_conn, 30 * DAY, batch=1)
+    assert (report.payloads, report.payload_bytes) == (1, dry.payload_bytes)
+    cur = await journal_conn.execute(
+        "SELECT payload = '{}'::jsonb FROM notifications ORDER BY received_at"
+    )
+    assert [r[0] for r in await cur.fetchall()] == [True, False]
+    after = await counts(journal_conn)
+    for table in ("notifications", "alerts", "actions", "steps"):
+        assert after[table] == before[table], table
+    cur = await journal_conn.execute(
+        "SELECT data->>'payloads' FROM events WHERE kind = 'log_pruned'"
+    )
+    assert await cur.fetchall() == [("1",)]
+    assert (await prune_logs(journal_conn, 30 * DAY)).payloads == 0
 
 
 async def test_dry_run_reports_counts_and_removes_nothing(

@@ -6,6 +6,7 @@ The journal side of the same behaviour is covered end to end in test_output_capt
 from __future__ import annotations
 
 import asyncio
+import tracemalloc
 from collections.abc import Sequence
 
 import pytest
@@ -151,3 +152,22 @@ async def test_a_lost_lease_stops_the_writing_and_is_reported_once() -> None:
 def test_a_cap_below_two_bytes_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 2"):
         StepOutput(ListSink(), cap=1)
+
+
+async def test_the_tail_of_one_byte_reads_costs_about_its_size_in_memory() -> None:
+    """A step whose output arrives one byte at a time (a slow pipe, an unbuffered printer)
+    keeps a tail of cap/2 bytes, not an object per read."""
+    cap = 64 * 1024
+    sink = ListSink()
+    tracemalloc.start()
+    try:
+        async with StepOutput(sink, cap=cap) as out:
+            for i in range(4 * cap):
+                out.feed("stdout", b"xy"[i % 2 : i % 2 + 1])
+            tail_memory = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert tail_memory < 4 * cap
+    after = sink.stream("stdout")[cap // 2 :]
+    assert after == b"xy" * (cap // 4)
+    assert b"elided" in sink.stream("system")
