@@ -239,7 +239,8 @@ def test_an_injection_corpus_through_labels_reaches_every_step_verbatim_and_unin
         tmp_path,
         journal_dsn,
         rules=rules,
-        healer={"max_body": "8MiB"},
+        # The 1 MB value must reach every step kind, so the 8 KiB default label cap is raised.
+        healer={"max_body": "8MiB", "limits": {"label_value": "2MiB"}},
         top={
             "databases": {"target": {"dsn": pg_dsn}},
             "celery": {"main": {"broker": broker_url, "backend": broker_url}},
