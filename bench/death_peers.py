@@ -187,7 +187,7 @@ def peers() -> tuple[list[Watcher], list[str]]:
     else:
         skipped.append(
             "danihodovic/celery-exporter: no source in "
-            f"{DANI_SRC.relative_to(ROOT)} (set CELERY_EXPORTER_SRC to a checkout or a bare git "
+            f"{DANI_SRC} (set CELERY_EXPORTER_SRC to a checkout or a bare git "
             "dir of github.com/danihodovic/celery-exporter and run `make peers`)"
         )
     return found, skipped
