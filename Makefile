@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: venv demo test unit lint faults bench clean
+.PHONY: venv demo test unit lint faults bench peers clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,7 +46,47 @@ $(PEER_VENV)/.installed:
 	$(PEER_VENV)/bin/python -m pip install -q 'query-exporter>=5,<6' 'psycopg2-binary>=2.9'
 	touch $@
 
-bench: venv $(PEER_VENV)/.installed
+# The peers of the worker-death benchmark (`python -m bench deaths`), each in its own venv:
+# Flower; celery-exporter 1.2.1 from PyPI (its sdist's requirement list no longer parses, so it
+# runs from the unpacked sdist with its dependencies installed beside it); danihodovic's
+# celery-exporter, run from its source: CELERY_EXPORTER_SRC is a checkout or a bare git
+# directory of github.com/danihodovic/celery-exporter (nothing of it is kept in this repository;
+# without it that peer is skipped and the benchmark says so).
+FLOWER_VENV ?= .venv-peer-flower
+$(FLOWER_VENV)/.installed:
+	$(PYTHON) -m venv $(FLOWER_VENV)
+	$(FLOWER_VENV)/bin/python -m pip install -q 'flower>=2.0,<3' 'celery[redis]>=5.3,<6'
+	touch $@
+
+CE_VENV ?= .venv-peer-celery-exporter
+$(CE_VENV)/.installed:
+	$(PYTHON) -m venv $(CE_VENV)
+	$(CE_VENV)/bin/python -m pip install -q 'setuptools<66' wheel 'celery[redis]>=5.3,<6' \
+		'click>=7' 'prometheus-client>=0.20'
+	$(CE_VENV)/bin/python -m pip download -q --no-deps --no-build-isolation -d $(CE_VENV)/sdist \
+		'celery-exporter==1.2.1'
+	tar -xzf $(CE_VENV)/sdist/celery-exporter-1.2.1.tar.gz -C $(CE_VENV)
+	touch $@
+
+DANI_VENV ?= .venv-peer-danihodovic
+CELERY_EXPORTER_SRC ?= /work/.mirror/danihodovic+celery-exporter/repo
+$(DANI_VENV)/.installed:
+	@if [ -f '$(CELERY_EXPORTER_SRC)/cli.py' ] || git --git-dir='$(CELERY_EXPORTER_SRC)' rev-parse -q --verify HEAD >/dev/null 2>&1; then \
+		$(PYTHON) -m venv $(DANI_VENV) && \
+		rm -rf $(DANI_VENV)/src && mkdir -p $(DANI_VENV)/src && \
+		if [ -f '$(CELERY_EXPORTER_SRC)/cli.py' ]; then cp -r '$(CELERY_EXPORTER_SRC)'/. $(DANI_VENV)/src; \
+		else git --git-dir='$(CELERY_EXPORTER_SRC)' archive HEAD | tar -x -C $(DANI_VENV)/src; fi && \
+		$(DANI_VENV)/bin/python -m pip install -q 'celery[redis]>=5.3,<6' 'prometheus-client>=0.20' \
+			'click>=8' 'pretty-errors>=1.2' 'loguru>=0.7' 'redis>=5' 'Flask>=3' 'waitress>=3' \
+			'arrow>=1.3' 'timy>=0.4' && \
+		touch $@; \
+	else \
+		echo "danihodovic/celery-exporter: no source at CELERY_EXPORTER_SRC=$(CELERY_EXPORTER_SRC) (a checkout or a bare git dir); the deaths benchmark skips that peer"; \
+	fi
+
+peers: $(PEER_VENV)/.installed $(FLOWER_VENV)/.installed $(CE_VENV)/.installed $(DANI_VENV)/.installed
+
+bench: venv peers
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m bench $(BENCH_ARGS)
 
