@@ -67,6 +67,7 @@ def test_killed_worker_reads_crashed_within_two_heartbeats_and_is_not_purged_lik
     wait_regular_heartbeat(monitor, worker, 1.0)
     assert not status_of(monitor, worker.hostname).crashed  # type: ignore[union-attr]
 
+    offline_since = time.time()  # at the earliest: the broker signal may see it at once
     worker.kill()
     gone = wait_for(
         lambda: (s := status_of(monitor, worker.hostname)) and not s.online and s,
@@ -74,7 +75,6 @@ def test_killed_worker_reads_crashed_within_two_heartbeats_and_is_not_purged_lik
         what="the killed worker to read offline",
     )
     assert gone.crashed
-    offline_since = gone.last_heartbeat + 2 * gone.freq
 
     last_listed = time.time()
 
@@ -211,8 +211,8 @@ def test_broker_lost_and_back(
     monitors: Monitors,
 ) -> None:
     """When the monitor loses the broker, broker_up drops and the workers it can no longer
-    hear age into offline (nothing is made up); when the broker is back it reconnects by
-    itself and the live worker reads online again."""
+    hear are no longer listed (their liveness is unknown, not offline); when the broker is
+    back it reconnects by itself and the live worker reads online again."""
 
     link = _link_to(redis_target)
     worker = start_worker(broker_url, tmp_path, heartbeat=1)
@@ -226,11 +226,7 @@ def test_broker_lost_and_back(
         wait_for(lambda: not monitor.snapshot().broker_up, timeout=5, what="broker_up to drop")
         with pytest.raises(CheckUnknown):
             monitor.task_traces([str(uuid.uuid4())])
-        wait_for(
-            lambda: (s := status_of(monitor, worker.hostname)) and not s.online,
-            timeout=2 * 1.0 + 1.0,
-            what="the unheard worker to age into offline",
-        )
+        assert status_of(monitor, worker.hostname) is None
 
         link.restore()
         wait_for(lambda: monitor.snapshot().broker_up, timeout=10, what="the monitor to reconnect")
