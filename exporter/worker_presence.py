@@ -36,7 +36,7 @@ from redis.exceptions import ResponseError
 
 from exporter.celery_events import WorkerTable
 
-__all__ = ["HEARTBEAT_RULE", "PresenceWatch"]
+__all__ = ["AMQP_SIGNAL", "HEARTBEAT_RULE", "REDIS_SIGNAL", "PresenceWatch"]
 
 log = logging.getLogger(__name__)
 
