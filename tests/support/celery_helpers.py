@@ -14,7 +14,7 @@ from exporter.base.connections import CeleryConfig
 from exporter.celery_state import ClusterMonitor, WorkerStatus
 from exporter.config import Config, PeriodicTask
 from healer.plan import CelerySpec, PlanStep
-from tests.services import free_port
+from tests.services import RedisTarget, free_port
 
 
 def status_of(
@@ -116,6 +116,24 @@ class TcpLink:
                         return
                 if a.fileno() < 0 or b.fileno() < 0:
                     return
+
+
+def redis_link(redis_target: RedisTarget) -> TcpLink:
+    """A TcpLink in front of this run's Redis (TCP or the embedded server's unix socket),
+    listening; `cut()` it at the end."""
+
+    def upstream() -> socket.socket:
+        if redis_target.socket_path:
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(redis_target.socket_path)
+            return s
+        host_port = redis_target.url.split("://", 1)[1].split("@")[-1].split("/")[0]
+        host, port = host_port.rsplit(":", 1)
+        return socket.create_connection((host, int(port)))
+
+    link = TcpLink(upstream)
+    link.restore()
+    return link
 
 
 class Monitors:

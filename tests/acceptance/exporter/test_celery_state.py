@@ -3,7 +3,6 @@ task id stands (worker, queue, result backend, nowhere)."""
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from exporter.celery_state import ClusterMonitor, TaskTrace
 from exporter.errors import CheckUnknown
 from tests.celery_app import make_app
 from tests.services import RedisTarget, Worker, start_worker, wait_for
-from tests.support.celery_helpers import Monitors, TcpLink, status_of
+from tests.support.celery_helpers import Monitors, redis_link, status_of
 
 
 @pytest.fixture
@@ -186,23 +185,6 @@ def test_task_of_a_worker_killed_mid_task_is_lost(
     assert monitor.task_traces([job.id]) == {job.id: TaskTrace.LOST}
 
 
-def _link_to(redis_target: RedisTarget) -> TcpLink:
-    """A TcpLink in front of this run's Redis (TCP or the embedded server's unix socket)."""
-
-    def upstream() -> socket.socket:
-        if redis_target.socket_path:
-            s = socket.socket(socket.AF_UNIX)
-            s.connect(redis_target.socket_path)
-            return s
-        host_port = redis_target.url.split("://", 1)[1].split("@")[-1].split("/")[0]
-        host, port = host_port.rsplit(":", 1)
-        return socket.create_connection((host, int(port)))
-
-    link = TcpLink(upstream)
-    link.restore()
-    return link
-
-
 def test_broker_lost_and_back(
     broker_url: str,
     redis_target: RedisTarget,
@@ -214,7 +196,7 @@ def test_broker_lost_and_back(
     hear are no longer listed (their liveness is unknown, not offline); when the broker is
     back it reconnects by itself and the live worker reads online again."""
 
-    link = _link_to(redis_target)
+    link = redis_link(redis_target)
     worker = start_worker(broker_url, tmp_path, heartbeat=1)
     workers.append(worker)
     monitor = monitors(f"redis://127.0.0.1:{link.port}/{redis_target.db}")

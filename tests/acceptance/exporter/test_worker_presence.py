@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from exporter.celery_state import ClusterMonitor
 from exporter.worker_presence import HEARTBEAT_RULE, REDIS_SIGNAL
 from tests.celery_app import make_app
 from tests.services import RedisTarget, Worker, start_worker, wait_for
-from tests.support.celery_helpers import Monitors, TcpLink, status_of
+from tests.support.celery_helpers import Monitors, redis_link, status_of
 
 
 @pytest.fixture
@@ -56,23 +55,6 @@ def wait_down_before_the_heartbeat_rule(monitor: ClusterMonitor, worker: Worker)
         return True
 
     wait_for(down, timeout=2 * SLOW_BEAT + 2, interval=0.02, what=f"{worker.hostname} down")
-
-
-def link_to(redis_target: RedisTarget) -> TcpLink:
-    """A TcpLink in front of this run's Redis (TCP or the embedded server's unix socket)."""
-
-    def upstream() -> socket.socket:
-        if redis_target.socket_path:
-            s = socket.socket(socket.AF_UNIX)
-            s.connect(redis_target.socket_path)
-            return s
-        host_port = redis_target.url.split("://", 1)[1].split("@")[-1].split("/")[0]
-        host, port = host_port.rsplit(":", 1)
-        return socket.create_connection((host, int(port)))
-
-    link = TcpLink(upstream)
-    link.restore()
-    return link
 
 
 def stays_online(monitor: ClusterMonitor, worker: Worker, until: Callable[[], bool]) -> None:
@@ -167,7 +149,7 @@ def test_network_stall_of_a_worker_is_not_a_death(
 ) -> None:
     """A worker whose link to the broker stalls and comes back (packets held, connections
     open: a network blip) never reads down."""
-    link = link_to(redis_target)
+    link = redis_link(redis_target)
     try:
         url = f"redis://127.0.0.1:{link.port}/{redis_target.db}"
         worker = start_worker(url, tmp_path, heartbeat=SLOW_BEAT)
@@ -194,7 +176,7 @@ def test_exporter_losing_the_broker_makes_liveness_unknown_not_dead(
     """When only the exporter's own connection is cut, no worker is listed (unknown, so no
     series instead of worker_up 0) and the method falls back to the heartbeat rule; when the
     connection is back, the live worker reads online without ever having read down."""
-    link = link_to(redis_target)
+    link = redis_link(redis_target)
     try:
         worker = start_worker(broker_url, tmp_path, heartbeat=SLOW_BEAT)
         workers.append(worker)
