@@ -16,7 +16,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -114,8 +114,10 @@ class ClusterMonitor:
             self._table,
             self._where,
             listening_since=lambda: self._events.connected_since,
+            on_gone=self._worker_gone,
             scrub=config.scrub,
         )
+        self._gone_listeners: list[Callable[[str], object]] = []
         probe = self._app.connection_for_read()  # not connected; only asks for error classes
         self._broker_errors: tuple[type[BaseException], ...] = (
             KombuError,
@@ -133,6 +135,15 @@ class ClusterMonitor:
         in a daemon thread (returns at once)."""
         self._events.start(self.name)
         self._presence.start(self.name)
+
+    def on_worker_gone(self, listener: Callable[[str], object]) -> None:
+        """Call `listener(hostname)` each time the broker signal sets a worker down (from the
+        watching thread: the listener must only hand the news over, thread-safely)."""
+        self._gone_listeners.append(listener)
+
+    def _worker_gone(self, hostname: str) -> None:
+        for listener in list(self._gone_listeners):
+            listener(hostname)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop both threads and close the app's connections."""

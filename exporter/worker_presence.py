@@ -60,6 +60,7 @@ class PresenceWatch:
         where: str,
         *,
         listening_since: Callable[[], float | None],
+        on_gone: Callable[[str], None] = lambda hostname: None,
         scrub: Callable[[str], str] = str,
     ) -> None:
         self._app = app
@@ -68,6 +69,7 @@ class PresenceWatch:
         # When our event stream last connected; None while it is down (liveness unknown then).
         self._listening_since = listening_since
         self._scrub = scrub
+        self._on_gone = on_gone  # told each worker it sets down, from this thread
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         probe = app.connection_for_read()  # not connected: only asks the transport
@@ -224,6 +226,7 @@ class PresenceWatch:
         for hostname in hostnames:
             if self._table.gone(hostname, at):
                 log.info("celery worker %s is down: %s and it did not answer ping", hostname, why)
+                self._on_gone(hostname)
 
 
 class _Unavailable(Exception):

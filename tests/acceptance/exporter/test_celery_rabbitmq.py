@@ -71,12 +71,16 @@ def test_killed_worker_is_down_before_its_heartbeat_expires_over_amqp(
     starved = start_worker(amqp_url, tmp_path, queues=queue, heartbeat=beat)
     amqp_workers += [doomed, starved]
     monitor = monitors(amqp_url, queues=(queue,))
-    for worker in (doomed, starved):
-        wait_for(
-            lambda w=worker: (s := status_of(monitor, w.hostname)) and s.online and s.freq == beat,
-            timeout=15,
-            what=f"a regular heartbeat of {worker.hostname} over AMQP",
-        )
+
+    def beating(hostname: str) -> bool:
+        status = status_of(monitor, hostname)
+        return status is not None and status.online and status.freq == beat
+
+    wait_for(
+        lambda: beating(doomed.hostname) and beating(starved.hostname),
+        timeout=15,
+        what="a regular heartbeat of both workers over AMQP",
+    )
     wait_for(lambda: monitor.snapshot().liveness_method == AMQP_SIGNAL, timeout=10)
 
     os.killpg(starved.proc.pid, signal.SIGSTOP)
