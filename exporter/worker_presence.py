@@ -41,7 +41,7 @@ __all__ = ["AMQP_SIGNAL", "HEARTBEAT_RULE", "REDIS_SIGNAL", "PresenceWatch"]
 log = logging.getLogger(__name__)
 
 POLL_EVERY = 0.15  # seconds between two looks at the broker
-CONFIRM_TIMEOUT = 0.3  # how long a suspected worker has to answer ping
+CONFIRM_TIMEOUT = 0.5  # how long a suspected worker has to answer ping
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 5.0
 
 HEARTBEAT_RULE = "heartbeat rule"

@@ -166,6 +166,45 @@ def test_network_stall_of_a_worker_is_not_a_death(
         link.cut()
 
 
+def test_worker_whose_connections_drop_and_reconnect_at_once_is_not_a_death(
+    broker_url: str,
+    redis_target: RedisTarget,
+    tmp_path: Path,
+    workers: list[Worker],
+    monitors: Monitors,
+) -> None:
+    """A blip that closes the worker's broker connections, the broker reachable again at
+    once: its control connection is gone but comes back, so the signal declares nothing. (The
+    worker restarts its consumer and says goodbye and hello around it: Celery's own clean
+    offline, never a crash.)"""
+    link = redis_link(redis_target)
+    try:
+        url = f"redis://127.0.0.1:{link.port}/{redis_target.db}"
+        worker = start_worker(url, tmp_path, heartbeat=SLOW_BEAT)
+        workers.append(worker)
+        monitor = monitors(broker_url)
+        wait_online(monitor, worker)
+        wait_for(lambda: monitor.snapshot().liveness_method == REDIS_SIGNAL, timeout=10)
+        restarted = worker.output().count("Connection to broker lost")
+        link.drop()
+        wait_for(
+            lambda: worker.output().count("Connection to broker lost") > restarted,
+            timeout=10,
+            what="the worker to notice the blip",
+        )
+        end = after(3.0)
+
+        def never_crashed() -> bool:
+            status = status_of(monitor, worker.hostname)
+            assert status is not None, f"{worker.hostname} vanished"
+            assert not status.crashed, f"{worker.hostname} read dead after a blip"
+            return end() and status.online
+
+        wait_for(never_crashed, timeout=2 * SLOW_BEAT, interval=0.02, what="the worker back")
+    finally:
+        link.cut()
+
+
 def test_exporter_losing_the_broker_makes_liveness_unknown_not_dead(
     broker_url: str,
     redis_target: RedisTarget,
