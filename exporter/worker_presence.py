@@ -10,7 +10,8 @@ thread looks at the broker every POLL_EVERY seconds for that sign:
   is, so every online worker is asked.
 - RabbitMQ: every worker consumes its own `<hostname>.celery.pidbox` queue, auto-deleted (or
   exclusive to its connection). A passive declare answers at once: RESOURCE_LOCKED or a
-  consumer means held; NOT_FOUND or no consumer means its connection is gone.
+  consumer means held; NOT_FOUND or no consumer means its connection is gone. Only a worker
+  whose queue was once seen held is a suspect: one without remote control never has one.
 
 A sign alone declares no one dead. It is confirmed at once with Celery's targeted `ping`
 (CONFIRM_TIMEOUT): a busy worker answers (its control channel is served by the main process,
@@ -84,6 +85,9 @@ class PresenceWatch:
         self._supported = self._driver in ("redis", "amqp")
         self._working = False  # True while a look at the broker succeeds
         self._subscribers: set[str] | None = None  # Redis: pubsub client ids of our database
+        # RabbitMQ: online workers whose pidbox queue was seen held, so that they have a
+        # control channel whose loss means something.
+        self._answering: set[str] = set()
 
     @property
     def method(self) -> str:
@@ -145,10 +149,11 @@ class PresenceWatch:
         while not self._stop.is_set():
             started = time.monotonic()
             look(conn, looking)
-            self._working = True
             # A look costs one round trip on Redis but one passive declare per worker on
             # RabbitMQ (about 1.5 ms each): never spend more than half the time looking.
-            self._stop.wait(max(POLL_EVERY, time.monotonic() - started))
+            pause = max(POLL_EVERY, time.monotonic() - started)
+            self._working = True
+            self._stop.wait(pause)
 
     # --- Redis ------------------------------------------------------------------------------
 
@@ -200,7 +205,19 @@ class PresenceWatch:
         return bool(consumers)
 
     def _look_amqp(self, conn: Any, looking: Any) -> None:
-        suspects = [h for h in self._online() if not self._held(looking, h)]
+        # A queue seen held proves the worker has a control channel, so its silence later
+        # means something (a worker without remote control never has one).
+        since = self._listening_since()
+        if since is None:
+            return
+        online = [w.hostname for w in self._table.statuses(time.time(), since) if w.online]
+        self._answering &= set(online)
+        suspects = []
+        for hostname in online:
+            if self._held(looking, hostname):
+                self._answering.add(hostname)
+            elif hostname in self._answering:
+                suspects.append(hostname)
         if not suspects:
             return
         at = time.time()
