@@ -29,8 +29,10 @@ def client(broker_url: str) -> Iterator[Celery]:
     app.close()
 
 
-# Long enough that Celery's rule (last heartbeat + 2 x 5 s) cannot be what a test observes.
-SLOW_BEAT = 5
+# Long enough that Celery's rule (last heartbeat + 2 x 4 s) cannot be what a test observes;
+# not 5, which the heartbeat a worker sends on request claims, so waiting for a regular
+# heartbeat gives the broker watch time to have looked at the worker.
+SLOW_BEAT = 4
 
 
 def wait_online(monitor: ClusterMonitor, worker: Worker) -> None:

@@ -36,6 +36,33 @@ def wait_beating(monitor: ClusterMonitor, worker: Worker, beat: float) -> None:
     )
 
 
+def test_killed_worker_is_down_before_its_heartbeat_expires_over_amqp(
+    amqp_url: str, queue: str, tmp_path: Path, amqp_workers: list[Worker], monitors: Monitors
+) -> None:
+    """kill -9 closes the worker's connection and RabbitMQ drops its pidbox queue: confirmed
+    by a ping nobody answers, it reads down (crashed) before 2 x its heartbeat interval."""
+    beat = 4  # not 5: the heartbeat sent on request claims freq=5, a regular one says 4
+    worker = start_worker(amqp_url, tmp_path, queues=queue, heartbeat=beat)
+    amqp_workers.append(worker)
+    monitor = monitors(amqp_url, queues=(queue,))
+    wait_beating(monitor, worker, beat)
+    wait_for(lambda: monitor.snapshot().liveness_method == AMQP_SIGNAL, timeout=10)
+
+    worker.kill()
+
+    def down() -> bool:
+        now = time.time()
+        status = status_of(monitor, worker.hostname, now)
+        assert status is not None
+        if status.online:
+            return False
+        assert now < status.last_heartbeat + 2 * status.freq, "down only by expiry"
+        assert status.crashed
+        return True
+
+    wait_for(down, timeout=2 * beat + 2, interval=0.02, what="the killed worker down")
+
+
 def test_stopped_worker_keeps_its_queue_and_stays_online_over_amqp(
     amqp_url: str, queue: str, tmp_path: Path, amqp_workers: list[Worker], monitors: Monitors
 ) -> None:
