@@ -145,7 +145,8 @@ def fault_note(demo: Demo, child: Child) -> str | None:
         if child is demo.worker:
             return (
                 f'{what}: taskmedic_celery_worker_up{{worker="{demo.worker_name}"}} goes 0 '
-                f'within ~5 s; a timeline it was importing becomes an orphan (reason="lost") '
+                "within about a second (the broker sees its connection close); a timeline it "
+                f'was importing becomes an orphan (reason="lost") '
                 f"after {configs.TIMELINE_GRACE:g} s. "
                 + (
                     "The healer starts it again once TaskmedicCeleryWorkerDown fires."

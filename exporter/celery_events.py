@@ -18,6 +18,7 @@ is replayed with new receive times.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -33,6 +34,12 @@ from exporter.task_schedule import TaskTable
 log = logging.getLogger(__name__)
 
 DEFAULT_FREQ = 2.0  # Celery's default worker heartbeat interval, in seconds
+# A heartbeat's freq is the worker's word, clamped: freq=inf would keep a dead worker online
+# for ever, freq=0.001 would make a live one flap.
+MIN_FREQ, MAX_FREQ = 0.5, 300.0
+# Hostnames come from the broker: anyone who can publish an event can invent them. Past this
+# many, new ones are dropped (and counted) instead of growing the table without bound.
+MAX_WORKERS = 1000
 DRAIN_INTERVAL = 0.5  # how often the consumer loop comes up for air when no event arrives
 # The consumer loop passes through on_iteration at least every DRAIN_INTERVAL while the
 # connection works; a loop silent for longer than this is stuck, whatever the socket says.
@@ -63,6 +70,7 @@ class _Seen:
     last_heartbeat: float
     freq: float
     offline_at: float | None = None  # set by a worker-offline event (clean shutdown)
+    gone_at: float | None = None  # its connection closed and it did not answer ping
 
 
 def _freq_of(event: Mapping[str, Any], default: float) -> float:
@@ -70,19 +78,27 @@ def _freq_of(event: Mapping[str, Any], default: float) -> float:
         freq = float(event.get("freq", default))
     except (TypeError, ValueError):
         return default
-    return freq if freq > 0 else default
+    if math.isnan(freq) or freq <= 0:
+        return default
+    return min(max(freq, MIN_FREQ), MAX_FREQ)
 
 
 class WorkerTable:
     """What we heard from each worker; liveness is computed when read, never stored."""
 
     def __init__(
-        self, purge_offline_after: float, forget_crashed_after: float | None = None
+        self,
+        purge_offline_after: float,
+        forget_crashed_after: float | None = None,
+        *,
+        max_workers: int = MAX_WORKERS,
     ) -> None:
         self._purge_after = purge_offline_after
         self._forget_crashed_after = forget_crashed_after
+        self._max_workers = max_workers
         self._lock = threading.Lock()
         self._seen: dict[str, _Seen] = {}
+        self.dropped = 0  # hostnames not tracked because the table was full
 
     def heartbeat(self, hostname: str, received: float, freq: float, *, regular: bool) -> None:
         """worker-online or worker-heartbeat: the worker is alive as of `received`.
@@ -94,19 +110,35 @@ class WorkerTable:
         with self._lock:
             seen = self._seen.get(hostname)
             if seen is None:
+                if len(self._seen) >= self._max_workers:
+                    self.dropped += 1
+                    return
                 self._seen[hostname] = _Seen(received, freq)
                 return
+            if seen.gone_at is not None and received <= seen.gone_at:
+                return  # sent before it died, received late: no proof of life
             seen.last_heartbeat = max(seen.last_heartbeat, received)
             if regular:
                 seen.freq = freq
-            seen.offline_at = None
+            seen.offline_at = seen.gone_at = None
+
+    def gone(self, hostname: str, at: float) -> bool:
+        """The broker saw the worker's connection close and it did not answer ping: down (and
+        crashed) as of `at`, without waiting for its heartbeat to expire. True when this
+        changed the worker from online to down."""
+        with self._lock:
+            seen = self._seen.get(hostname)
+            if seen is None or seen.offline_at is not None or seen.gone_at is not None:
+                return False
+            seen.gone_at = at
+            return True
 
     def task_event(self, hostname: str, received: float) -> None:
         """A task event sent by a worker also proves it alive, but only revives no one:
         a worker that said goodbye stays offline until it says hello again."""
         with self._lock:
             seen = self._seen.get(hostname)
-            if seen is not None and seen.offline_at is None:
+            if seen is not None and seen.offline_at is None and seen.gone_at is None:
                 seen.last_heartbeat = max(seen.last_heartbeat, received)
 
     def offline(self, hostname: str, received: float) -> None:
@@ -117,11 +149,14 @@ class WorkerTable:
                 return
             seen.offline_at = received
 
-    def statuses(self, now: float) -> list[WorkerStatus]:
+    def statuses(self, now: float, listening_since: float | None = None) -> list[WorkerStatus]:
         """Every worker still worth reporting as of `now`, sorted by hostname.
 
-        A worker is offline from its goodbye event or from the moment its last heartbeat
-        expired, whichever is first. A worker that said goodbye is forgotten after
+        A worker is offline from its goodbye event, from the moment the broker showed it gone
+        (`gone`), or from the moment its last heartbeat expired, whichever is first. A
+        heartbeat cannot have been heard before `listening_since` (our event stream
+        reconnected then), so the expiry counts from then at the earliest: an outage of ours
+        never makes a live worker read dead. A worker that said goodbye is forgotten after
         purge_offline_after, so a clean stop (a deploy, autoscaling) leaves no series behind.
         A crashed one stays listed until it comes back, or forget_crashed_after if set: an
         alert on it must not resolve merely because its series went away.
@@ -129,7 +164,10 @@ class WorkerTable:
         out = []
         with self._lock:
             for hostname, seen in list(self._seen.items()):
-                expires = heartbeat_expires(seen.last_heartbeat, seen.freq)
+                heard = max(seen.last_heartbeat, listening_since or 0.0)
+                expires = heartbeat_expires(heard, seen.freq)
+                if seen.gone_at is not None:
+                    expires = min(expires, seen.gone_at)
                 crashed = seen.offline_at is None and now >= expires
                 offline_since = expires if crashed else seen.offline_at
                 keep_for = self._forget_crashed_after if crashed else self._purge_after

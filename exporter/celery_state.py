@@ -16,7 +16,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -33,6 +33,7 @@ from exporter.celery_events import EventStream, WorkerStatus, WorkerTable
 from exporter.config import PeriodicTask
 from exporter.errors import CheckUnknown
 from exporter.task_schedule import TaskExpectation, TaskStatus, TaskTable
+from exporter.worker_presence import PresenceWatch
 
 __all__ = [
     "ClusterMonitor",
@@ -74,10 +75,15 @@ class ClusterSnapshot:
 
     cluster: str
     broker_up: bool
+    # Empty while the event stream is down: liveness is unknown then, never "all offline".
     workers: list[WorkerStatus] = field(default_factory=list)
     # Declared periodic tasks; empty while the event stream is down (nothing can be judged).
     tasks: list[TaskStatus] = field(default_factory=list)
     task_events: int = 0  # task events received since start, from any worker
+    # How a killed worker is told from a live one right now: a broker signal or the
+    # heartbeat rule (exporter.worker_presence).
+    liveness_method: str = "heartbeat rule"
+    workers_dropped: int = 0  # hostnames ignored because the worker table was full
 
 
 class ClusterMonitor:
@@ -103,6 +109,15 @@ class ClusterMonitor:
             enable_events=config.enable_events,
             scrub=config.scrub,
         )
+        self._presence = PresenceWatch(
+            self._app,
+            self._table,
+            self._where,
+            listening_since=lambda: self._events.connected_since,
+            on_gone=self._worker_gone,
+            scrub=config.scrub,
+        )
+        self._gone_listeners: list[Callable[[str], object]] = []
         probe = self._app.connection_for_read()  # not connected; only asks for error classes
         self._broker_errors: tuple[type[BaseException], ...] = (
             KombuError,
@@ -116,28 +131,43 @@ class ClusterMonitor:
         probe.release()
 
     def start(self) -> None:
-        """Start consuming the event stream in a daemon thread (returns at once)."""
+        """Start consuming the event stream and watching the broker for killed workers, each
+        in a daemon thread (returns at once)."""
         self._events.start(self.name)
+        self._presence.start(self.name)
+
+    def on_worker_gone(self, listener: Callable[[str], object]) -> None:
+        """Call `listener(hostname)` each time the broker signal sets a worker down (from the
+        watching thread: the listener must only hand the news over, thread-safely)."""
+        self._gone_listeners.append(listener)
+
+    def _worker_gone(self, hostname: str) -> None:
+        for listener in list(self._gone_listeners):
+            listener(hostname)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the event thread and close the app's connections."""
+        """Stop both threads and close the app's connections."""
+        self._presence.stop(timeout)
         self._events.stop(timeout)
         self._app.close()
 
     def snapshot(self, now: float | None = None) -> ClusterSnapshot:
         """Broker reachability and every worker's liveness as of `now` (default: this instant).
 
-        Never blocks on the broker: liveness is computed from the last heartbeats, so with the
-        broker gone the workers simply age into offline, as they should.
+        Never blocks on the broker: liveness is computed from the last heartbeats and what the
+        broker showed of the workers' connections. While our own event stream is down no
+        worker is listed: we cannot tell a dead worker from one we cannot hear.
         """
         at = time.time() if now is None else now
         since = self._events.connected_since
         return ClusterSnapshot(
             self.name,
             since is not None,
-            self._table.statuses(at),
+            self._table.statuses(at, since) if since is not None else [],
             self._tasks.statuses(at, since) if since is not None else [],
             self._tasks.events,
+            self._presence.method,
+            self._table.dropped,
         )
 
     # --- task whereabouts -------------------------------------------------------------------

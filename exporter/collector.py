@@ -20,6 +20,7 @@ from exporter.base import __version__
 from exporter.checks.orphan_tasks import REASONS
 from exporter.runner import CheckState, Runner
 from exporter.task_schedule import TaskStatus
+from exporter.worker_presence import HEARTBEAT_RULE
 
 __all__ = ["ExporterCollector"]
 
@@ -137,9 +138,22 @@ class ExporterCollector(Collector):
         worker_up = self._gauge(
             "taskmedic_celery_worker_up",
             "1 while the worker's heartbeats arrive in time (Celery's rule: last heartbeat + "
-            "2 x its interval), judged at scrape time; 0 once offline (a clean stop is dropped "
-            "after purge_offline_after, a crash is kept)",
+            "2 x its interval), judged at scrape time; 0 once offline, or as soon as the broker "
+            "shows its connection closed and it does not answer ping (a clean stop is dropped "
+            "after purge_offline_after, a crash is kept); absent while broker_up is 0",
             ["cluster", "worker"],
+        )
+        method = self._gauge(
+            "taskmedic_celery_liveness_method",
+            "1 for the way a killed worker is detected right now: broker_signal (its broker "
+            "connection closed, confirmed by ping) or heartbeat_rule (2 x its interval)",
+            ["cluster", "method"],
+        )
+        dropped = CounterMetricFamily(
+            "taskmedic_celery_workers_dropped",
+            "Worker hostnames ignored since the exporter started because the cluster's worker "
+            "table was full",
+            labels=["cluster"],
         )
         crashed = self._gauge(
             "taskmedic_celery_worker_crashed",
@@ -164,6 +178,12 @@ class ExporterCollector(Collector):
             events.add_metric([snap.cluster], float(snap.task_events))
             tasks.add(snap.cluster, snap.tasks)
             broker.add_metric([snap.cluster], 1.0 if snap.broker_up else 0.0)
+            dropped.add_metric([snap.cluster], float(snap.workers_dropped))
+            signal = snap.liveness_method != HEARTBEAT_RULE
+            method.add_metric([snap.cluster, "broker_signal"], 1.0 if signal else 0.0)
+            method.add_metric([snap.cluster, "heartbeat_rule"], 0.0 if signal else 1.0)
+            if not snap.broker_up:
+                continue  # liveness unknown: no worker series rather than a false 0
             online = sum(1 for w in snap.workers if w.online)
             workers.add_metric([snap.cluster, "online"], float(online))
             workers.add_metric([snap.cluster, "offline"], float(len(snap.workers) - online))
@@ -171,7 +191,7 @@ class ExporterCollector(Collector):
                 worker_up.add_metric([snap.cluster, w.hostname], 1.0 if w.online else 0.0)
                 crashed.add_metric([snap.cluster, w.hostname], 1.0 if w.crashed else 0.0)
                 heartbeat.add_metric([snap.cluster, w.hostname], w.last_heartbeat)
-        yield from (broker, workers, worker_up, crashed, heartbeat, events)
+        yield from (broker, workers, worker_up, crashed, heartbeat, events, method, dropped)
         yield from tasks.families()
 
 

@@ -110,9 +110,24 @@ class Runner:
                 self._monitors[name] = monitor
         ctx = CheckContext(self._databases, self._monitors, self._broker_up)
         self._tasks = [
-            asyncio.create_task(self._loop(check, ctx), name=f"taskmedic-check-{name}")
+            asyncio.create_task(
+                self._loop(check, ctx, self._wake_on_death(check)), name=f"taskmedic-check-{name}"
+            )
             for name, check in self._checks.items()
         ]
+
+    def _wake_on_death(self, check: Check) -> asyncio.Event | None:
+        """For an orphan_tasks check: an event set when its cluster's broker signal confirms a
+        worker dead, so the tasks it was running are looked at now, not at the next turn."""
+        if not isinstance(check.spec, OrphanTasksCheck):
+            return None
+        monitor = self._monitors.get(check.spec.celery)
+        if monitor is None:
+            return None
+        wake = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        monitor.on_worker_gone(lambda _hostname: loop.call_soon_threadsafe(wake.set))
+        return wake
 
     async def stop(self) -> None:
         """Cancel the collections, stop our own monitors, close the database connections."""
@@ -135,15 +150,24 @@ class Runner:
         monitor = self._monitors.get(cluster)
         return monitor is not None and monitor.snapshot().broker_up
 
-    async def _loop(self, check: Check, ctx: CheckContext) -> None:
+    async def _loop(self, check: Check, ctx: CheckContext, wake: asyncio.Event | None) -> None:
         loop = asyncio.get_running_loop()
         if isinstance(check.spec, OrphanTasksCheck):
             await self._first_contact(check.spec.celery, loop.time() + FIRST_CONTACT)
         next_at = loop.time()
+        again = False  # a worker died: the observation just made needs its second at once
         while True:
             await self._collect(check, ctx)
+            if again:
+                again = False
+                continue
             next_at = max(next_at + check.interval, loop.time())
-            await asyncio.sleep(next_at - loop.time())
+            if wake is None:
+                await asyncio.sleep(next_at - loop.time())
+            elif await _woken(wake, next_at - loop.time()):
+                # An orphan needs two observations in a row: make both now.
+                wake.clear()
+                again, next_at = True, loop.time()
 
     async def _first_contact(self, cluster: str, until: float) -> None:
         """Give a freshly started event stream a moment to connect, so that the first
@@ -188,3 +212,13 @@ class Runner:
             log.warning("check %s: cannot tell: %s", check.name, error)
         check.reset()
         state.up, state.error = False, error
+
+
+async def _woken(wake: asyncio.Event, delay: float) -> bool:
+    """Sleep `delay` seconds; True as soon as `wake` is set, False when the time is up."""
+    try:
+        async with asyncio.timeout(delay):
+            await wake.wait()
+    except TimeoutError:
+        return False
+    return True

@@ -64,14 +64,16 @@ td.err{min-width:12rem;max-width:40rem;font-family:monospace;font-size:.9em}
 </tbody></table>
 <h2>Celery clusters</h2>
 <table><thead><tr><th>cluster</th><th>broker</th><th>workers online</th>
-<th>workers offline</th><th>task events</th></tr></thead><tbody>
+<th>workers offline</th><th>killed workers seen by</th><th>task events</th></tr></thead><tbody>
 {% for c in clusters %}<tr><td>{{ c.name }}</td>
 <td class="{{ 'up' if c.broker_up else 'down' }}">{{ 'up' if c.broker_up else 'down' }}</td>
-<td>{{ c.online|join(', ') }}</td><td>{{ c.offline|join(', ') }}</td>
+{% if c.broker_up %}<td>{{ c.online|join(', ') }}</td><td>{{ c.offline|join(', ') }}</td>
+{% else %}<td colspan="2">unknown while the broker cannot be reached</td>{% endif %}
+<td>{{ c.method }}</td>
 <td class="{{ 'up' if c.task_events else 'down' }}">{% if c.task_events %}{{ c.task_events }}
 received{% else %}none received: workers send no task events (start them with -E, or set
 enable_events: true for this cluster){% endif %}</td></tr>
-{% else %}<tr><td colspan="5">no clusters configured</td></tr>{% endfor %}
+{% else %}<tr><td colspan="6">no clusters configured</td></tr>{% endfor %}
 </tbody></table>
 {% if tasks %}<h2>Periodic tasks</h2>
 <table><thead><tr><th>cluster</th><th>task</th><th>expected every</th><th>last succeeded</th>
@@ -113,6 +115,7 @@ class PageCache:
                 snap.broker_up,
                 tuple((w.hostname, w.online, w.last_heartbeat) for w in snap.workers),
                 snap.task_events,
+                snap.liveness_method,
                 tuple(snap.tasks),  # frozen dataclasses: overdue and every time compared
             )
             for snap in self._runner.clusters()
@@ -184,6 +187,7 @@ async def _landing(request: web.Request) -> web.Response:
             "online": [w.hostname for w in snap.workers if w.online],
             "offline": [w.hostname for w in snap.workers if not w.online],
             "task_events": snap.task_events,
+            "method": snap.liveness_method,
         }
         for snap in snaps
     ]

@@ -28,6 +28,8 @@ def make_app(broker: str | None = None) -> Celery:
         broker_connection_retry_on_startup=True,
         result_expires=3600,
         worker_hijack_root_logger=False,
+        # TASKMEDIC_TEST_REMOTE_CONTROL=0: a worker with no control channel (answers no ping).
+        worker_enable_remote_control=os.environ.get("TASKMEDIC_TEST_REMOTE_CONTROL", "1") == "1",
     )
     # TASKMEDIC_TEST_BEAT="tests.add:1.5": what `celery beat` sends, and every how many seconds.
     beat = os.environ.get("TASKMEDIC_TEST_BEAT")

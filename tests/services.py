@@ -293,9 +293,11 @@ def start_worker(
     heartbeat: int = 2,
     env: dict[str, str] | None = None,
     events: bool = True,
+    remote_control: bool = True,
 ) -> Worker:
     """Start a worker (with task events on, unless `events=False`: no -E and the app's
-    worker_send_task_events off) and wait until it answers a ping."""
+    worker_send_task_events off) and wait until it answers a ping (or, with
+    `remote_control=False`, a worker that never answers one, until it says it is ready)."""
     hostname = f"{name or 'w' + uuid.uuid4().hex[:6]}@taskmedic-test"
     log = tmp / f"worker-{hostname.split('@')[0]}.log"
     full_env = {
@@ -303,6 +305,7 @@ def start_worker(
         "TASKMEDIC_TEST_BROKER": broker_url,
         "PYTHONPATH": str(ROOT),
         "TASKMEDIC_TEST_TASK_EVENTS": "1" if events else "0",
+        "TASKMEDIC_TEST_REMOTE_CONTROL": "1" if remote_control else "0",
         **(env or {}),
     }
     with log.open("wb") as out:
@@ -344,6 +347,8 @@ def start_worker(
         def answered() -> bool:
             if proc.poll() is not None:
                 raise AssertionError(f"worker exited early:\n{worker.output()}")  # noqa: TRY301
+            if not remote_control:
+                return " ready." in worker.output()
             replies = app.control.ping(destination=[hostname], timeout=0.5)
             return bool(replies)
 

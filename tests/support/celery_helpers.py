@@ -14,7 +14,7 @@ from exporter.base.connections import CeleryConfig
 from exporter.celery_state import ClusterMonitor, WorkerStatus
 from exporter.config import Config, PeriodicTask
 from healer.plan import CelerySpec, PlanStep
-from tests.services import free_port
+from tests.services import RedisTarget, free_port
 
 
 def status_of(
@@ -30,8 +30,9 @@ def status_of(
 class TcpLink:
     """A real TCP hop in front of a broker: `cut()` drops the listener and every open
     connection (what a monitor sees when the broker host goes away), `restore()` listens on
-    the same port again, `freeze()` holds the connections open but silent (a hung broker).
-    Only the monitor goes through it; workers talk to the broker directly.
+    the same port again, `drop()` closes the open connections only (a reconnect succeeds at
+    once), `freeze()` holds the connections open but silent (a hung broker or a network
+    stall). A monitor or a worker goes through it; the others talk to the broker directly.
     """
 
     def __init__(self, connect_upstream: Callable[[], socket.socket]) -> None:
@@ -63,6 +64,16 @@ class TcpLink:
         for t in self._threads:
             t.join(5)
         self._threads = []
+
+    def drop(self) -> None:
+        """Close every open connection but keep listening: a blip after which a reconnect
+        succeeds at once."""
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for s in sockets:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
 
     def _spawn(self, target: Callable[..., None], *args: object) -> None:
         t = threading.Thread(target=target, args=args, daemon=True)
@@ -118,6 +129,24 @@ class TcpLink:
                     return
 
 
+def redis_link(redis_target: RedisTarget) -> TcpLink:
+    """A TcpLink in front of this run's Redis (TCP or the embedded server's unix socket),
+    listening; `cut()` it at the end."""
+
+    def upstream() -> socket.socket:
+        if redis_target.socket_path:
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(redis_target.socket_path)
+            return s
+        host_port = redis_target.url.split("://", 1)[1].split("@")[-1].split("/")[0]
+        host, port = host_port.rsplit(":", 1)
+        return socket.create_connection((host, int(port)))
+
+    link = TcpLink(upstream)
+    link.restore()
+    return link
+
+
 class Monitors:
     """Starts ClusterMonitors for a test and stops every one of them afterwards."""
 
@@ -159,8 +188,9 @@ class Monitors:
     def stop_all(self) -> None:
         for monitor in self._started:
             monitor.stop()
-        left = [t.name for t in threading.enumerate() if t.name.startswith("taskmedic-events-")]
-        assert not left, f"event threads still running after stop(): {left}"
+        prefixes = ("taskmedic-events-", "taskmedic-presence-")
+        left = [t.name for t in threading.enumerate() if t.name.startswith(prefixes)]
+        assert not left, f"monitor threads still running after stop(): {left}"
 
 
 def celery_config(broker_url: str) -> Config:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from exporter.celery_state import ClusterMonitor, TaskTrace
 from exporter.errors import CheckUnknown
 from tests.celery_app import make_app
 from tests.services import RedisTarget, Worker, start_worker, wait_for
-from tests.support.celery_helpers import Monitors, TcpLink, status_of
+from tests.support.celery_helpers import Monitors, redis_link, status_of
 
 
 @pytest.fixture
@@ -69,6 +68,7 @@ def test_killed_worker_reads_crashed_within_two_heartbeats_and_is_not_purged_lik
     wait_regular_heartbeat(monitor, worker, 1.0)
     assert not status_of(monitor, worker.hostname).crashed  # type: ignore[union-attr]
 
+    offline_since = time.time()  # at the earliest: the broker signal may see it at once
     worker.kill()
     gone = wait_for(
         lambda: (s := status_of(monitor, worker.hostname)) and not s.online and s,
@@ -76,7 +76,6 @@ def test_killed_worker_reads_crashed_within_two_heartbeats_and_is_not_purged_lik
         what="the killed worker to read offline",
     )
     assert gone.crashed
-    offline_since = gone.last_heartbeat + 2 * gone.freq
 
     last_listed = time.time()
 
@@ -219,23 +218,6 @@ def test_task_of_a_live_worker_that_answers_too_slowly_is_unknown_not_lost(
     assert traces == {job.id: TaskTrace.UNKNOWN}
 
 
-def _link_to(redis_target: RedisTarget) -> TcpLink:
-    """A TcpLink in front of this run's Redis (TCP or the embedded server's unix socket)."""
-
-    def upstream() -> socket.socket:
-        if redis_target.socket_path:
-            s = socket.socket(socket.AF_UNIX)
-            s.connect(redis_target.socket_path)
-            return s
-        host_port = redis_target.url.split("://", 1)[1].split("@")[-1].split("/")[0]
-        host, port = host_port.rsplit(":", 1)
-        return socket.create_connection((host, int(port)))
-
-    link = TcpLink(upstream)
-    link.restore()
-    return link
-
-
 def test_broker_lost_and_back(
     broker_url: str,
     redis_target: RedisTarget,
@@ -244,10 +226,10 @@ def test_broker_lost_and_back(
     monitors: Monitors,
 ) -> None:
     """When the monitor loses the broker, broker_up drops and the workers it can no longer
-    hear age into offline (nothing is made up); when the broker is back it reconnects by
-    itself and the live worker reads online again."""
+    hear are no longer listed (their liveness is unknown, not offline); when the broker is
+    back it reconnects by itself and the live worker reads online again."""
 
-    link = _link_to(redis_target)
+    link = redis_link(redis_target)
     worker = start_worker(broker_url, tmp_path, heartbeat=1)
     workers.append(worker)
     monitor = monitors(f"redis://127.0.0.1:{link.port}/{redis_target.db}")
@@ -259,11 +241,7 @@ def test_broker_lost_and_back(
         wait_for(lambda: not monitor.snapshot().broker_up, timeout=5, what="broker_up to drop")
         with pytest.raises(CheckUnknown):
             monitor.task_traces([str(uuid.uuid4())])
-        wait_for(
-            lambda: (s := status_of(monitor, worker.hostname)) and not s.online,
-            timeout=2 * 1.0 + 1.0,
-            what="the unheard worker to age into offline",
-        )
+        assert status_of(monitor, worker.hostname) is None
 
         link.restore()
         wait_for(lambda: monitor.snapshot().broker_up, timeout=10, what="the monitor to reconnect")

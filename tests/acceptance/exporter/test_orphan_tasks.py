@@ -144,3 +144,44 @@ async def test_a_worker_killed_mid_task_turns_its_row_into_a_lost_orphan(
     assert age is not None
     assert age >= 2.0
     assert job.state == "STARTED"  # the backend still claims it runs: only we know better
+
+
+async def test_the_task_of_a_worker_seen_killed_is_an_orphan_before_the_next_collection(
+    timeline: str,
+    broker_url: str,
+    tmp_path: Path,
+    workers: list[Worker],
+    client_app: Celery,
+    aiohttp_client: Any,
+) -> None:
+    """Collections a minute apart: once the broker signal confirms the worker dead, the check
+    looks at once (twice in a row, the two observations an orphan needs), so the row past its
+    grace reads as a lost orphan long before the check's next turn."""
+    interval = 60.0
+    worker = start_worker(broker_url, tmp_path, heartbeat=5)
+    workers.append(worker)
+    job = client_app.send_task("tests.sleep", args=[120])
+    wait_for(lambda: job.state == "STARTED", timeout=15, what="the task to start")
+    add_row(timeline, 1, job.id)
+    config = config_from(tmp_path, config_data(timeline, broker_url, interval=f"{interval}s"))
+    client = await aiohttp_client(create_app(config))
+    runner: Runner = client.app[RUNNER]
+    up = ("taskmedic_celery_worker_up", (("cluster", "main"), ("worker", worker.hostname)))
+    lost = ("taskmedic_orphan_tasks", (("check", "timelines"), ("reason", "lost")))
+
+    async def watched() -> bool:
+        return (await metrics(client)).get(up) == 1 and runner.state("timelines").up is True
+
+    await until(watched, 20, "the worker online and the check's first collection")
+    first = runner.state("timelines").last_attempt
+    assert first is not None
+    assert runner.state("timelines").collections == 1
+
+    worker.kill()
+
+    async def orphaned() -> bool:
+        return (await metrics(client)).get(lost) == 1
+
+    await until(orphaned, 30, "the row to become a lost orphan")
+    assert time.time() < first + interval, "found only by the check's schedule"
+    assert job.state == "STARTED"
