@@ -10,6 +10,7 @@ followed log) comes within 15 s.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import sys
@@ -29,6 +30,12 @@ from schemathesis.core.result import Ok
 
 from tests.support.faults import COUNTS, RestartableHealer, report
 from tests.support.ingest_helpers import AUTH, payload, rows, with_alert, write_config
+
+FUZZ_PASSWORD = "fuzz-password-1"
+FUZZ_AUTH = {
+    "Authorization": "Basic " + base64.b64encode(f"fuzz:{FUZZ_PASSWORD}".encode()).decode()
+}
+ROLES = ["post_alerts", "approve"]
 
 HANG = 15.0
 
@@ -58,6 +65,9 @@ def healer(journal_dsn: str, tmp_path: Path) -> Iterator[RestartableHealer]:
         healer={
             "auth": {
                 "bearer_token": AUTH["Authorization"][7:],
+                # One credential that may do everything, so that every operation is fuzzed
+                # past its role check (Alertmanager's token may only post alerts).
+                "users": [{"name": "fuzz", "password": FUZZ_PASSWORD, "roles": ROLES}],
                 "max_failures": 10**9,
                 "max_failures_total": 10**9,
             }
@@ -71,7 +81,7 @@ def healer(journal_dsn: str, tmp_path: Path) -> Iterator[RestartableHealer]:
         body = with_alert(
             payload("firing_stale_rows"), labels={"alertname": name}, fingerprint=f"seed{i}"
         )
-        resp = requests.post(h.url + "/alerts", json=body, headers=AUTH, timeout=HANG)
+        resp = requests.post(h.url + "/alerts", json=body, headers=FUZZ_AUTH, timeout=HANG)
         assert resp.status_code == 200, resp.text
     yield h
     h.stop()
@@ -95,7 +105,7 @@ class Tally:
 
 
 def _schemathesis(h: RestartableHealer, tally: Tally, budget: int) -> None:
-    doc = requests.get(h.url + "/api/openapi.json", headers=AUTH, timeout=HANG).json()
+    doc = requests.get(h.url + "/api/openapi.json", headers=FUZZ_AUTH, timeout=HANG).json()
     schema = schemathesis.openapi.from_dict(doc)
     operations = []
     for result in schema.get_all_operations():
@@ -135,7 +145,7 @@ def _schemathesis(h: RestartableHealer, tally: Tally, budget: int) -> None:
                         resp = case.call(
                             base_url=h.url,
                             session=session,
-                            headers=AUTH,
+                            headers=FUZZ_AUTH,
                             timeout=HANG,
                             stream=True,  # a followed log answers headers, then streams
                             allow_redirects=False,
@@ -188,7 +198,7 @@ def _hypothesis(h: RestartableHealer, tally: Tally, budget: int) -> None:
             resp = session.post(
                 h.url + "/alerts",
                 data=data,
-                headers={**AUTH, "Content-Type": "application/json"},
+                headers={**FUZZ_AUTH, "Content-Type": "application/json"},
                 timeout=HANG,
             )
         except requests.RequestException as exc:
