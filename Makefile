@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: venv demo test unit lint faults bench peers clean
+.PHONY: venv demo test unit lint faults fuzz bench peers clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ unit: venv
 # 60 s, 10,000 generated requests); `make test` runs the same files with small counts.
 faults: venv
 	@TASKMEDIC_FAULTS=full $(PYTEST) tests/faults -m faults -p no:randomly -s $(PYTEST_ARGS); $(NONE_COLLECTED)
+
+# The fuzzer alone at its full count (10,000 generated requests, about 4 minutes): CI runs it
+# after `make test`.
+fuzz: venv
+	@TASKMEDIC_FAULTS=full $(PYTEST) tests/faults/test_fuzz_api.py -m faults -p no:randomly -s $(PYTEST_ARGS); $(NONE_COLLECTED)
 
 # query-exporter, the peer the exporter benchmark compares against, lives in its own venv so
 # its dependencies never mix with ours.

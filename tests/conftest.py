@@ -112,8 +112,10 @@ def broker_url(redis_target: RedisTarget) -> str:
 
 @pytest.fixture
 def workers(broker_url: str, tmp_path: Path) -> Iterator[list[Worker]]:
-    """Start workers with `workers.append(start_worker(broker_url, tmp_path))`; all stop after."""
+    """Start workers with `workers.append(start_worker(broker_url, tmp_path))`; all are killed
+    after the test: a warm shutdown would wait for the tasks a test left running, and a test
+    that asserts on a clean stop calls `Worker.stop()` itself."""
     started: list[Worker] = []
     yield started
     for w in started:
-        w.stop()
+        w.kill()

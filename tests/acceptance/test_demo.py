@@ -26,7 +26,13 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.acceptance.healer.test_console_browser import CHROMIUM, CHROMIUM_ARGS
 from tests.services import ROOT, free_port, need_or_skip, wait_for
+
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # pragma: no cover - the dev extra installs it
+    sync_playwright = None  # type: ignore[assignment]
 
 READY = re.compile(r"^taskmedic-demo ready (.*)$")
 PIDS = ("worker_pid", "beat_pid", "exporter_pid", "postgres_pid", "redis_pid")
@@ -276,8 +282,9 @@ def test_demo_with_healer_routes_its_orphan_record_to_an_approval_and_stops_clea
     tmp_path: Path, demos: list[DemoRun]
 ) -> None:
     """`--healer`: the seeded orphan record fires TaskmedicOrphanRows in the real Prometheus,
-    Alertmanager hands it to the healer, and the action waits for a person's approval; Ctrl-C
-    then stops the healer, Prometheus and Alertmanager with the rest."""
+    Alertmanager hands it to the healer, and the action waits for a person's approval, given
+    in the console in a real browser; Ctrl-C then stops the healer, Prometheus and Alertmanager
+    with the rest and leaves no process or folder behind."""
     need_or_skip(Path("/usr/bin/prometheus").exists(), "prometheus")
     need_or_skip(Path("/usr/bin/prometheus-alertmanager").exists(), "prometheus-alertmanager")
     run = start_demo(
@@ -307,12 +314,48 @@ def test_demo_with_healer_routes_its_orphan_record_to_an_approval_and_stops_clea
 
     (action,) = wait_for(awaiting_approval, timeout=90, interval=1, what="an action to approve")
     assert action["alert"]["labels"]["check"] == "records_without_action"
+    approve_in_the_console(info["healer"], run.dir, action["id"])
+
+    def decided() -> str | None:
+        req = urllib.request.Request(  # noqa: S310 - the demo's own healer
+            f"{info['healer']}api/actions/{action['id']}",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310
+            got: dict[str, Any] = json.load(resp)
+        return got["approved_by"] if got["state"] != "awaiting_approval" else None
+
+    assert wait_for(decided, timeout=30, interval=0.5, what="the approval recorded") == "demo"
 
     os.kill(run.proc.pid, signal.SIGINT)
     assert run.proc.wait(timeout=90) == 0, run.output()
     left = [name for name, pid in pids.items() if alive(pid)]
     assert not left, f"still running after Ctrl-C: {left}\n{run.output()}"
     assert not processes_using(run.dir)
+
+
+def approve_in_the_console(healer_url: str, demo_dir: Path, action_id: int) -> None:
+    """What the demo's guide tells a user to do: open the console in a browser, log in as
+    `demo` with the password in the demo's folder, open the action, Approve…, Approve and run."""
+    need_or_skip(CHROMIUM.exists(), f"Chromium ({CHROMIUM})")
+    need_or_skip(sync_playwright is not None, "Playwright for Python")
+    password = (demo_dir / "healer-password").read_text().strip()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(healer_url)
+            page.fill("input[name=username]", "demo")
+            page.fill("input[name=password]", password)
+            page.click("button[type=submit]")
+            page.wait_for_selector("#actions")
+            page.goto(f"{healer_url}actions/{action_id}")
+            page.locator("#state", has_text="awaiting approval").wait_for()
+            page.click("#approve-confirm summary")
+            page.click("#approve")
+            page.locator("#state", has_text="awaiting approval").wait_for(state="detached")
+        finally:
+            browser.close()
 
 
 # --- in a terminal, piped through tee: Ctrl-C, SIGHUP, kill -9 then another demo -------------

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from kombu.connection import Connection
 
-from tests.services import need_or_skip, reachable
+from tests.services import Worker, need_or_skip, reachable
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
@@ -27,3 +27,12 @@ def queue(amqp_url: str) -> Iterator[str]:
     yield name
     with Connection(amqp_url) as conn:
         conn.default_channel.queue_delete(name)
+
+
+@pytest.fixture
+def amqp_workers() -> Iterator[list[Worker]]:
+    """Workers on RabbitMQ a test starts; killed after it, as the `workers` fixture does."""
+    started: list[Worker] = []
+    yield started
+    for worker in started:
+        worker.kill()

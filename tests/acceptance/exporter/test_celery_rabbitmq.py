@@ -20,14 +20,6 @@ pytestmark = pytest.mark.rabbitmq
 
 
 @pytest.fixture
-def amqp_workers() -> Iterator[list[Worker]]:
-    started: list[Worker] = []
-    yield started
-    for worker in started:
-        worker.stop()
-
-
-@pytest.fixture
 def client(amqp_url: str) -> Iterator[Celery]:
     app = make_app(amqp_url)
     yield app

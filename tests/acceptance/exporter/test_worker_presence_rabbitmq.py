@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,14 +17,6 @@ from tests.services import Worker, start_worker, wait_for
 from tests.support.celery_helpers import Monitors, status_of
 
 pytestmark = pytest.mark.rabbitmq
-
-
-@pytest.fixture
-def amqp_workers() -> Iterator[list[Worker]]:
-    started: list[Worker] = []
-    yield started
-    for worker in started:
-        worker.stop()
 
 
 def wait_beating(monitor: ClusterMonitor, worker: Worker, beat: float) -> None:

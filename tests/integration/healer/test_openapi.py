@@ -59,8 +59,8 @@ def test_the_document_is_valid_openapi_and_its_webhook_schema_takes_alertmanager
 async def test_the_document_is_served_to_a_caller_with_credentials_only(
     aiohttp_client: Any, tmp_path: Path, journal_dsn: str
 ) -> None:
-    app = create_app(config_for(tmp_path, journal_dsn, rules="rules: []\n"), dsn=journal_dsn)
-    client = await aiohttp_client(app)
+    config = config_for(tmp_path, journal_dsn, rules="rules: []\n")
+    client = await aiohttp_client(create_app(config, dsn=journal_dsn, run_executor=False))
     assert (await client.get("/api/openapi.json")).status == 401
     resp = await client.get("/api/openapi.json", headers=AUTH)
     assert resp.status == 200
