@@ -113,7 +113,8 @@ def inject(demo: Demo, name: str) -> str:
         os.kill(worker.pid, signal.SIGKILL)
         text = (
             f"killed the Celery worker (pid {worker.pid}) with SIGKILL.\n"
-            f"  within ~5 s: taskmedic_celery_worker_up 0 (two missed heartbeats); {lost};\n"
+            "  within ~1 s: taskmedic_celery_worker_up 0 (the broker sees its connection "
+            f"close); {lost};\n"
             f"  beat's cache refresh has no worker to run it, so tree_status_cache goes stale "
             f"after {configs.MAX_AGE:g} s."
         )
