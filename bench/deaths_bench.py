@@ -249,7 +249,9 @@ def wait_ready(
     pending = {w.name for w in watchers} | {"orphans clear"}
     while pending and time.monotonic() < deadline:
         for w in watchers:
-            if w.name in pending:
+            # taskmedic is read until its orphan gauge is clear too, even once it lists the
+            # worker: the previous kill's row, just marked done, clears at its next collection.
+            if w.name in pending or (w.name == "taskmedic" and "orphans clear" in pending):
                 text = page(ports[w.name])
                 value = w.read(text, hostname) if text is not None else None
                 if value is not None and value >= 1:
