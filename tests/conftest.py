@@ -58,7 +58,11 @@ def journal_template(pg_server: PostgresServer) -> Iterator[str]:
 
 @pytest.fixture
 def journal_dsn(pg_server: PostgresServer, journal_template: str) -> Iterator[str]:
-    """A fresh journal (a migrated database of this test's own); its DSN."""
+    """A fresh journal (a migrated database of this test's own); its DSN.
+
+    Dropped at teardown: a test whose app runs its executor names `journal_dsn` before
+    `aiohttp_client`, so that the app stops before its journal goes (an executor that finds
+    its journal gone keeps retrying its claim for the journal's retry window)."""
     name, dsn = pg_server.create_database(template=journal_template)
     yield dsn
     pg_server.drop_database(name)

@@ -45,7 +45,7 @@ rules:
 
 
 async def test_injection_through_labels_creates_no_file_and_runs_nothing(
-    aiohttp_client: Any, journal_dsn: str, tmp_path: Path
+    journal_dsn: str, aiohttp_client: Any, tmp_path: Path
 ) -> None:
     """Shell metacharacters in labels: the templated rule refuses; env and stdin stay inert."""
     seen = tmp_path / "seen"

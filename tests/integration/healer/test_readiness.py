@@ -34,7 +34,7 @@ async def until_ready(client: Client, want: int, timeout: float = 30.0) -> dict[
 
 
 async def test_a_flood_of_health_checks_takes_no_connection_ingest_needs(
-    aiohttp_client: Any, journal_dsn: str, tmp_path: Path
+    journal_dsn: str, aiohttp_client: Any, tmp_path: Path
 ) -> None:
     app = create_app(config_for(tmp_path, journal_dsn), dsn=journal_dsn, run_executor=False)
     client: Client = await aiohttp_client(app)
@@ -46,7 +46,7 @@ async def test_a_flood_of_health_checks_takes_no_connection_ingest_needs(
 
 
 async def test_a_loop_that_fails_is_counted_not_ready_and_started_again(
-    aiohttp_client: Any, journal_dsn: str, tmp_path: Path
+    journal_dsn: str, aiohttp_client: Any, tmp_path: Path
 ) -> None:
     """The journal refuses what the executor's loops ask (here its actions table is renamed
     away): the failures are logged and counted, /readyz says which loop is down, and once the
