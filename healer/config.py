@@ -11,7 +11,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     BeforeValidator,
@@ -65,13 +65,14 @@ Size = Annotated[
 ]
 
 
-class BasicAuthSettings(Model):
-    username: str = Field(min_length=1)
+class _Password(Model):
+    """A password given inline or in a file (read once, at load), never empty."""
+
     password: SecretStr | None = None
     password_file: Path | None = None
 
     @model_validator(mode="after")
-    def _resolve(self) -> BasicAuthSettings:
+    def _resolve(self) -> Self:
         if (self.password is None) == (self.password_file is None):
             raise ValueError("give exactly one of password or password_file")
         if self.password_file is not None:
@@ -84,6 +85,10 @@ class BasicAuthSettings(Model):
     def secret_password(self) -> str:
         assert self.password is not None
         return self.password.get_secret_value()
+
+
+class BasicAuthSettings(_Password):
+    username: str = Field(min_length=1)
 
     def display(self) -> dict[str, Any]:
         out: dict[str, Any] = {"username": self.username, "password": _MASK}
@@ -100,28 +105,11 @@ _USER_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
 RESERVED_NAMES = frozenset({"token", "anonymous"})
 
 
-class UserSettings(Model):
+class UserSettings(_Password):
     """A named person for the console and the API (basic auth): `approved_by` names them."""
 
     name: str = Field(pattern=_USER_NAME)
-    password: SecretStr | None = None
-    password_file: Path | None = None
     roles: list[Role] = Field(default_factory=lambda: list[Role](["read"]))
-
-    @model_validator(mode="after")
-    def _resolve(self) -> UserSettings:
-        if (self.password is None) == (self.password_file is None):
-            raise ValueError("give exactly one of password or password_file")
-        if self.password_file is not None:
-            secret = read_secret(self.password_file, "password_file")
-            object.__setattr__(self, "password", SecretStr(secret))
-        if not self.secret_password():
-            raise ValueError("the password is empty")
-        return self
-
-    def secret_password(self) -> str:
-        assert self.password is not None
-        return self.password.get_secret_value()
 
     def display(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "password": _MASK, "roles": list(self.roles)}

@@ -3,7 +3,6 @@ broker or result backend read as unknown, never as lost."""
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Iterator
 
@@ -14,7 +13,7 @@ from exporter.celery_state import TaskTrace
 from exporter.errors import CheckUnknown
 from tests.celery_app import make_app
 from tests.services import RedisTarget, free_port, wait_for
-from tests.support.celery_helpers import Monitors, TcpLink
+from tests.support.celery_helpers import Monitors, redis_link
 
 
 @pytest.fixture
@@ -69,29 +68,12 @@ def test_unreachable_result_backend_is_unknown_not_lost(
     assert "s3cret" not in str(caught.value)
 
 
-def _link_to(redis_target: RedisTarget) -> TcpLink:
-    """A TcpLink in front of this run's Redis (TCP or the embedded server's unix socket)."""
-
-    def upstream() -> socket.socket:
-        if redis_target.socket_path:
-            s = socket.socket(socket.AF_UNIX)
-            s.connect(redis_target.socket_path)
-            return s
-        host_port = redis_target.url.split("://", 1)[1].split("@")[-1].split("/")[0]
-        host, port = host_port.rsplit(":", 1)
-        return socket.create_connection((host, int(port)))
-
-    link = TcpLink(upstream)
-    link.restore()
-    return link
-
-
 def test_hung_broker_reads_down_and_checks_give_up(
     redis_target: RedisTarget, monitors: Monitors
 ) -> None:
     """A broker that keeps the connection open but stops answering is down too: broker_up
     drops and task_traces raises CheckUnknown instead of hanging the check."""
-    link = _link_to(redis_target)
+    link = redis_link(redis_target)
     monitor = monitors(f"redis://127.0.0.1:{link.port}/{redis_target.db}")
     try:
         wait_for(lambda: monitor.snapshot().broker_up, timeout=10, what="the monitor to connect")
