@@ -13,11 +13,9 @@ refused) and restored.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import socket
 import subprocess
-import threading
 import time
 import uuid
 from collections import Counter
@@ -27,6 +25,7 @@ from typing import Any
 import pytest
 
 from tests.services import free_port, need_or_skip, reachable, wait_for
+from tests.support.celery_helpers import TcpLink
 from tests.support.faults import FULL, Scraper, report
 from tests.support.orphan_tasks import add_row
 from tests.support.rabbitmq import AMQP_URL
@@ -59,67 +58,6 @@ class OwnRedis:
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait(timeout=10)
-
-
-class CuttableRelay:
-    """A TCP relay to host:port that can be cut (every connection closed, new ones refused)
-    and restored on the same port."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.upstream = (host, port)
-        self.port = free_port()
-        self._listener: socket.socket | None = None
-        self._conns: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self.restore()
-
-    def restore(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def cut(self) -> None:
-        with self._lock:
-            assert self._listener is not None
-            with contextlib.suppress(OSError):
-                self._listener.shutdown(socket.SHUT_RDWR)
-            self._listener.close()
-            for s in self._conns:
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-                s.close()
-            self._conns.clear()
-
-    close = cut
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return  # cut
-            try:
-                upstream = socket.create_connection(self.upstream, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
 
 
 def _outage(scraper: Scraper, log: Path, cut: Any, restore: Any, rounds: int) -> dict[str, Any]:
@@ -174,14 +112,16 @@ def test_rabbitmq_cut_and_restored_under_the_exporter(
     exporter_for: Any, timeline: str, amqp_url: str, queue: str
 ) -> None:
     host_port = amqp_url.split("@", 1)[1].split("/", 1)[0]
-    relay = CuttableRelay("127.0.0.1", int(host_port.rsplit(":", 1)[1]))
+    upstream = ("127.0.0.1", int(host_port.rsplit(":", 1)[1]))
+    relay = TcpLink(lambda: socket.create_connection(upstream))
+    relay.restore()
     broker = AMQP_URL.replace(host_port, f"127.0.0.1:{relay.port}")
     add_row(timeline, 1, str(uuid.uuid4()))  # the one true orphan: nobody knows its id
     try:
         port, log = exporter_for(broker, None, [queue])
         figures = _outage(Scraper(port), log, relay.cut, relay.restore, ROUNDS)
     finally:
-        relay.close()
+        relay.cut()
     report("rabbitmq cut and restored", **figures)
     assert figures["false_counts"] == 0
     assert figures["values_while_down"] == 0
