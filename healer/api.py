@@ -22,6 +22,7 @@ from healer.actions import cancel as cancel_action
 from healer.auth import identity_of, requires
 from healer.errors import JournalUnavailable
 from healer.journal.pool import journal_errors
+from healer.url_numbers import parse_number
 
 __all__ = ["parse_since", "routes", "setup"]
 
@@ -47,18 +48,14 @@ def parse_since(value: str, now: datetime | None = None) -> datetime:
     return moment
 
 
-def _digits(value: str) -> bool:
-    """ASCII digits only: `str.isdigit` also accepts `²` and other digits `int` refuses."""
-    return value.isascii() and value.isdigit()
-
-
 def _action_id(request: web.Request) -> int:
     raw = request.match_info["id"]
-    if not _digits(raw) or len(raw) > 18:
+    action_id = parse_number(raw)
+    if action_id is None:
         raise web.HTTPNotFound(
             text=json.dumps({"error": f"no action {raw!r}"}), content_type="application/json"
         )
-    return int(raw)
+    return action_id
 
 
 def _storable(value: str) -> bool:
@@ -86,11 +83,11 @@ async def list_handler(request: web.Request) -> web.Response:
             since = parse_since(query["since"])
         except ValueError as exc:
             return _error(400, f"since: {exc}")
-    limit_raw = query.get("limit", "50")
-    if not _digits(limit_raw) or not 1 <= int(limit_raw) <= MAX_LIMIT:
+    limit = parse_number(query.get("limit", "50"), MAX_LIMIT)
+    if not limit:  # None, or 0
         return _error(400, f"limit must be a number from 1 to {MAX_LIMIT}")
     cursor = query.get("cursor")
-    if cursor is not None and (not _digits(cursor) or len(cursor) > 18):
+    if cursor is not None and parse_number(cursor) is None:
         return _error(400, "cursor is not one this API returned")
     try:
         with journal_errors():
@@ -101,7 +98,7 @@ async def list_handler(request: web.Request) -> web.Response:
                     rule=query.get("rule") or None,
                     since=since,
                     before=int(cursor) if cursor else None,
-                    limit=int(limit_raw),
+                    limit=limit,
                 )
     except JournalUnavailable:
         return _error(503, "journal unavailable")

@@ -37,6 +37,7 @@ from healer.errors import JournalUnavailable
 from healer.journal import logs
 from healer.journal.pool import journal_errors
 from healer.log_hub import Chunk, End, LogHub
+from healer.url_numbers import MAX_ID, parse_number
 
 __all__ = ["LOG_HUB", "HubSlot", "hub_of", "iter_log_text", "setup"]
 
@@ -137,12 +138,13 @@ class LogFilter:
         )
 
 
-def _nonneg_int(value: str, what: str, maximum: int = 10**18 - 1) -> int:
-    if not (value.isascii() and value.isdigit()) or len(value) > 18 or int(value) > maximum:
+def _nonneg_int(value: str, what: str, maximum: int = MAX_ID) -> int:
+    number = parse_number(value, maximum)
+    if number is None:
         raise web.HTTPBadRequest(
             text=f"{what}: expected an integer from 0 to {maximum}, got {value[:40]!r}"
         )
-    return int(value)
+    return number
 
 
 def _filter(request: web.Request) -> LogFilter:

@@ -21,6 +21,7 @@ from healer.console.session import console_page, csrf_token, has_session
 from healer.errors import JournalUnavailable
 from healer.journal import console as journal_console
 from healer.journal.pool import journal_errors
+from healer.url_numbers import parse_number
 
 __all__ = ["action_page", "index", "static_file"]
 
@@ -58,11 +59,9 @@ async def index(request: web.Request) -> web.Response:
     if rule is not None and len(rule) > 200:
         raise web.HTTPBadRequest(text="rule: too long")
     before_s = request.query.get("before") or None
-    if before_s is not None and (
-        not (before_s.isascii() and before_s.isdigit()) or len(before_s) > 18
-    ):
+    before = parse_number(before_s) if before_s is not None else None
+    if before_s is not None and before is None:
         raise web.HTTPBadRequest(text="before: expected an action id")
-    before = int(before_s) if before_s else None
     pool = request.app[appkeys.JOURNAL_POOL]
 
     async def read(conn: Conn) -> tuple[list[dict[str, Any]], list[str]]:
