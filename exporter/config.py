@@ -120,7 +120,7 @@ class Config(Model):
     healer accepts; a subclass that declares one of them as a field validates it instead.
     """
 
-    OTHER_SECTIONS: ClassVar[frozenset[str]] = frozenset({"healer"})
+    OTHER_SECTIONS: ClassVar[frozenset[str]] = frozenset({"healer", "agents"})
 
     databases: dict[Name, DatabaseConfig] = Field(default_factory=dict)
     celery: dict[Name, CeleryConfig] = Field(default_factory=dict)

@@ -12,6 +12,8 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from healer.journal import actions as journal_actions
+from healer.journal import events as journal_events
+from healer.journal import host_runs
 from healer.journal.actions import STATES, ActionConflict, ActionNotFound, approve, cancel
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "cancel",
     "get_action",
     "list_actions",
+    "resume",
 ]
 
 
@@ -72,6 +75,10 @@ async def list_actions(
         conn, states=states or None, rule=rule, since=since, before=before, limit=limit + 1
     )
     items = [_item(r) for r in rows[:limit]]
+    counts = await host_runs.counts(conn, [i["id"] for i in items]) if items else {}
+    for item in items:
+        # Steps on other hosts: how many host runs succeeded and failed (null: none).
+        item["hosts"] = counts.get(item["id"])
     more = len(rows) > limit
     return items, (str(items[-1]["id"]) if more and items else None)
 
@@ -99,10 +106,30 @@ async def get_action(conn: AsyncConnection[Any], action_id: int) -> dict[str, An
             "cancelled_by": row["cancelled_by"],
             "cancelled_at": _iso(row["cancelled_at"]),
             "on_interrupt": row["on_interrupt"],
+            "paused_at": _iso(row["paused_at"]),
+            "resumed_by": row["resumed_by"],
         }
     )
     steps = await journal_actions.step_rows(conn, action_id)
     out["steps"] = [{k: _iso(v) for k, v in s.items()} for s in steps]
+    runs = [{k: _iso(v) for k, v in r.items()} for r in await host_runs.of_action(conn, action_id)]
+    for step in out["steps"]:
+        # The step's runs on other hosts, every attempt and the undo's too, oldest first.
+        step["hosts"] = [r for r in runs if r["step_idx"] == step["idx"]]
     events = await journal_actions.event_rows(conn, action_id)
     out["events"] = [{k: _iso(v) for k, v in e.items()} for e in events]
     return out
+
+
+async def resume(conn: AsyncConnection[Any], action_id: int, actor: str) -> dict[str, Any]:
+    """Resume a multi-host step paused after a batch; the audit trail names `actor`."""
+    async with conn.transaction():
+        if not await host_runs.resume(conn, action_id, actor):
+            row = await journal_actions.action_row(conn, action_id)  # ActionNotFound
+            raise ActionConflict(
+                f"action {action_id} is {row['state']} and not paused: nothing to resume"
+            )
+        await journal_events.record(
+            conn, action_id, actor, "resume", None, None, f"resumed by {actor}"
+        )
+    return {"id": action_id, "resumed_by": actor}

@@ -19,6 +19,7 @@ from healer import appkeys
 from healer.actions import STATES, ActionConflict, ActionNotFound, get_action, list_actions
 from healer.actions import approve as approve_action
 from healer.actions import cancel as cancel_action
+from healer.actions import resume as resume_action
 from healer.auth import identity_of, requires
 from healer.errors import JournalUnavailable
 from healer.journal.pool import journal_errors
@@ -164,12 +165,29 @@ async def _steer(request: web.Request, action_id: int, plan_hash: str | None) ->
     return web.json_response(out, status=202 if out.get("cancel_requested") else 200)
 
 
+@requires("approve")
+async def resume_handler(request: web.Request) -> web.Response:
+    action_id = _action_id(request)
+    try:
+        with journal_errors():
+            async with request.app[appkeys.JOURNAL_POOL].connection() as conn:
+                out = await resume_action(conn, action_id, identity_of(request))
+    except ActionNotFound:
+        return _error(404, f"no action {action_id}")
+    except ActionConflict as exc:
+        return _error(409, str(exc))
+    except JournalUnavailable:
+        return _error(503, "journal unavailable")
+    return web.json_response(out)
+
+
 def routes() -> list[web.RouteDef]:
     return [
         web.get("/api/actions", list_handler),
         web.get("/api/actions/{id:[0-9]+}", show_handler),
         web.post("/api/actions/{id:[0-9]+}/approve", approve_handler),
         web.post("/api/actions/{id:[0-9]+}/cancel", cancel_handler),
+        web.post("/api/actions/{id:[0-9]+}/resume", resume_handler),
     ]
 
 

@@ -94,6 +94,7 @@ async def _executor_ctx(app: web.Application) -> AsyncIterator[None]:
         dry_run=h.dry_run,
         output_cap=h.output_cap,
         approval_timeout=h.approval_timeout,
+        agents=config.agents,
     )
     await executor.start()
     app[EXECUTOR] = executor

@@ -91,6 +91,25 @@ def _cmd_healer(args: argparse.Namespace) -> int:
     return _serve(serve(config, listen=args.listen))
 
 
+def _cmd_agent(args: argparse.Namespace) -> int:
+    from healer.agents.settings import is_host_name
+    from healer.agents.worker import run_agent
+
+    config = _load(args)
+    if config.agents is None:
+        raise ConfigError(
+            [config.problem(("agents",), "`taskmedic agent` needs an agents: section (broker)")]
+        )
+    bad = [q for q in args.queue if not is_host_name(q)]
+    if bad:
+        _err(f"taskmedic: --queue {bad[0]!r} is not a host name (letters, digits, _ . : -)")
+        return 2
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return run_agent(config.agents, args.queue)
+
+
 def _serve(main: Coroutine[Any, Any, int]) -> int:
     """Run a server on uvloop where it is installed (not on Windows), else on asyncio's loop.
 
@@ -320,6 +339,17 @@ def _cmd_actions_cancel(args: argparse.Namespace) -> int:
     return _on_journal(args, body)
 
 
+def _cmd_actions_resume(args: argparse.Namespace) -> int:
+    from healer.actions import resume
+
+    async def body(conn: psycopg.AsyncConnection[Any]) -> int:
+        out = await resume(conn, args.id, args.by)
+        print(f"action {out['id']} resumed: its next batch of hosts starts")
+        return 0
+
+    return _on_journal(args, body)
+
+
 # --- rules ----------------------------------------------------------------------------------
 
 
@@ -429,6 +459,17 @@ def register(sub: Any) -> dict[str, Any]:
     p.add_argument("--dry-run", action="store_true", help="run every rule as a dry run")
     p.set_defaults(func=_guard(_cmd_healer))
 
+    p = sub.add_parser("agent", help="run steps sent to this host's queues (a Celery worker)")
+    _config_arg(p)
+    p.add_argument(
+        "--queue",
+        action="append",
+        required=True,
+        metavar="NAME",
+        help="the host whose steps to run: consumes agents.queue_prefix + NAME (repeat)",
+    )
+    p.set_defaults(func=_guard(_cmd_agent))
+
     db = sub.add_parser("db", help="the journal's schema")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
     p = db_sub.add_parser("upgrade", help="create or upgrade the journal schema (safe to race)")
@@ -467,6 +508,11 @@ def register(sub: Any) -> dict[str, Any]:
     p.add_argument("id", type=int)
     p.add_argument("--by", default="cli", help="who cancels (recorded in the journal)")
     p.set_defaults(func=_guard(_cmd_actions_cancel))
+    p = actions_sub.add_parser("resume", help="resume a step paused after a batch of hosts")
+    _config_arg(p)
+    p.add_argument("id", type=int)
+    p.add_argument("--by", default="cli", help="who resumes (recorded in the journal)")
+    p.set_defaults(func=_guard(_cmd_actions_resume))
 
     rules = sub.add_parser("rules", help="check, test and replay healer rules")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="COMMAND")

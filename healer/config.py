@@ -27,6 +27,7 @@ from exporter.base.connections import DatabaseConfig, read_secret
 from exporter.base.errors import ConfigError, Problem
 from exporter.base.types import Duration, Listen, Model, split_listen
 from exporter.config import Config
+from healer.agents.settings import AgentsSettings
 
 _MASK = "***"
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "kib": 1024, "mib": 1024**2}
@@ -271,6 +272,7 @@ class HealerConfig(Config):
     `healer:` section, so one file configures both and a `repair` step can re-run a check."""
 
     healer: HealerSettings = Field(default_factory=HealerSettings)
+    agents: AgentsSettings | None = None  # None: every step runs on the healer's host
     _located: Located | None = PrivateAttr(default=None)
     _base_dir: Path = PrivateAttr(default=Path("."))
 
@@ -285,7 +287,10 @@ class HealerConfig(Config):
 
     def display(self) -> dict[str, Any]:
         """The effective config, healer section included, with every secret masked."""
-        return {**super().display(), "healer": self.healer.display()}
+        out = {**super().display(), "healer": self.healer.display()}
+        if self.agents is not None:
+            out["agents"] = self.agents.display()
+        return out
 
     def loaded_from(self, located: Located) -> None:
         """The exporter's cross-checks; then remember the file, for relative paths and for

@@ -93,6 +93,20 @@ class HealerMetrics:
             "Requests answered 429 without checking their credentials: too many wrong ones.",
             registry=self.registry,
         )
+        self.agent_runs = Counter(
+            "taskmedic_agent_runs",
+            "Host runs of steps on other hosts by how they ended (succeeded, failed, "
+            "timed_out, interrupted, cancelled, skipped), per host queue.",
+            ["queue", "outcome"],
+            registry=self.registry,
+        )
+        self.agent_up = Gauge(
+            "taskmedic_agent_up",
+            "1 when an agent serving this host's queue answered the healer's last ping, 0 "
+            "when none did; absent while the healer cannot reach the agents' broker.",
+            ["queue"],
+            registry=self.registry,
+        )
         self.ingest_batch = Histogram(
             "taskmedic_ingest_batch_notifications",
             "Notifications recorded per journal transaction (POST /alerts group commit).",

@@ -14,9 +14,15 @@ from collections.abc import Iterator
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
-__all__ = ["Plan", "PlanStep", "canonical_json", "floats_in", "plain_numbers"]
+__all__ = ["HostsSpec", "Plan", "PlanStep", "canonical_json", "floats_in", "plain_numbers"]
 
 
 def canonical_json(data: Any, *, plain_numbers: bool = False) -> str:
@@ -153,9 +159,22 @@ class UndoSpec(_Frozen):
     sql: SqlSpec | None = None
 
 
+class HostsSpec(_Frozen):
+    """Where a script step runs when not on the healer's host: once per host, through the
+    agent serving that host's queue, `batch` hosts at a time (None: all at once). The step
+    fails when more than `tolerance` hosts fail; after the batch holding a host of
+    `pause_after` it waits for somebody to resume it."""
+
+    hosts: list[str] = Field(min_length=1)
+    batch: int | None = None
+    tolerance: int = 0
+    pause_after: list[str] = Field(default_factory=list)
+
+
 class PlanStep(_Frozen):
     name: str
     kind: Literal["script", "sql", "celery", "repair", "http", "verify"]
+    on: HostsSpec | None = None  # None: the healer's own host
     script: ScriptSpec | None = None
     sql: SqlSpec | None = None
     celery: CelerySpec | None = None
@@ -163,6 +182,15 @@ class PlanStep(_Frozen):
     http: HttpSpec | None = None
     verify: VerifySpec | None = None
     undo: UndoSpec | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_on(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A step on the healer's host is written (and hashed) as before steps could run
+        elsewhere: plans recorded by an earlier version still match their plan_hash."""
+        data: dict[str, Any] = handler(self)
+        if data.get("on") is None:
+            data.pop("on", None)
+        return data
 
 
 class Plan(_Frozen):

@@ -34,6 +34,7 @@ from pydantic import ValidationError
 from exporter.base.errors import TaskmedicError
 from exporter.checks import TraceSource
 from exporter.config import Config
+from healer.agents.dispatch import Agents
 from healer.errors import JournalRefused, JournalUnavailable, LeaseLost
 from healer.executor.lease import renew_lease
 from healer.journal import executor as journal_executor
@@ -74,6 +75,7 @@ class RunSettings:
     dry_run: bool
     output_cap: int
     monitors: Mapping[str, TraceSource] | None = None
+    agents: Agents | None = None
 
 
 def count(metrics: HealerMetrics, settled: journal_executor.Settled) -> None:
@@ -222,7 +224,7 @@ class ActionRun:
         out = self._output(idx)
         try:
             async with out:
-                res = await self._guarded(run_step(step, self._context(out)))
+                res = await self._guarded(run_step(step, self._context(out, idx)))
         except StepFailed as exc:
             await self._step_done(idx, "failed", exc.result, str(exc), exc.exit_code, out.total)
             raise
@@ -265,10 +267,12 @@ class ActionRun:
         except _Refused as refused:
             raise _Refused(refused.reason, (idx, state)) from refused
 
-    def _context(self, out: StepOutput) -> StepContext:
+    def _context(self, out: StepOutput, idx: int) -> StepContext:
         assert self._plan is not None
         assert self._sessions is not None
+        agents = self.s.agents
         return StepContext(
+            remote=agents.step(self.s.journal, self.fence, idx) if agents is not None else None,
             config=self.s.config,
             output=out,
             sessions=self._sessions,
@@ -382,7 +386,9 @@ class ActionRun:
             async with out:
                 out.system(f"undo of step {idx + 1} {step.name!r} ({how}): {why}")
                 # A cancel arriving now is already being honoured by this unwinding.
-                res = await self._guarded(run_undo(step.undo, self._context(out)), {"cancel"})
+                res = await self._guarded(
+                    run_undo(step.undo, self._context(out, idx), step.on), {"cancel"}
+                )
         except StepFailed as exc:
             undo = {"by": how, "why": why, "result": exc.result}
             error = str(exc)

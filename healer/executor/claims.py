@@ -32,6 +32,9 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from exporter.checks import TraceSource
 from exporter.config import Config
+from healer.agents.dispatch import Agents
+from healer.agents.replies import consume_replies
+from healer.agents.settings import AgentsSettings
 from healer.errors import JournalUnavailable
 from healer.executor.attempt import ActionRun, RunSettings
 from healer.executor.rescue import sweep
@@ -82,6 +85,7 @@ class Executor:
         approval_timeout: float = 3600.0,
         sweep_interval: float | None = None,
         monitors: Mapping[str, TraceSource] | None = None,
+        agents: AgentsSettings | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -102,6 +106,9 @@ class Executor:
         self._pool: AsyncConnectionPool[journal_executor.Conn] | None = None
         self._journal: journal_executor.Journal | None = None
         self._celery = CeleryApps(config)
+        self._agents = (
+            Agents(agents, metrics, resume_timeout=approval_timeout) if agents is not None else None
+        )
         self._runs: dict[int, tuple[ActionRun, asyncio.Task[None]]] = {}
         self._wake = asyncio.Event()
         self._check_cancels = asyncio.Event()
@@ -141,6 +148,15 @@ class Executor:
             self._supervised("executor-sweep", self._sweep_loop),
             self._supervised("executor-cancels", self._cancel_loop),
         ]
+        if self._agents is not None:
+            agents, journal = self._agents, self._journal
+            self._background += [
+                self._supervised(
+                    "agents-replies",
+                    lambda: consume_replies(agents.settings, journal, agents.app),
+                ),
+                self._supervised("agents-health", agents.watch),
+            ]
         log.info(
             "executor %s started (concurrency %d, lease %gs)",
             self.owner,
@@ -173,6 +189,8 @@ class Executor:
             await self._pool.close()
             self._pool = None
         await asyncio.to_thread(self._celery.close)
+        if self._agents is not None:
+            await asyncio.to_thread(self._agents.close)
         log.info("executor %s stopped", self.owner)
 
     async def sweep(self) -> list[journal_executor.Settled]:
@@ -206,6 +224,7 @@ class Executor:
             dry_run=self.dry_run,
             output_cap=self.output_cap,
             monitors=self.monitors,
+            agents=self._agents,
         )
         while not self._stopping:
             self._wake.clear()

@@ -24,7 +24,7 @@ async def record(
     actor: str,
     kind: str,
     from_state: str | None,
-    to_state: str,
+    to_state: str | None,
     message: str,
     data: dict[str, Any] | None = None,
 ) -> None:

@@ -29,7 +29,7 @@ from tenacity import (
 )
 
 from healer.errors import JournalRefused, JournalUnavailable, LeaseLost
-from healer.journal import channels, events
+from healer.journal import channels, events, host_runs
 from healer.journal.queries import q
 from healer.journal.values import storable
 
@@ -312,6 +312,7 @@ async def interrupt(
         return None
     await conn.execute(q("exec_interrupt_steps"), params)
     await conn.execute(q("exec_interrupt_undo"), params)
+    await host_runs.interrupt_action(conn, action_id, why)
     await event(conn, action_id, actor, "running", "interrupted", why, {"attempt": attempt})
     rule = row["rule"]
     if row["cancel_requested"]:

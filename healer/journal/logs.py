@@ -1,9 +1,10 @@
 """The live output of actions: chunks appended by step output capture, read by the log API,
 the log hub and the CLI.
 
-A chunk's id orders it within its action: the executor is the only writer of an action's
-chunks and commits them one after another, under the action's fence, so ids grow in commit
-order and reading "every chunk after id N" never skips one that commits later.
+A chunk's id orders it within its action: every writer of an action's chunks (the executor,
+and the agents of a multi-host step) takes the action's chunk lock before writing and holds it
+until commit, so ids grow in commit order and reading "every chunk after id N" never skips one
+that commits later.
 """
 
 from __future__ import annotations
@@ -39,6 +40,16 @@ class Chunk:
     stream: str  # stdout | stderr | system
     at: datetime
     data: bytes
+    host: str = ""  # the host of a host run's output; "" for the healer's own
+
+
+# Chunk locks: this fixed number in the high half, the action id in the low half ("tmlg").
+_CHUNK_LOCK = 0x746D6C67 << 32
+
+
+def chunk_lock_key(action_id: int) -> int:
+    """The advisory lock every writer of `action_id`'s chunks holds until commit."""
+    return _CHUNK_LOCK ^ (action_id & 0xFFFFFFFF)
 
 
 @dataclass(slots=True)
@@ -68,17 +79,21 @@ async def append(
     step_idx: int,
     chunks: Sequence[NewChunk],
     output_bytes: int | None,
+    *,
+    host: str = "",
 ) -> None:
     """Append chunks of one step, set its true byte count (unless None), notify `LOG`.
 
-    The caller holds the action's fence in this transaction (`executor.Journal.run`).
+    The caller holds the action's fence (or the host run's) in this transaction.
     """
-    base = {"action_id": action_id, "step_idx": step_idx}
+    base = {"action_id": action_id, "step_idx": step_idx, "host": host}
+    if chunks:
+        await conn.execute(q("log_chunk_lock"), {"key": chunk_lock_key(action_id)})
     for c in chunks:
         await conn.execute(
             q("log_write_chunk"), {**base, "stream": c.stream, "at": c.at, "data": c.data}
         )
-    if output_bytes is not None:
+    if output_bytes is not None and not host:
         await conn.execute(q("log_write_output_bytes"), {**base, "output_bytes": output_bytes})
     if chunks:
         await channels.notify(conn, channels.LOG, action_id)
@@ -99,7 +114,7 @@ async def follow_page(conn: AsyncConnection[Any], action_id: int, after: int, li
     rows = await cur.fetchall()
     if not rows:
         return Page(None, True, [], False)
-    chunks = [Chunk(r[2], r[3], r[4], r[5], bytes(r[6])) for r in rows if r[2] is not None]
+    chunks = [Chunk(r[2], r[3], r[4], r[5], bytes(r[6]), r[7]) for r in rows if r[2] is not None]
     return Page(rows[0][0], bool(rows[0][1]), chunks, len(chunks) >= limit)
 
 
@@ -118,10 +133,18 @@ async def text_page(
     stream: str | None,
     step: int | None,
     limit: int,
+    host: str | None = None,
 ) -> list[Chunk]:
-    """Up to `limit` chunks after `after`, optionally of one stream and/or one step."""
+    """Up to `limit` chunks after `after`, optionally of one stream, step and/or host."""
     cur = await conn.execute(
         q("log_text_page"),
-        {"action_id": action_id, "after": after, "stream": stream, "step": step, "limit": limit},
+        {
+            "action_id": action_id,
+            "after": after,
+            "stream": stream,
+            "step": step,
+            "host": host,
+            "limit": limit,
+        },
     )
-    return [Chunk(r[0], r[1], r[2], r[3], bytes(r[4])) for r in await cur.fetchall()]
+    return [Chunk(r[0], r[1], r[2], r[3], bytes(r[4]), r[5]) for r in await cur.fetchall()]

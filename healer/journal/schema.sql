@@ -74,6 +74,10 @@ CREATE TABLE actions (
     -- who cancelled it (or asked the executor to stop it), and when
     cancelled_by        text,
     cancelled_at        timestamptz,
+    -- a multi-host step may pause after a named host until somebody with `approve` resumes it
+    paused_at           timestamptz,
+    resume_requested_at timestamptz,
+    resumed_by          text,
     CONSTRAINT actions_once UNIQUE (rule, fingerprint, starts_at, trigger)
 );
 CREATE INDEX actions_claimable ON actions (id) WHERE state = 'pending';
@@ -139,10 +143,49 @@ CREATE TABLE log_chunks (
     step_idx  integer NOT NULL,
     stream    text NOT NULL CHECK (stream IN ('stdout', 'stderr', 'system')),
     at        timestamptz NOT NULL DEFAULT now(),
-    data      bytea NOT NULL
+    data      bytea NOT NULL,
+    -- the host of a host run's output; '' for a step run by the healer itself
+    host      text NOT NULL DEFAULT ''
 );
 CREATE INDEX log_chunks_action ON log_chunks (action_id, id);
 CREATE INDEX log_chunks_at ON log_chunks (at);
+
+-- Steps on other hosts: one row per host a step (or its undo) runs on, written before the
+-- host's message is sent. `token` fences the agent's writes: an agent writes about a host run
+-- only with its id and token and only while it is `running`, so a redelivered message, a
+-- timed-out run or a cancelled one can never be started or finished twice.
+CREATE TABLE host_runs (
+    id               bigserial PRIMARY KEY,
+    action_id        bigint NOT NULL REFERENCES actions (id),
+    step_idx         integer NOT NULL,
+    purpose          text NOT NULL DEFAULT 'step' CHECK (purpose IN ('step', 'undo')),
+    attempt          integer NOT NULL,
+    host             text NOT NULL,
+    queue            text NOT NULL,
+    batch            integer NOT NULL DEFAULT 0,
+    token            text NOT NULL,
+    state            text NOT NULL DEFAULT 'pending' CHECK (state IN (
+                         'pending', 'sent', 'running', 'succeeded', 'failed', 'timed_out',
+                         'interrupted', 'cancelled', 'skipped')),
+    agent            text NOT NULL DEFAULT '',
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    sent_at          timestamptz,
+    started_at       timestamptz,
+    finished_at      timestamptz,
+    -- a sent run nobody started by then is `timed_out`; so is a running one past it
+    deadline         timestamptz,
+    -- a running run whose agent stopped renewing this is `interrupted`
+    lease_expires_at timestamptz,
+    exit_code        integer,
+    error            text NOT NULL DEFAULT '',
+    result           jsonb NOT NULL DEFAULT '{}'::jsonb,
+    output_bytes     bigint NOT NULL DEFAULT 0,
+    -- the last chunk message applied (agents without journal access report by message)
+    seq              integer NOT NULL DEFAULT 0,
+    CONSTRAINT host_runs_once UNIQUE (action_id, step_idx, purpose, attempt, host)
+);
+CREATE INDEX host_runs_open ON host_runs (action_id) WHERE state IN ('pending', 'sent', 'running');
+CREATE INDEX host_runs_created_at ON host_runs (created_at);
 
 -- The new action's state and reason: the one place this is decided. taskmedic_ingest below
 -- calls it for every action it records, and `taskmedic rules replay` calls it alone

@@ -325,6 +325,21 @@ def _params_problems(ast: nodes.Template, declared: set[str], mentions: int) -> 
     return problems
 
 
+def _need_agents(rule: Rule, located: Located, where: Path_, config: HealerConfig) -> list[Problem]:
+    """A step on other hosts needs the agents' broker."""
+    if config.agents is not None:
+        return []
+    return [
+        located.problem(
+            (*where, "steps", i, "on"),
+            "this step runs on other hosts: the config needs an agents: section "
+            "(the broker its agents serve)",
+        )
+        for i, step in enumerate(rule.steps)
+        if step.on is not None
+    ]
+
+
 def _references(rule: Rule, located: Located, where: Path_, config: HealerConfig) -> list[Problem]:
     """Databases, Celery apps and checks a rule names must exist in the config."""
     out: list[Problem] = []
@@ -338,6 +353,7 @@ def _references(rule: Rule, located: Located, where: Path_, config: HealerConfig
                 )
             )
 
+    out += _need_agents(rule, located, where, config)
     for i, step in enumerate(rule.steps):
         if step.sql is not None:
             need_db(("steps", i, "sql", "database"), step.sql.database)

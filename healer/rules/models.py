@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
 from exporter.base.types import Duration, Model, Name
+from healer.agents.settings import HostName
 from healer.plan import floats_in
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "CeleryStep",
     "HttpStep",
     "Limit",
+    "OnRule",
     "ParamSpec",
     "RepairStep",
     "Rule",
@@ -200,12 +202,55 @@ class UndoRule(Model):
         return self
 
 
+class OnRule(Model):
+    """Where a script step runs, when not on the healer's host.
+
+    `hosts`: once on each, through the agent serving that host, `batch` at a time (default:
+    all at once); the step fails when more than `tolerance` hosts fail, and waits after the
+    batch holding a host of `pause_after` until somebody with the approve role resumes it.
+    `host_from_label`: on the one host an alert label names; the value must match `pattern`
+    in full, and when the pattern has a group named `host`, that group is the host (so
+    `(?P<host>[a-z0-9.-]+):[0-9]+` takes the host of an `instance` label).
+    """
+
+    hosts: list[HostName] | None = Field(default=None, min_length=1)
+    host_from_label: LabelName | None = None
+    pattern: str | None = None
+    batch: int | None = Field(default=None, ge=1)
+    tolerance: int = Field(default=0, ge=0)
+    pause_after: list[HostName] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> OnRule:
+        if (self.hosts is None) == (self.host_from_label is None):
+            raise ValueError("give exactly one of hosts or host_from_label")
+        if self.host_from_label is not None:
+            if self.pattern is None:
+                raise ValueError("host_from_label needs a pattern the label must match")
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern is not a valid regular expression: {exc}") from None
+            if self.pause_after or self.batch is not None:
+                raise ValueError("batch and pause_after are for a list of hosts")
+        elif self.pattern is not None:
+            raise ValueError("pattern is for host_from_label")
+        if self.hosts is not None:
+            if len(set(self.hosts)) != len(self.hosts):
+                raise ValueError("a host is listed twice")
+            unknown = [h for h in self.pause_after if h not in self.hosts]
+            if unknown:
+                raise ValueError(f"pause_after names hosts not in hosts: {', '.join(unknown)}")
+        return self
+
+
 StepKind = Literal["script", "sql", "celery", "repair", "http", "verify"]
 STEP_KINDS: tuple[StepKind, ...] = ("script", "sql", "celery", "repair", "http", "verify")
 
 
 class StepRule(Model):
     name: str = Field(min_length=1, max_length=200)
+    on: OnRule | None = None  # default: the healer's own host
     script: ScriptStep | None = None
     sql: SqlStep | None = None
     celery: CeleryStep | None = None
@@ -219,6 +264,8 @@ class StepRule(Model):
         kinds = [k for k in STEP_KINDS if getattr(self, k) is not None]
         if len(kinds) != 1:
             raise ValueError(f"a step takes exactly one of {', '.join(STEP_KINDS)}")
+        if self.on is not None and self.script is None:
+            raise ValueError("on: is for script steps (other kinds run on the healer's host)")
         return self
 
     @property

@@ -19,10 +19,12 @@ from jinja2 import StrictUndefined, Template, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from exporter.base.errors import TaskmedicError
+from healer.agents.settings import is_host_name
 from healer.plan import (
     REPAIR_KEY,
     BasicAuthSpec,
     CelerySpec,
+    HostsSpec,
     HttpSpec,
     Plan,
     PlanStep,
@@ -34,7 +36,7 @@ from healer.plan import (
 )
 
 if TYPE_CHECKING:
-    from healer.rules.models import HttpStep, Rule, ScriptStep, SqlStep
+    from healer.rules.models import HttpStep, OnRule, Rule, ScriptStep, SqlStep
     from healer.webhook import Alert
 
 __all__ = ["ENV", "RenderError", "label_env", "render", "resolve_params"]
@@ -129,6 +131,30 @@ def _script(step: ScriptStep, params: dict[str, str], alert: Alert, stdin: str) 
     )
 
 
+def _on(on: OnRule | None, alert: Alert) -> HostsSpec | None:
+    if on is None:
+        return None
+    if on.hosts is not None:
+        return HostsSpec(
+            hosts=list(on.hosts), batch=on.batch, tolerance=on.tolerance, pause_after=on.pause_after
+        )
+    assert on.host_from_label is not None
+    assert on.pattern is not None
+    value = alert.labels.get(on.host_from_label)
+    if value is None:
+        raise RenderError(f"on: the alert has no label {on.host_from_label}; nothing was run")
+    m = re.fullmatch(on.pattern, value)
+    if m is None:
+        raise RenderError(
+            f"on: label {on.host_from_label} value {_shown(value)} does not match pattern "
+            f"{on.pattern!r}; nothing was run"
+        )
+    host = m.group("host") if "host" in m.re.groupindex else value
+    if not host or not is_host_name(host):
+        raise RenderError(f"on: {_shown(host or '')} is not a host name; nothing was run")
+    return HostsSpec(hosts=[host])
+
+
 def _sql(step: SqlStep, params: dict[str, str]) -> SqlSpec:
     return SqlSpec(
         database=step.database,
@@ -208,7 +234,8 @@ def render(rule: Rule, alert: Alert, *, dry_run: bool = False) -> Plan:
                 interval=v.interval,
                 url=v.url,
             )
-        steps.append(PlanStep(name=s.name, kind=s.kind, undo=undo, **spec))
+        on = _on(s.on, alert)
+        steps.append(PlanStep(name=s.name, kind=s.kind, on=on, undo=undo, **spec))
     return Plan(
         rule=rule.name,
         steps=steps,

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from exporter.checks import TraceSource
 from exporter.config import Config
 from healer.errors import StepFailed
-from healer.plan import PlanStep, UndoSpec
+from healer.plan import HostsSpec, PlanStep, UndoSpec
 from healer.steps.celery import CeleryApps, run_celery
 from healer.steps.http import run_http
 from healer.steps.output_capture import StepOutput
@@ -23,6 +24,9 @@ from healer.steps.result import StepResult
 from healer.steps.script import run_script
 from healer.steps.sql import Sessions, run_sql
 from healer.steps.verify import run_verify
+
+if TYPE_CHECKING:
+    from healer.agents.dispatch import RemoteStep
 
 __all__ = [
     "CeleryApps",
@@ -46,6 +50,13 @@ class StepContext:
     stdin: bytes  # the alert as JSON, unless a script declares its own stdin
     dry_run: bool = False
     monitors: Mapping[str, TraceSource] | None = field(default=None)
+    remote: RemoteStep | None = None  # runs a step on other hosts (agents configured)
+
+
+def _remote(ctx: StepContext) -> RemoteStep:
+    if ctx.remote is None:
+        raise StepFailed("this step runs on other hosts, and the config has no agents: section")
+    return ctx.remote
 
 
 def _skipped(what: str) -> StepResult:
@@ -57,8 +68,11 @@ async def run_step(step: PlanStep, ctx: StepContext) -> StepResult:
     SQL is rolled back."""
     if step.kind == "script" and step.script is not None:
         if ctx.dry_run:
-            return _skipped("script")
+            where = f" on {', '.join(step.on.hosts)}" if step.on is not None else ""
+            return _skipped(f"script{where}")
         stdin = step.script.stdin.encode() if step.script.stdin else ctx.stdin
+        if step.on is not None:
+            return await _remote(ctx).run(step.script, step.on, stdin, ctx.output)
         return await run_script(step.script, stdin, ctx.output)
     if step.kind == "sql" and step.sql is not None:
         return await run_sql(step.sql, ctx.sessions, ctx.output)
@@ -79,10 +93,13 @@ async def run_step(step: PlanStep, ctx: StepContext) -> StepResult:
     raise StepFailed(f"the plan's {step.kind} step {step.name!r} has no {step.kind} spec")
 
 
-async def run_undo(undo: UndoSpec, ctx: StepContext) -> StepResult:
-    """Run the undo of a completed step: a script, or SQL in a transaction of its own."""
+async def run_undo(undo: UndoSpec, ctx: StepContext, on: HostsSpec | None = None) -> StepResult:
+    """Run the undo of a completed step: a script (on the hosts where the step ran, for a
+    step on other hosts), or SQL in a transaction of its own."""
     if undo.script is not None:
         stdin = undo.script.stdin.encode() if undo.script.stdin else ctx.stdin
+        if on is not None:
+            return await _remote(ctx).undo(undo.script, on, stdin, ctx.output)
         return await run_script(undo.script, stdin, ctx.output)
     if undo.sql is not None:
         return await run_sql(undo.sql, ctx.sessions, ctx.output, own_transaction=True)

@@ -100,6 +100,7 @@ class StepOutput:
     ) -> None:
         if cap < 2:
             raise ValueError("output cap must be at least 2 bytes")
+        self.cap = cap
         self._sink = sink
         self._record_total = record_total
         self._on_error = on_error

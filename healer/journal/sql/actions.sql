@@ -19,7 +19,8 @@ SELECT a.id, a.rule, a.state, a.reason, a.dry_run, a.target, a.fingerprint, a.st
        a.trigger, a.labels, a.plan_hash, a.created_at, a.started_at, a.finished_at,
        a.approval_expires_at, a.cancel_requested_at, al.annotations, al.status AS alert_status,
        a.plan, a.attempt, a.lease_owner, a.lease_expires_at, a.approved_by, a.approved_at,
-       a.cancelled_by, a.cancelled_at, a.on_interrupt, al.ends_at, al.generator_url, al.notification_id, a.alert_id
+       a.cancelled_by, a.cancelled_at, a.on_interrupt, al.ends_at, al.generator_url, al.notification_id, a.alert_id,
+       a.paused_at, a.resumed_by
 FROM actions AS a
 JOIN alerts AS al ON al.id = a.alert_id
 WHERE a.id = %(id)s

@@ -19,10 +19,10 @@ WHERE id = %(action_id)s
 SELECT a.state,
        (a.state IN ('succeeded', 'failed', 'cancelled', 'skipped')
         OR (a.state = 'interrupted' AND a.finished_at IS NOT NULL)) AS final,
-       c.id, c.step_idx, c.stream, c.at, c.data
+       c.id, c.step_idx, c.stream, c.at, c.data, c.host
 FROM actions AS a
 LEFT JOIN LATERAL (
-    SELECT id, step_idx, stream, at, data
+    SELECT id, step_idx, stream, at, data, host
     FROM log_chunks
     WHERE action_id = a.id AND id > %(after)s
     ORDER BY id
@@ -35,20 +35,26 @@ ORDER BY c.id
 SELECT coalesce(max(id), 0) FROM log_chunks WHERE action_id = %(action_id)s
 
 -- name: log_text_page
--- One page of the whole log, optionally of one stream and/or one step.
-SELECT id, step_idx, stream, at, data
+-- One page of the whole log, optionally of one stream, one step and/or one host.
+SELECT id, step_idx, stream, at, data, host
 FROM log_chunks
 WHERE action_id = %(action_id)s
   AND id > %(after)s
   AND (%(stream)s::text IS NULL OR stream = %(stream)s::text)
   AND (%(step)s::integer IS NULL OR step_idx = %(step)s::integer)
+  AND (%(host)s::text IS NULL OR host = %(host)s::text)
 ORDER BY id
 LIMIT %(limit)s
 
+-- name: log_chunk_lock
+-- Taken before an action's chunks are written, until commit: the healer and the agents of a
+-- multi-host step write the same action's chunks, and one writer at a time keeps ids growing
+-- in commit order (readers follow "every chunk after id N").
+SELECT pg_advisory_xact_lock(%(key)s)
+
 -- name: log_write_chunk
--- The caller holds the action's fence (exec_fence) in the same transaction.
-INSERT INTO log_chunks (action_id, step_idx, stream, at, data)
-VALUES (%(action_id)s, %(step_idx)s, %(stream)s, %(at)s, %(data)s)
+INSERT INTO log_chunks (action_id, step_idx, host, stream, at, data)
+VALUES (%(action_id)s, %(step_idx)s, %(host)s, %(stream)s, %(at)s, %(data)s)
 
 -- name: log_write_output_bytes
 UPDATE steps SET output_bytes = %(output_bytes)s

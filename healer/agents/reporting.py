@@ -1,0 +1,214 @@
+"""How an agent reports a host run: straight into the journal, or by message to the healers.
+
+Both reporters offer the same four calls (`start`, `renew`, the output `sink`, `finish`).
+`JournalReporter` writes with the run's id and token through `healer.journal.host_runs`.
+`MessageReporter` is for agents that may not reach the journal: it takes the run by creating
+its record in `state_dir` (O_EXCL, so a redelivered message finds it), and publishes start,
+renewals, output and the end on `reply_queue`, numbered so that a healer applies output in
+order (`healer.agents.replies`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import psycopg
+from celery import Celery
+from kombu.entity import Queue
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from exporter.base.connections import pg_connect_args
+from healer.agents.settings import AgentsSettings
+from healer.agents.transport import RunMessage
+from healer.errors import LeaseLost
+from healer.journal import executor as journal_executor
+from healer.journal import host_runs
+from healer.steps.output_capture import OutputChunk
+
+__all__ = ["JournalReporter", "MessageReporter", "Reporter"]
+
+
+class Reporter(Protocol):
+    async def start(self) -> bool: ...
+    async def renew(self) -> bool: ...
+    async def sink(self, chunks: Sequence[OutputChunk], output_bytes: int | None) -> None: ...
+    async def finish(
+        self,
+        *,
+        state: str,
+        exit_code: int | None,
+        error: str,
+        result: dict[str, Any],
+        output_bytes: int,
+    ) -> bool: ...
+    async def close(self) -> None: ...
+
+
+class JournalReporter:
+    """Writes the run's state and output straight into the journal."""
+
+    def __init__(self, settings: AgentsSettings, msg: RunMessage, agent: str) -> None:
+        assert settings.journal is not None
+        self.msg = msg
+        self.agent = agent
+        self._args = pg_connect_args(settings.journal, application_name=f"taskmedic-agent {agent}")
+        self._pool: AsyncConnectionPool[journal_executor.Conn] | None = None
+        self._journal: journal_executor.Journal | None = None
+
+    async def _j(self) -> journal_executor.Journal:
+        if self._journal is None:
+            args = dict(self._args)
+            conninfo = args.pop("conninfo")
+            args["autocommit"] = True
+            args["row_factory"] = dict_row
+            pool: AsyncConnectionPool[journal_executor.Conn] = AsyncConnectionPool(
+                conninfo,
+                connection_class=psycopg.AsyncConnection[dict[str, Any]],
+                kwargs=args,
+                min_size=1,
+                max_size=2,
+                open=False,
+            )
+            await pool.open(wait=True, timeout=10.0)
+            self._pool = pool
+            self._journal = journal_executor.Journal(pool, retry_for=self.msg.lease / 2)
+        return self._journal
+
+    async def start(self) -> bool:
+        j = await self._j()
+        m = self.msg
+        return await j.run(lambda c: host_runs.start(c, m.run_id, m.token, self.agent, m.lease))
+
+    async def renew(self) -> bool:
+        j = await self._j()
+        m = self.msg
+        return await j.run(lambda c: host_runs.renew(c, m.run_id, m.token, m.lease))
+
+    async def sink(self, chunks: Sequence[OutputChunk], output_bytes: int | None) -> None:
+        j = await self._j()
+        m = self.msg
+        ok = await j.run(lambda c: host_runs.append(c, m.run_id, m.token, chunks, output_bytes))
+        if not ok:
+            raise LeaseLost(f"run {m.run_id} is no longer running")
+
+    async def finish(
+        self,
+        *,
+        state: str,
+        exit_code: int | None,
+        error: str,
+        result: dict[str, Any],
+        output_bytes: int,
+    ) -> bool:
+        j = await self._j()
+        m = self.msg
+        return await j.run(
+            lambda c: host_runs.finish(
+                c,
+                m.run_id,
+                m.token,
+                state=state,
+                exit_code=exit_code,
+                error=error,
+                result=result,
+                output_bytes=output_bytes,
+            )
+        )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+
+class MessageReporter:
+    """Reports by message on `reply_queue`; the healers write what it reports."""
+
+    def __init__(self, settings: AgentsSettings, msg: RunMessage, agent: str, app: Celery) -> None:
+        self.settings = settings
+        self.msg = msg
+        self.agent = agent
+        self.app = app
+        self.seq = 0
+        self._queue = Queue(settings.reply_queue, durable=True)  # type: ignore[no-untyped-call]
+
+    def _publish(self, body: dict[str, Any]) -> None:
+        body = {"run_id": self.msg.run_id, "token": self.msg.token, **body}
+        with self.app.producer_or_acquire() as producer:
+            producer.publish(
+                body,
+                exchange="",
+                routing_key=self.settings.reply_queue,
+                declare=[self._queue],
+                serializer="json",
+                retry=True,
+                retry_policy={"max_retries": 5, "interval_start": 0.2, "interval_step": 0.5},
+            )
+
+    async def _send(self, body: dict[str, Any]) -> None:
+        await asyncio.to_thread(self._publish, body)
+
+    async def start(self) -> bool:
+        runs = self.settings.state_dir / "runs"
+        runs.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(runs / str(self.msg.run_id), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            return False
+        os.write(fd, self.msg.token.encode())
+        os.fsync(fd)
+        os.close(fd)
+        await self._send({"type": "start", "agent": self.agent, "lease": self.msg.lease})
+        return True
+
+    async def renew(self) -> bool:
+        await self._send({"type": "renew", "lease": self.msg.lease})
+        return True  # a run the journal no longer holds is stopped by the healer's broadcast
+
+    async def sink(self, chunks: Sequence[OutputChunk], output_bytes: int | None) -> None:
+        self.seq += 1
+        await self._send(
+            {
+                "type": "output",
+                "seq": self.seq,
+                "output_bytes": output_bytes,
+                "chunks": [
+                    {
+                        "stream": c.stream,
+                        "at": c.at.isoformat(),
+                        "data": base64.b64encode(c.data).decode(),
+                    }
+                    for c in chunks
+                ],
+            }
+        )
+
+    async def finish(
+        self,
+        *,
+        state: str,
+        exit_code: int | None,
+        error: str,
+        result: dict[str, Any],
+        output_bytes: int,
+    ) -> bool:
+        self.seq += 1
+        await self._send(
+            {
+                "type": "finish",
+                "seq": self.seq,
+                "state": state,
+                "exit_code": exit_code,
+                "error": error,
+                "result": result,
+                "output_bytes": output_bytes,
+            }
+        )
+        return True
+
+    async def close(self) -> None:
+        return None

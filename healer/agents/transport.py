@@ -1,0 +1,73 @@
+"""What travels between the healer and its agents, and the Celery app both use.
+
+A host run is one Celery task, `taskmedic.agent.run`, on the host's queue: its message carries
+the run id and token (the run's fence), the rendered script spec, the alert JSON for stdin, the
+output cap and the lease. A running run is stopped by the broadcast control command
+`taskmedic_stop_run` (Celery's remote control: handled by each agent's consumer thread, so it
+arrives even while every pool thread is busy running a script). Agents without journal access
+report with messages on `reply_queue` (see `healer.agents.replies`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from celery import Celery
+from kombu.exceptions import KombuError
+from pydantic import BaseModel, ConfigDict, Field
+
+from exporter.base.connections import CeleryConfig, celery_app
+from healer.agents.settings import AgentsSettings
+from healer.plan import ScriptSpec
+
+__all__ = [
+    "RUN_TASK",
+    "STOP_COMMAND",
+    "TRANSPORT_ERRORS",
+    "RunMessage",
+    "agents_app",
+    "broadcast_stop",
+]
+
+RUN_TASK = "taskmedic.agent.run"
+STOP_COMMAND = "taskmedic_stop_run"
+
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (KombuError, OSError, ConnectionError)
+with contextlib.suppress(ImportError):
+    import redis.exceptions
+
+    TRANSPORT_ERRORS = (*TRANSPORT_ERRORS, redis.exceptions.RedisError)
+
+
+class RunMessage(BaseModel):
+    """The body of one host run's task: everything the agent needs, nothing it looks up."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run_id: int
+    token: str
+    action_id: int
+    step_idx: int
+    host: str
+    script: ScriptSpec
+    stdin: str = ""
+    output_cap: int = Field(default=1 << 20, ge=2)
+    lease: float = Field(default=10.0, gt=0)
+
+
+def agents_app(settings: AgentsSettings, *, name: str = "agents") -> Celery:
+    """The Celery app of the agents' broker, with taskmedic's timeouts (`celery_app`)."""
+    return celery_app(CeleryConfig(broker=settings.broker), name=name)
+
+
+def broadcast_stop(app: Celery, runs: list[tuple[int, str]]) -> None:
+    """Tell every agent to stop these runs (id, token) if it runs them; blocking, no reply."""
+    for run_id, token in runs:
+        app.control.broadcast(STOP_COMMAND, arguments={"run_id": run_id, "token": token})
+
+
+def send_run(app: Celery, msg: RunMessage, queue: str, expires: float) -> None:
+    """Publish one host run; a message still queued after `expires` seconds is discarded."""
+    body: dict[str, Any] = msg.model_dump(mode="json")
+    app.send_task(RUN_TASK, args=[body], queue=queue, expires=max(expires, 1.0))
