@@ -36,6 +36,7 @@ class Counts:
     load_repeats: int
     outage_seconds: float
     race_tasks: int
+    replica_kills: int
 
 
 COUNTS = (
@@ -47,6 +48,7 @@ COUNTS = (
         load_repeats=3,
         outage_seconds=30.0,
         race_tasks=1_000,
+        replica_kills=30,
     )
     if FULL
     else Counts(
@@ -57,6 +59,7 @@ COUNTS = (
         load_repeats=2,
         outage_seconds=3.0,
         race_tasks=100,
+        replica_kills=3,
     )
 )
 
