@@ -7,17 +7,14 @@ taskmedic's own `rules check` and `config check` commands.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.services import ROOT, need_or_skip
-from tests.support.deploy_files import secrets_env
+from tests.support.deploy_files import run, secrets_env, taskmedic
 
 PROMTOOL = "/usr/bin/promtool"
 AMTOOL = "/usr/bin/amtool"
@@ -27,17 +24,6 @@ ALERTMANAGER_YML = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
 EXAMPLE = ROOT / "deploy" / "taskmedic.example.yaml"
 PACKS = sorted((ROOT / "rules").glob("*/healer.yaml"))
 UNITS = sorted((ROOT / "deploy" / "systemd").glob("*.service"))
-
-
-def run(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT, **kw)
-
-
-def taskmedic(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return run(
-        [sys.executable, "-c", "import sys; from healer.cli import main; sys.exit(main())", *args],
-        env={**os.environ, **(env or {})},
-    )
 
 
 # --- Prometheus and Alertmanager's own tools ------------------------------------------------

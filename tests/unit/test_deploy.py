@@ -93,8 +93,11 @@ def yaml_files() -> list[Path]:
 
 @pytest.mark.parametrize("path", yaml_files(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_shipped_yaml_file_parses(path: Path) -> None:
-    """A YAML syntax error in a file users copy is caught here, not in their Prometheus."""
-    assert isinstance(yaml.safe_load(path.read_text()), dict)
+    """A YAML syntax error in a file users copy is caught here, not in their Prometheus.
+    Kubernetes manifests may hold several documents (`---`); each is a mapping."""
+    documents = list(yaml.safe_load_all(path.read_text()))
+    assert documents
+    assert all(isinstance(d, dict) for d in documents)
 
 
 def test_alerting_rules_define_the_alerts_packs_match_on_real_metric_names() -> None:
