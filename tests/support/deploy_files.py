@@ -11,15 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-import yaml
-
 from healer.cli import build_parser
 from tests.services import ROOT
-
-# The `agents:` section and the `agent` subcommand come with the agent itself; until then the
-# checks that need them skip with this reason (and everything else is still checked).
-AGENTS_PENDING = "agents section lands with the agent"
 
 
 def secrets_env(tmp_path: Path) -> dict[str, str]:
@@ -67,29 +60,13 @@ def cli_error(args: list[str]) -> str | None:
 def assert_runs_taskmedic(args: list[str], config: str) -> None:
     """`args` (after the `taskmedic` entrypoint) is a real subcommand reading `config`."""
     problem = cli_error(args)
-    if problem is not None and args[:1] == ["agent"] and "invalid choice: 'agent'" in problem:
-        pytest.skip(AGENTS_PENDING)
     assert problem is None, f"taskmedic {' '.join(args)}: {problem}"
     assert args[args.index("--config") + 1] == config
 
 
 def check_structure_only(config: Path) -> None:
-    """`taskmedic config check --structure-only` accepts `config`.
-
-    While this build refuses the `agents:` key, the rest of the file must pass and only the
-    agents part skips. The file's folder is written to (a copy without `agents:` beside it,
-    where relative rule paths still resolve): give a copy.
-    """
+    """`taskmedic config check --structure-only` accepts `config` (agents: section included)."""
     out = taskmedic("config", "check", "--structure-only", "--config", str(config))
     shown = out.stdout + out.stderr
-    if out.returncode == 2 and "agents: unknown key" in shown:
-        data = yaml.safe_load(config.read_text(encoding="utf-8"))
-        del data["agents"]
-        rest = config.with_name(f"{config.stem}.without-agents.yaml")
-        rest.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-        out = taskmedic("config", "check", "--structure-only", "--config", str(rest))
-        assert out.returncode == 0, out.stdout + out.stderr
-        assert "structure valid" in out.stdout
-        pytest.skip(AGENTS_PENDING)
     assert out.returncode == 0, shown
     assert "structure valid" in out.stdout
