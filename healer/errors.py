@@ -7,7 +7,7 @@ from typing import Any
 
 from exporter.base.errors import TaskmedicError
 
-__all__ = ["JournalRefused", "JournalUnavailable", "LeaseLost", "StepFailed"]
+__all__ = ["BadSignature", "JournalRefused", "JournalUnavailable", "LeaseLost", "StepFailed"]
 
 
 class JournalUnavailable(TaskmedicError):
@@ -29,6 +29,11 @@ class JournalUnavailable(TaskmedicError):
 class JournalRefused(TaskmedicError):
     """The journal answered but refused a write (a constraint, a trigger, a permission, a value
     it cannot hold): retrying would fail the same way. `str(self)` names the error's type."""
+
+
+class BadSignature(TaskmedicError):
+    """A message between healer and agents that is unsigned or not signed with the agents'
+    key: it is dropped, never acted on."""
 
 
 class LeaseLost(TaskmedicError):

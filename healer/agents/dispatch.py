@@ -197,6 +197,7 @@ class RemoteStep:
         left = await self._write(lambda c: host_runs.mark_sent(c, ids, within))
         text = stdin.decode("utf-8", "replace")
         app = self.agents.app
+        key = settings.key()
         for r in batch:
             if r.id not in left:
                 continue  # already sent by an earlier write of this attempt
@@ -212,7 +213,7 @@ class RemoteStep:
                 lease=settings.lease,
             )
             try:
-                await asyncio.to_thread(send_run, app, msg, r.queue, left[r.id])
+                await asyncio.to_thread(send_run, app, key, msg, r.queue, left[r.id])
             except TRANSPORT_ERRORS as exc:
                 why = settings.scrub(str(exc))
                 await self._unsent(r, why)

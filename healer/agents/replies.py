@@ -25,7 +25,8 @@ from kombu.entity import Queue
 from kombu.simple import SimpleQueue
 
 from healer.agents.settings import AgentsSettings
-from healer.agents.transport import TRANSPORT_ERRORS, broadcast_stop
+from healer.agents.transport import TRANSPORT_ERRORS, broadcast_stop, verify
+from healer.errors import BadSignature
 from healer.journal import executor as journal_executor
 from healer.journal import host_runs
 
@@ -46,8 +47,8 @@ async def apply(conn: journal_executor.Conn, body: dict[str, Any]) -> str:
     it, and stop its agent) or "later" (output ahead of its predecessor: put it back)."""
     run_id, token, kind = int(body["run_id"]), str(body["token"]), body.get("type")
     if kind == "start":
-        ok = await host_runs.start(conn, run_id, token, str(body["agent"]), float(body["lease"]))
-        return "ok" if ok else "stale"
+        taken = await host_runs.start(conn, run_id, token, str(body["agent"]), float(body["lease"]))
+        return "ok" if taken is not None else "stale"
     if kind == "renew":
         ok = await host_runs.renew(conn, run_id, token, float(body["lease"]))
         return "ok" if ok else "stale"
@@ -92,10 +93,11 @@ async def consume_replies(
     loop = asyncio.get_running_loop()
     stop = threading.Event()
 
-    async def handle(body: dict[str, Any]) -> str:
+    async def handle(signed: Any) -> str:
         try:
+            body = verify(settings.key(), signed)
             return await journal.run(lambda c: apply(c, body))
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, BadSignature) as exc:
             log.warning("agent message dropped: %s", exc)
             return "dropped"
 
@@ -110,13 +112,13 @@ async def consume_replies(
                         message = queue.get(True, 0.5)  # type: ignore[no-untyped-call]
                     except queue.Empty:
                         continue
-                    body: dict[str, Any] = message.payload
+                    body: Any = message.payload
                     outcome = asyncio.run_coroutine_threadsafe(handle(body), loop).result()
                     if outcome == "later":
                         message.requeue()
                         continue
                     message.ack()
-                    if outcome == "stale" and body.get("type") in ("start", "renew", "output"):
+                    if outcome == "stale" and body["type"] in ("start", "renew", "output"):
                         with contextlib.suppress(*TRANSPORT_ERRORS):
                             broadcast_stop(app, [(int(body["run_id"]), str(body["token"]))])
             finally:

@@ -21,20 +21,27 @@ from celery import Celery
 from kombu.entity import Queue
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
+from pydantic import ValidationError
 
 from exporter.base.connections import pg_connect_args
 from healer.agents.settings import AgentsSettings
-from healer.agents.transport import RunMessage
+from healer.agents.transport import RunMessage, sign
 from healer.errors import LeaseLost
 from healer.journal import executor as journal_executor
 from healer.journal import host_runs
+from healer.plan import ScriptSpec
 from healer.steps.output_capture import OutputChunk
 
 __all__ = ["JournalReporter", "MessageReporter", "Reporter"]
 
 
 class Reporter(Protocol):
-    async def start(self) -> bool: ...
+    async def start(self) -> bool:
+        """Take the run; False when it is not to be run (taken, finished, expired)."""
+
+    def refusal(self) -> str | None:
+        """Why the taken run must not run as its message says (None: it may)."""
+
     async def renew(self) -> bool: ...
     async def sink(self, chunks: Sequence[OutputChunk], output_bytes: int | None) -> None: ...
     async def finish(
@@ -59,6 +66,7 @@ class JournalReporter:
         self._args = pg_connect_args(settings.journal, application_name=f"taskmedic-agent {agent}")
         self._pool: AsyncConnectionPool[journal_executor.Conn] | None = None
         self._journal: journal_executor.Journal | None = None
+        self._planned: dict[str, Any] | None = None
 
     async def _j(self) -> journal_executor.Journal:
         if self._journal is None:
@@ -82,7 +90,21 @@ class JournalReporter:
     async def start(self) -> bool:
         j = await self._j()
         m = self.msg
-        return await j.run(lambda c: host_runs.start(c, m.run_id, m.token, self.agent, m.lease))
+        self._planned = await j.run(
+            lambda c: host_runs.start(c, m.run_id, m.token, self.agent, m.lease)
+        )
+        return self._planned is not None
+
+    def refusal(self) -> str | None:
+        """The message's script must be the one of the action's stored (approved) plan: a
+        message put on the broker by anyone else runs nothing."""
+        try:
+            planned = ScriptSpec.model_validate(self._planned)
+        except ValidationError:
+            return "the action's plan has no script for this step: refused"
+        if planned != self.msg.script:
+            return "the message's script is not the one of the action's plan: refused"
+        return None
 
     async def renew(self) -> bool:
         j = await self._j()
@@ -134,10 +156,11 @@ class MessageReporter:
         self.agent = agent
         self.app = app
         self.seq = 0
+        self.key = settings.key()
         self._queue = Queue(settings.reply_queue, durable=True)  # type: ignore[no-untyped-call]
 
     def _publish(self, body: dict[str, Any]) -> None:
-        body = {"run_id": self.msg.run_id, "token": self.msg.token, **body}
+        body = sign(self.key, {"run_id": self.msg.run_id, "token": self.msg.token, **body})
         with self.app.producer_or_acquire() as producer:
             producer.publish(
                 body,
@@ -164,6 +187,9 @@ class MessageReporter:
         os.close(fd)
         await self._send({"type": "start", "agent": self.agent, "lease": self.msg.lease})
         return True
+
+    def refusal(self) -> str | None:
+        return None  # its message was signed with the agents' shared secret
 
     async def renew(self) -> bool:
         await self._send({"type": "renew", "lease": self.msg.lease})

@@ -13,9 +13,10 @@ import re
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
-from exporter.base.connections import DatabaseConfig
+from exporter.base import structure_only
+from exporter.base.connections import DatabaseConfig, read_secret
 from exporter.base.types import Duration, Model, mask_dsn, scrub
 
 __all__ = ["HOST_PATTERN", "AgentsSettings", "HostName"]
@@ -24,6 +25,8 @@ __all__ = ["HOST_PATTERN", "AgentsSettings", "HostName"]
 HOST_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$"
 HostName = Annotated[str, Field(pattern=HOST_PATTERN)]
 _HOST = re.compile(HOST_PATTERN)
+MIN_KEY = 16
+MIN_KEY = 16
 
 
 def is_host_name(value: str) -> bool:
@@ -34,6 +37,9 @@ class AgentsSettings(Model):
     """Where agents and the healer meet, and how long a host run may be silent."""
 
     broker: SecretStr
+    # The key healers and agents sign every message with (HMAC-SHA256), in a file both can
+    # read: whoever can only publish on the broker cannot make an agent run anything.
+    secret_file: Path
     queue_prefix: str = Field(default="taskmedic.agent.", pattern=r"^[A-Za-z0-9_.:-]*$")
     journal: DatabaseConfig | None = None
     reply_queue: str = Field(default="taskmedic.replies", pattern=r"^[A-Za-z0-9_.:-]+$")
@@ -56,6 +62,21 @@ class AgentsSettings(Model):
 
     def broker_url(self) -> str:
         return self.broker.get_secret_value()
+
+    @field_validator("secret_file")
+    @classmethod
+    def _key_readable(cls, value: Path) -> Path:
+        key = read_secret(value, "secret_file")
+        if structure_only.active() is None and len(key) < MIN_KEY:
+            raise ValueError(
+                f"the key in {value} is shorter than {MIN_KEY} characters: write e.g. "
+                "`head -c 32 /dev/urandom | base64` into it"
+            )
+        return value
+
+    def key(self) -> bytes:
+        """The signing key (read at each use: replacing the file needs no restart)."""
+        return read_secret(self.secret_file, "agents.secret_file").encode()
 
     def queue(self, host: str) -> str:
         return self.queue_prefix + host

@@ -11,6 +11,8 @@ report with messages on `reply_queue` (see `healer.agents.replies`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 from typing import Any
 
 from celery import Celery
@@ -19,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from exporter.base.connections import CeleryConfig, celery_app
 from healer.agents.settings import AgentsSettings
-from healer.plan import ScriptSpec
+from healer.errors import BadSignature
+from healer.plan import ScriptSpec, canonical_json
 
 __all__ = [
     "RUN_TASK",
@@ -56,6 +59,26 @@ class RunMessage(BaseModel):
     lease: float = Field(default=10.0, gt=0)
 
 
+def _mac(key: bytes, body: dict[str, Any]) -> str:
+    return hmac.new(key, canonical_json(body).encode(), hashlib.sha256).hexdigest()
+
+
+def sign(key: bytes, body: dict[str, Any]) -> dict[str, Any]:
+    """`body` with its HMAC-SHA256 under the agents' shared key."""
+    return {**body, "sig": _mac(key, body)}
+
+
+def verify(key: bytes, signed: Any) -> dict[str, Any]:
+    """The body of a signed message; `BadSignature` when it is not one (compared in constant
+    time)."""
+    if not isinstance(signed, dict) or not isinstance(signed.get("sig"), str):
+        raise BadSignature("the message is not signed")
+    body = {k: v for k, v in signed.items() if k != "sig"}
+    if not hmac.compare_digest(signed["sig"], _mac(key, body)):
+        raise BadSignature("the message's signature does not match the agents' key")
+    return body
+
+
 def agents_app(settings: AgentsSettings, *, name: str = "agents") -> Celery:
     """The Celery app of the agents' broker, with taskmedic's timeouts (`celery_app`)."""
     return celery_app(CeleryConfig(broker=settings.broker), name=name)
@@ -67,7 +90,8 @@ def broadcast_stop(app: Celery, runs: list[tuple[int, str]]) -> None:
         app.control.broadcast(STOP_COMMAND, arguments={"run_id": run_id, "token": token})
 
 
-def send_run(app: Celery, msg: RunMessage, queue: str, expires: float) -> None:
-    """Publish one host run; a message still queued after `expires` seconds is discarded."""
-    body: dict[str, Any] = msg.model_dump(mode="json")
+def send_run(app: Celery, key: bytes, msg: RunMessage, queue: str, expires: float) -> None:
+    """Publish one host run, signed; a message still queued after `expires` seconds is
+    discarded."""
+    body = sign(key, msg.model_dump(mode="json"))
     app.send_task(RUN_TASK, args=[body], queue=queue, expires=max(expires, 1.0))

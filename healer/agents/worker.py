@@ -27,11 +27,12 @@ from typing import Any
 
 from celery import Celery
 from celery.worker.control import control_command
+from pydantic import ValidationError
 
 from healer.agents.reporting import JournalReporter, MessageReporter, Reporter
 from healer.agents.settings import AgentsSettings
-from healer.agents.transport import RUN_TASK, RunMessage, agents_app
-from healer.errors import StepFailed
+from healer.agents.transport import RUN_TASK, RunMessage, agents_app, verify
+from healer.errors import BadSignature, StepFailed
 from healer.steps.output_capture import StepOutput
 from healer.steps.script import run_script
 
@@ -62,6 +63,13 @@ async def execute(msg: RunMessage, reporter: Reporter, stop: threading.Event) ->
     if not await reporter.start():
         log.info("run %s on %s: already taken, finished or expired; ignored", msg.run_id, msg.host)
         return "ignored"
+    refused = reporter.refusal()
+    if refused is not None:
+        log.error("run %s on %s: %s", msg.run_id, msg.host, refused)
+        await reporter.finish(
+            state="failed", exit_code=None, error=refused, result={}, output_bytes=0
+        )
+        return "failed"
     lost = asyncio.Event()
     out = StepOutput(reporter.sink, cap=msg.output_cap, on_error=lambda exc: lost.set())
     state, exit_code, error, result = "succeeded", None, "", {}
@@ -125,8 +133,12 @@ def agent_app(settings: AgentsSettings, agent: str) -> Celery:
         app.conf.broker_transport_options = opts
 
     @app.task(name=RUN_TASK, acks_late=True, ignore_result=True)  # type: ignore[untyped-decorator]
-    def run(body: dict[str, Any]) -> str:
-        msg = RunMessage.model_validate(body)
+    def run(signed: dict[str, Any]) -> str:
+        try:
+            msg = RunMessage.model_validate(verify(settings.key(), signed))
+        except (BadSignature, ValidationError) as exc:
+            log.warning("a run message was dropped: %s", str(exc).splitlines()[0])
+            return "dropped"
         stop = threading.Event()
         with _RUNNING_LOCK:
             _RUNNING[msg.run_id] = (msg.token, stop)

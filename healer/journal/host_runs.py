@@ -178,12 +178,18 @@ async def interrupt_action(conn: Conn, action_id: int, why: str) -> None:
 # --- the agent's side (or the healer applying an agent's message) ---------------------------
 
 
-async def start(conn: Conn, run_id: int, token: str, agent: str, lease: float) -> bool:
-    """Take a sent run; False when it was started, finished or expired already."""
+async def start(
+    conn: Conn, run_id: int, token: str, agent: str, lease: float
+) -> dict[str, Any] | None:
+    """Take a sent run; returns the script of the action's stored plan it runs, None when the
+    run was started, finished or expired already."""
     cur = await conn.execute(
         q("hr_start"), {"run_id": run_id, "token": token, "agent": agent, "lease": lease}
     )
-    return await cur.fetchone() is not None
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    return dict(row["script"] or {})
 
 
 async def renew(conn: Conn, run_id: int, token: str, lease: float) -> bool:

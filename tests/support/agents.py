@@ -55,8 +55,12 @@ class AgentFleet:
     started: list[AgentProc] = field(default_factory=list)
 
     def section(self, *, journal: bool) -> dict[str, object]:
+        key = self.tmp / "agents-key"
+        if not key.exists():
+            key.write_text(uuid.uuid4().hex + uuid.uuid4().hex)
         out: dict[str, object] = {
             "broker": self.broker,
+            "secret_file": str(key),
             "queue_prefix": self.prefix,
             "reply_queue": self.prefix + "replies",
             "lease": self.lease,

@@ -22,7 +22,8 @@ def secrets_env(tmp_path: Path) -> dict[str, str]:
     (creds / "timesketch-write-dsn").write_text(
         "postgresql://ts_rw:dsn-secret-1@127.0.0.1/timesketch"
     )
-    for name in ("ibex-db-password", "journal-password", "healer-token", "healer-ops-password"):
+    names = ("ibex-db-password", "journal-password", "healer-token", "healer-ops-password")
+    for name in (*names, "agents-key"):
         (creds / name).write_text(f"file-secret-{name}\n")
     return {
         "CREDENTIALS_DIRECTORY": str(creds),

@@ -74,12 +74,17 @@ SET state = 'interrupted', error = %(why)s, lease_expires_at = NULL, finished_at
 WHERE action_id = %(action_id)s AND state IN ('pending', 'sent', 'running')
 
 -- name: hr_start
--- An agent takes a sent run; nothing when it was started, finished or expired already.
-UPDATE host_runs
+-- An agent takes a sent run; nothing when it was started, finished or expired already. It gets
+-- the script as the action's stored plan has it, to hold its message to.
+UPDATE host_runs AS h
 SET state = 'running', agent = %(agent)s, started_at = now(),
     lease_expires_at = now() + make_interval(secs => %(lease)s)
-WHERE id = %(run_id)s AND token = %(token)s AND state = 'sent' AND deadline > now()
-RETURNING action_id, step_idx
+FROM actions AS a
+WHERE h.id = %(run_id)s AND h.token = %(token)s AND h.state = 'sent' AND h.deadline > now()
+  AND a.id = h.action_id
+RETURNING h.action_id, h.step_idx,
+          CASE WHEN h.purpose = 'undo' THEN a.plan -> 'steps' -> h.step_idx -> 'undo' -> 'script'
+               ELSE a.plan -> 'steps' -> h.step_idx -> 'script' END AS script
 
 -- name: hr_renew
 UPDATE host_runs

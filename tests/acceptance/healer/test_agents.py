@@ -13,7 +13,9 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from healer.agents.transport import RUN_TASK, RunMessage, send_run, sign
 from healer.journal import host_runs as journal_host_runs
+from healer.metrics import HealerMetrics
 from healer.plan import HostsSpec, PlanStep, ScriptSpec
 from tests.support.agents import AgentFleet, delete_queues
 from tests.support.journal_helpers import (
@@ -238,3 +240,96 @@ async def test_a_pause_waits_for_a_resume_before_the_next_batch(
     assert row["state"] == "succeeded", row["reason"]
     assert row["resumed_by"] == "alice"
     assert {r["state"] for r in await host_runs(journal_dsn, action_id)} == {"succeeded"}
+
+
+async def test_a_message_not_signed_with_the_agents_key_runs_nothing(
+    fleet: AgentFleet, journal_dsn: str, executors: StartExecutor, tmp_path: Path
+) -> None:
+    """Whoever can publish on the broker, without the key, makes no agent run anything."""
+    agent = await asyncio.to_thread(fleet.start, "app1")
+    mark = tmp_path / "forged-ran"
+    body = RunMessage(
+        run_id=1,
+        token="0" * 32,
+        action_id=1,
+        step_idx=0,
+        host="app1",
+        script=ScriptSpec(argv=["touch", str(mark)]),
+    ).model_dump(mode="json")
+    forged = sign(b"not-the-agents-key-at-all", body)
+    app = fleet.app()
+    try:
+        await asyncio.to_thread(app.send_task, RUN_TASK, args=[forged], queue=fleet.prefix + "app1")
+        await asyncio.to_thread(app.send_task, RUN_TASK, args=[body], queue=fleet.prefix + "app1")
+    finally:
+        app.close()
+    await until(
+        lambda: _async(agent.output().count("a run message was dropped") == 2),
+        20,
+        "both forged messages to be dropped",
+    )
+    assert "signature does not match" in agent.output()
+    assert "is not signed" in agent.output()
+    assert not mark.exists()
+
+
+async def test_a_signed_message_whose_script_is_not_the_plans_is_refused(
+    broker_url: str, journal_dsn: str, executors: StartExecutor, tmp_path: Path
+) -> None:
+    """Holding the key is not enough where agents read the journal: they run the plan's
+    script, never another one a message brings."""
+    fleet = AgentFleet(broker_url, tmp_path, journal_dsn)
+    try:
+        await asyncio.to_thread(fleet.start, "app1")
+        await executors(agents=fleet.settings)
+        mark = tmp_path / "swapped-ran"
+        step = on_hosts("planned", "echo planned", ["app1"], timeout=30.0)
+        action_id = await insert_action(journal_dsn, plan(step), state="awaiting_approval")
+        rows = await fetch(
+            journal_dsn,
+            "INSERT INTO host_runs (action_id, step_idx, attempt, host, queue, token, state,"
+            " sent_at, deadline) VALUES (%s, 0, 1, 'app1', %s, 'tok', 'sent', now(),"
+            " now() + interval '1 minute') RETURNING id",
+            action_id,
+            fleet.prefix + "app1",
+        )
+        swapped = RunMessage(
+            run_id=rows[0]["id"],
+            token="tok",
+            action_id=action_id,
+            step_idx=0,
+            host="app1",
+            script=ScriptSpec(argv=["touch", str(mark)]),
+        )
+        app = fleet.app()
+        try:
+            key = fleet.settings.key()
+            await asyncio.to_thread(send_run, app, key, swapped, fleet.prefix + "app1", 60)
+        finally:
+            app.close()
+
+        async def refused() -> dict[str, Any] | None:
+            runs = await host_runs(journal_dsn, action_id)
+            return runs[0] if runs[0]["state"] == "failed" else None
+
+        run = await until(refused, 20, "the swapped script to be refused")
+        assert "not the one of the action's plan: refused" in run["error"]
+        assert not mark.exists()
+    finally:
+        fleet.stop_all()
+
+
+async def test_the_healer_exports_whether_an_agent_serves_each_host(
+    fleet: AgentFleet, journal_dsn: str, executors: StartExecutor
+) -> None:
+    agent = await asyncio.to_thread(fleet.start, "app1")
+    settings = fleet.settings.model_copy(update={"hosts": ["app1", "app9"]})
+    metrics = HealerMetrics()
+    await executors(agents=settings, metrics=metrics)
+
+    def up(host: str) -> float | None:
+        return metrics.registry.get_sample_value("taskmedic_agent_up", {"queue": host})
+
+    await until(lambda: _async(up("app1") == 1.0 and up("app9") == 0.0), 20, "agent_up")
+    agent.kill()
+    await until(lambda: _async(up("app1") == 0.0), 30, "agent_up of the killed agent")
