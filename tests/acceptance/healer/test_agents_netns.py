@@ -134,7 +134,8 @@ async def test_a_host_cut_off_mid_step_is_interrupted_and_never_runs_the_step_tw
                 return runs if runs["app1"]["state"] == "interrupted" else None
 
             runs = await until(app1_interrupted, 20, "app1's lease to run out")
-            assert "stopped renewing its lease" in runs["app1"]["error"]
+            interrupted = runs["app1"]  # what the healer recorded while app1 was away
+            assert "stopped renewing its lease" in interrupted["error"]
             assert runs["app2"]["state"] == "running"
             # The message app1 took is unacknowledged for longer than the visibility timeout:
             # the next consumer to start on the broker (a third host's agent) puts it back
@@ -153,7 +154,6 @@ async def test_a_host_cut_off_mid_step_is_interrupted_and_never_runs_the_step_tw
         runs = {r["host"]: r for r in await host_runs(journal_dsn, action_id)}
         assert runs["app2"]["state"] == "succeeded"
         assert (await host_output(journal_dsn, action_id, "app2")).endswith(b"finished\n")
-        interrupted = runs["app1"]
 
         # Back on the network, the agent learns its run is over and stops the script; the
         # message it never acknowledged comes back to it and is ignored.
@@ -164,6 +164,10 @@ async def test_a_host_cut_off_mid_step_is_interrupted_and_never_runs_the_step_tw
         ignored = f"run {interrupted['id']} on app1: already taken"
         await until(
             lambda: _async(ignored in agents["app1"].output()), 20, "the redelivered message"
+        )
+        # Both deliveries have ended in the agent (the first one's report tried and refused).
+        await until(
+            lambda: _async(tasks_ended(agents["app1"].output()) == 2), 20, "both deliveries"
         )
         out = await host_output(journal_dsn, action_id, "app1")
         assert out.startswith(b"started\n"), out
@@ -183,3 +187,11 @@ async def test_a_host_cut_off_mid_step_is_interrupted_and_never_runs_the_step_tw
 
 async def _async(value: bool) -> bool:
     return value
+
+
+def tasks_ended(log: str) -> int:
+    """How many run messages the agent has finished with (run, ignored, or failed)."""
+    return sum(
+        "taskmedic.agent.run[" in line and (" succeeded in " in line or " raised " in line)
+        for line in log.splitlines()
+    )
