@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,17 +82,34 @@ class AgentFleet:
     def app(self) -> Celery:
         return agents_app(self.settings, name="test")
 
-    def start(self, host: str, *, state_dir: Path | None = None, wait: bool = True) -> AgentProc:
-        """Start `taskmedic agent --queue host` and wait until it answers a ping."""
+    def start(
+        self,
+        host: str,
+        *,
+        state_dir: Path | None = None,
+        wait: bool = True,
+        prefix_argv: Sequence[str] = (),
+        broker: str | None = None,
+        journal_dsn: str | None = None,
+    ) -> AgentProc:
+        """Start `taskmedic agent --queue host` and wait until it answers a ping.
+
+        `prefix_argv` runs it through another command (`ip netns exec NS`); `broker` and
+        `journal_dsn` are the same services as the fleet's, by another address."""
         section = self.section(journal=self.journal_dsn is not None)
         if state_dir is not None:
             section["state_dir"] = str(state_dir)
+        if broker is not None:
+            section["broker"] = broker
+        if journal_dsn is not None and "journal" in section:
+            section["journal"] = {"dsn": journal_dsn}
         config = self.tmp / f"agent-{host}-{uuid.uuid4().hex[:4]}.yaml"
         config.write_text(yaml.safe_dump({"agents": section}))
         log = self.tmp / f"agent-{host}.log"
         with log.open("ab") as out:
             proc = subprocess.Popen(
                 [
+                    *prefix_argv,
                     sys.executable,
                     "-m",
                     "healer.cli",

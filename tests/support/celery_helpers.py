@@ -35,8 +35,11 @@ class TcpLink:
     stall). A monitor or a worker goes through it; the others talk to the broker directly.
     """
 
-    def __init__(self, connect_upstream: Callable[[], socket.socket]) -> None:
+    def __init__(
+        self, connect_upstream: Callable[[], socket.socket], *, bind: str = "127.0.0.1"
+    ) -> None:
         self._connect_upstream = connect_upstream
+        self.bind = bind
         self.port = free_port()
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
@@ -47,7 +50,7 @@ class TcpLink:
     def restore(self) -> None:
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
+        listener.bind((self.bind, self.port))
         listener.listen(16)
         self._listener = listener
         self._spawn(self._accept, listener)
