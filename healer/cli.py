@@ -206,7 +206,15 @@ def _cmd_actions_list(args: argparse.Namespace) -> int:
         # The HOSTS column shows only when some action ran steps on other hosts.
         hosts = any(a["hosts"] for a in items)
         table = [
-            ["ID", "STATE", "RULE", "ALERT", "CREATED (UTC)", *(["HOSTS"] if hosts else []), "REASON"]
+            [
+                "ID",
+                "STATE",
+                "RULE",
+                "ALERT",
+                "CREATED (UTC)",
+                *(["HOSTS"] if hosts else []),
+                "REASON",
+            ]
         ] + [
             [
                 str(a["id"]),
@@ -255,6 +263,15 @@ def _host_run_lines(runs: list[dict[str, Any]]) -> list[str]:
         )
     # _columns right-aligns the first column: start every line with an empty one instead.
     return _columns([["", *r] for r in rows])
+
+
+def _pause_line(a: dict[str, Any]) -> str:
+    if a["resumed_by"]:
+        return f"  paused {a['paused_at']}, resumed by {a['resumed_by']}"
+    return (
+        f"  paused {a['paused_at']} between batches of hosts: "
+        f"`taskmedic actions resume {a['id']}` runs the next batch"
+    )
 
 
 def _utc_seconds(iso: str) -> str:
@@ -307,13 +324,7 @@ def _cmd_actions_show(args: argparse.Namespace) -> int:
                 for line in _host_run_lines(row["hosts"]):
                     _say(f"    {line}")
         if a["paused_at"]:
-            if a["resumed_by"]:
-                _say(f"  paused {a['paused_at']}, resumed by {a['resumed_by']}")
-            else:
-                _say(
-                    f"  paused {a['paused_at']} between batches of hosts: "
-                    f"`taskmedic actions resume {a['id']}` runs the next batch"
-                )
+            _say(_pause_line(a))
         _say("  events:")
         for e in a["events"]:
             arrow = f"{e['from_state'] or '-'} -> {e['to_state'] or '-'}"

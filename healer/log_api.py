@@ -8,10 +8,11 @@ with `on: {hosts: …}`) starts with `[host] `; the healer's own lines have no p
 Events (`Accept: text/event-stream` or `?follow=1`): one event per chunk, `id:` the chunk id,
 `event:` its stream, `data:` its text (unprefixed); an `event: step` (data `{"step": N}`, plus
 `"host": NAME` for a host run's output, no id) before the first chunk of each step and whenever
-the host whose output follows changes, so every chunk is known with its step and host; and once the action reaches a final state, `event: end` (data
-`{"state": …}`) and the stream closes. A reconnect with `Last-Event-ID` (or `?after=ID`)
-continues after that chunk with no gap and no repeat. Every follower is fed by this process's
-`LogHub` (one journal query per chunk, shared), so any replica can serve any action's log.
+the host whose output follows changes, so every chunk is known with its step and host; and once
+the action reaches a final state, `event: end` (data `{"state": …}`) and the stream closes. A
+reconnect with `Last-Event-ID` (or `?after=ID`) continues after that chunk with no gap and no
+repeat. Every follower is fed by this process's `LogHub` (one journal query per chunk, shared),
+so any replica can serve any action's log.
 
 Followers hold a connection and a buffer each for as long as they like, so they are counted:
 past `healer.limits.followers` in this process a new one gets 503, past
@@ -165,7 +166,9 @@ def _filter(request: web.Request) -> LogFilter:
     step = _nonneg_int(step_s, "step", 2**31 - 1) if step_s else None
     host = request.query.get("host") or None
     if host is not None and (len(host) > MAX_HOST or not host.isprintable()):
-        raise web.HTTPBadRequest(text=f"host: expected a host name of at most {MAX_HOST} characters")
+        raise web.HTTPBadRequest(
+            text=f"host: expected a host name of at most {MAX_HOST} characters"
+        )
     return LogFilter(stream, step, host)
 
 

@@ -5,8 +5,8 @@ is written stdout to stdout, stderr and system notes to stderr, as UTF-8 text wh
 characters (ANSI escapes, carriage returns, bidi overrides; not newlines and tabs) are shown as
 escapes, so a step's output cannot rewrite the terminal, and each line a host run printed starts
 with `[host] ` (`--host NAME` keeps only that host's); `--raw` writes the bytes exactly as the
-step wrote them, with no prefix. `-f` follows the log through the same hub as the web console until the action
-ends.
+step wrote them, with no prefix. `-f` follows the log through the same hub as the web console
+until the action ends.
 """
 
 from __future__ import annotations

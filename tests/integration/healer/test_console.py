@@ -529,7 +529,9 @@ async def test_a_step_on_other_hosts_shows_a_row_per_host_and_the_list_counts_th
     assert 'id="hosts-0"' not in html  # the local step has no host table
     table = html[html.index('id="hosts-1"') :]
     table = table[: table.index("</table>")]
-    web1 = re.search(r'<tr class="host-run state-succeeded" data-host="web1">(.*?)</tr>', table, re.S)
+    web1 = re.search(
+        r'<tr class="host-run state-succeeded" data-host="web1">(.*?)</tr>', table, re.S
+    )
     assert web1 is not None
     cells = re.findall(r"<td[^>]*>(.*?)</td>", web1.group(1), re.S)
     assert "web1" in cells[0]

@@ -107,9 +107,7 @@ async def test_events_name_the_host_of_the_chunks_that_follow(
     assert await next_event(events) == Event("stdout", "local ends\n", str(ids[5]))
     # Live: a host's chunk written now arrives with its host.
     live = await append_chunk(journal_conn, aid, "web3 late\n", step=1, host="web3")
-    assert await next_event(events) == Event(
-        "step", json.dumps({"step": 1, "host": "web3"}), None
-    )
+    assert await next_event(events) == Event("step", json.dumps({"step": 1, "host": "web3"}), None)
     assert await next_event(events) == Event("stdout", "web3 late\n", str(live))
     await set_state(journal_conn, aid, "succeeded")
     assert (await next_event(events)).event == "end"
