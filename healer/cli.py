@@ -203,13 +203,26 @@ def _cmd_actions_list(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"items": items, "next": nxt}, indent=2))
             return 0
-        table = [["ID", "STATE", "RULE", "ALERT", "CREATED (UTC)", "REASON"]] + [
+        # The HOSTS column shows only when some action ran steps on other hosts.
+        hosts = any(a["hosts"] for a in items)
+        table = [
+            [
+                "ID",
+                "STATE",
+                "RULE",
+                "ALERT",
+                "CREATED (UTC)",
+                *(["HOSTS"] if hosts else []),
+                "REASON",
+            ]
+        ] + [
             [
                 str(a["id"]),
                 a["state"],
                 printable(a["rule"]),
                 printable(a["alert"]["alertname"]),
                 _utc_seconds(a["created_at"]),
+                *([_host_counts(a["hosts"])] if hosts else []),
                 a["reason"],
             ]
             for a in items
@@ -221,6 +234,44 @@ def _cmd_actions_list(args: argparse.Namespace) -> int:
         return 0
 
     return _on_journal(args, body)
+
+
+def _host_counts(counts: dict[str, int] | None) -> str:
+    """`hosts 3/4 ok` (`, 1 failed` when some failed): an action's runs on other hosts."""
+    if not counts:
+        return ""
+    text = f"hosts {counts['succeeded']}/{counts['total']} ok"
+    return text + (f", {counts['failed']} failed" if counts["failed"] else "")
+
+
+def _host_run_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """A step's host runs, one line each: host, state, exit code, seconds, agent, error."""
+    rows = [["HOST", "STATE", "EXIT", "SECONDS", "AGENT", "ERROR"]]
+    for r in runs:
+        what = r["state"] if r["purpose"] == "step" else f"{r['purpose']} {r['state']}"
+        if r["attempt"] and r["attempt"] > 1:
+            what += f" (attempt {r['attempt']})"
+        rows.append(
+            [
+                printable(r["host"]),
+                what,
+                "-" if r["exit_code"] is None else str(r["exit_code"]),
+                "-" if r["seconds"] is None else f"{r['seconds']:.1f}",
+                printable(r["agent"] or "-"),
+                printable(r["error"] or ""),
+            ]
+        )
+    # _columns right-aligns the first column: start every line with an empty one instead.
+    return _columns([["", *r] for r in rows])
+
+
+def _pause_line(a: dict[str, Any]) -> str:
+    if a["resumed_by"]:
+        return f"  paused {a['paused_at']}, resumed by {a['resumed_by']}"
+    return (
+        f"  paused {a['paused_at']} between batches of hosts: "
+        f"`taskmedic actions resume {a['id']}` runs the next batch"
+    )
 
 
 def _utc_seconds(iso: str) -> str:
@@ -269,6 +320,11 @@ def _cmd_actions_show(args: argparse.Namespace) -> int:
                 _say(line)
             if row["error"]:
                 _say(f"     error: {row['error']}")
+            if row.get("hosts"):
+                for line in _host_run_lines(row["hosts"]):
+                    _say(f"    {line}")
+        if a["paused_at"]:
+            _say(_pause_line(a))
         _say("  events:")
         for e in a["events"]:
             arrow = f"{e['from_state'] or '-'} -> {e['to_state'] or '-'}"

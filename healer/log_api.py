@@ -1,15 +1,18 @@
 """`GET /api/actions/{id}/log`: an action's output as text, or followed live as Server-Sent Events.
 
-Text: every chunk in order (`?stream=stdout|stderr|system`, `?step=N` narrow it down), bytes
-decoded as UTF-8 with U+FFFD shown where they are not UTF-8 (a multi-byte character split
-between two chunks of one stream is decoded whole).
+Text: every chunk in order (`?stream=stdout|stderr|system`, `?step=N`, `?host=NAME` narrow it
+down), bytes decoded as UTF-8 with U+FFFD shown where they are not UTF-8 (a multi-byte character
+split between two chunks of one stream is decoded whole). Each line a host run printed (a step
+with `on: {hosts: …}`) starts with `[host] `; the healer's own lines have no prefix.
 
 Events (`Accept: text/event-stream` or `?follow=1`): one event per chunk, `id:` the chunk id,
-`event:` its stream, `data:` its text; an `event: step` (data `{"step": N}`, no id) before the
-first chunk of each step; and once the action reaches a final state, `event: end` (data
-`{"state": …}`) and the stream closes. A reconnect with `Last-Event-ID` (or `?after=ID`)
-continues after that chunk with no gap and no repeat. Every follower is fed by this process's
-`LogHub` (one journal query per chunk, shared), so any replica can serve any action's log.
+`event:` its stream, `data:` its text (unprefixed); an `event: step` (data `{"step": N}`, plus
+`"host": NAME` for a host run's output, no id) before the first chunk of each step and whenever
+the host whose output follows changes, so every chunk is known with its step and host; and once
+the action reaches a final state, `event: end` (data `{"state": …}`) and the stream closes. A
+reconnect with `Last-Event-ID` (or `?after=ID`) continues after that chunk with no gap and no
+repeat. Every follower is fed by this process's `LogHub` (one journal query per chunk, shared),
+so any replica can serve any action's log.
 
 Followers hold a connection and a buffer each for as long as they like, so they are counted:
 past `healer.limits.followers` in this process a new one gets 503, past
@@ -23,6 +26,7 @@ import codecs
 import contextlib
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -39,12 +43,13 @@ from healer.journal.pool import journal_errors
 from healer.log_hub import Chunk, End, LogHub
 from healer.url_numbers import MAX_ID, parse_number
 
-__all__ = ["LOG_HUB", "HubSlot", "hub_of", "iter_log_text", "setup"]
+__all__ = ["LOG_HUB", "HubSlot", "LinePrefixer", "hub_of", "iter_log_text", "setup"]
 
 log = logging.getLogger(__name__)
 
 STREAMS = frozenset({"stdout", "stderr", "system"})
 PAGE = 500
+MAX_HOST = 255  # a host name longer than this is no host
 GONE_POLL = 0.5  # seconds between checks that a follower's connection is still open
 
 
@@ -131,10 +136,13 @@ async def _stop_hub(app: web.Application) -> None:
 class LogFilter:
     stream: str | None = None
     step: int | None = None
+    host: str | None = None  # None: every host and the healer's own output
 
     def keeps(self, c: Chunk) -> bool:
-        return (self.stream is None or c.stream == self.stream) and (
-            self.step is None or c.step == self.step
+        return (
+            (self.stream is None or c.stream == self.stream)
+            and (self.step is None or c.step == self.step)
+            and (self.host is None or c.host == self.host)
         )
 
 
@@ -156,7 +164,12 @@ def _filter(request: web.Request) -> LogFilter:
     step_s = request.query.get("step")
     # A step index is an integer column in the journal.
     step = _nonneg_int(step_s, "step", 2**31 - 1) if step_s else None
-    return LogFilter(stream, step)
+    host = request.query.get("host") or None
+    if host is not None and (len(host) > MAX_HOST or not host.isprintable()):
+        raise web.HTTPBadRequest(
+            text=f"host: expected a host name of at most {MAX_HOST} characters"
+        )
+    return LogFilter(stream, step, host)
 
 
 def _wants_events(request: web.Request) -> bool:
@@ -181,13 +194,13 @@ async def _action_state(pool: AsyncConnectionPool[Any], action_id: int) -> str:
 
 
 class TextDecoder:
-    """UTF-8 per (step, stream), so a character split across two chunks is decoded whole."""
+    """UTF-8 per (step, host, stream), so a character split across two chunks is decoded whole."""
 
     def __init__(self) -> None:
-        self._decoders: dict[tuple[int, str], codecs.IncrementalDecoder] = {}
+        self._decoders: dict[tuple[int, str, str], codecs.IncrementalDecoder] = {}
 
     def decode(self, c: Chunk) -> str:
-        key = (c.step, c.stream)
+        key = (c.step, c.host, c.stream)
         d = self._decoders.get(key)
         if d is None:
             d = self._decoders[key] = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -196,6 +209,31 @@ class TextDecoder:
     def flush(self) -> str:
         """What is left of incomplete sequences at the end, shown as U+FFFD."""
         return "".join(d.decode(b"", final=True) for d in self._decoders.values())
+
+
+_LINES = re.compile(r"[^\n]*\n|[^\n]+")
+
+
+class LinePrefixer:
+    """Starts each line of a host run's output with `[host] ` (the healer's own lines stay as
+    they are). Hosts' chunks interleave, so whether a line is open is kept per (step, host,
+    stream): a line continued in the host's next chunk is not prefixed twice."""
+
+    def __init__(self) -> None:
+        self._open: set[tuple[int, str, str]] = set()
+
+    def prefix(self, c: Chunk, text: str) -> str:
+        if not c.host or not text:
+            return text
+        key = (c.step, c.host, c.stream)
+        tag = f"[{c.host}] "
+        lines = _LINES.findall(text)
+        out = [line if i == 0 and key in self._open else tag + line for i, line in enumerate(lines)]
+        if text.endswith("\n"):
+            self._open.discard(key)
+        else:
+            self._open.add(key)
+        return "".join(out)
 
 
 async def iter_log_text(
@@ -207,7 +245,13 @@ async def iter_log_text(
         with journal_errors(f"log of action {action_id}"):
             async with pool.connection() as conn:
                 chunks = await logs.text_page(
-                    conn, action_id, after=after, stream=flt.stream, step=flt.step, limit=PAGE
+                    conn,
+                    action_id,
+                    after=after,
+                    stream=flt.stream,
+                    step=flt.step,
+                    host=flt.host,
+                    limit=PAGE,
                 )
         for c in chunks:
             yield c
@@ -227,6 +271,7 @@ async def _text(request: web.Request, action_id: int, flt: LogFilter) -> web.Str
         }
     )
     dec = TextDecoder()
+    tags = LinePrefixer()
     chunks = iter_log_text(pool, action_id, flt)
     try:
         first = await anext(chunks, None)
@@ -235,9 +280,9 @@ async def _text(request: web.Request, action_id: int, flt: LogFilter) -> web.Str
     await resp.prepare(request)
     try:
         if first is not None:
-            await resp.write(dec.decode(first).encode())
+            await resp.write(tags.prefix(first, dec.decode(first)).encode())
             async for c in chunks:
-                text = dec.decode(c)
+                text = tags.prefix(c, dec.decode(c))
                 if text:
                     await resp.write(text.encode())
         await resp.write(dec.flush().encode())
@@ -264,7 +309,7 @@ async def send_events(
 ) -> None:
     """Send the action's chunks as events until it ends (`end` event) or the hub stops."""
     dec = TextDecoder()
-    step: int | None = None
+    at: tuple[int, str] | None = None  # the (step, host) of the last chunk sent
     async with contextlib.aclosing(hub.follow(action_id, after)) as items:
         async for item in items:
             if isinstance(item, End):
@@ -272,9 +317,12 @@ async def send_events(
                 return
             if not flt.keeps(item):
                 continue
-            if item.step != step:
-                step = item.step
-                await resp.send(json.dumps({"step": step}), event="step")
+            if (item.step, item.host) != at:
+                at = (item.step, item.host)
+                mark: dict[str, Any] = {"step": item.step}
+                if item.host:
+                    mark["host"] = item.host
+                await resp.send(json.dumps(mark), event="step")
             # Even an empty text (half a character) carries the id, so a resume skips it.
             await resp.send(dec.decode(item), id=str(item.id), event=item.stream)
 

@@ -3,9 +3,10 @@
 Both work straight on the journal the config names, like the other `actions` commands. The log
 is written stdout to stdout, stderr and system notes to stderr, as UTF-8 text whose control
 characters (ANSI escapes, carriage returns, bidi overrides; not newlines and tabs) are shown as
-escapes, so a step's output cannot rewrite the terminal; `--raw` writes the bytes exactly as the
-step wrote them. `-f` follows the log through the same hub as the web console until the action
-ends.
+escapes, so a step's output cannot rewrite the terminal, and each line a host run printed starts
+with `[host] ` (`--host NAME` keeps only that host's); `--raw` writes the bytes exactly as the
+step wrote them, with no prefix. `-f` follows the log through the same hub as the web console
+until the action ends.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import psycopg
 from exporter.base.errors import ConfigError
 from exporter.base.types import parse_duration
 from healer.errors import JournalUnavailable
+from healer.journal.logs import Chunk
 from healer.terminal import printable
 
 __all__ = ["register_actions_log", "register_journal"]
@@ -69,24 +71,31 @@ def _out(stream: str) -> BinaryIO:
 
 
 class _Writer:
-    """Writes log chunks to the terminal: escaped (one UTF-8 decoder per stream, so a
-    character split between chunks stays whole) or, `raw`, the bytes as they are."""
+    """Writes log chunks to the terminal: escaped (one UTF-8 decoder per step, host and
+    stream, so a character split between chunks stays whole), a host run's lines starting with
+    `[host] `; or, `raw`, the bytes as they are."""
 
     def __init__(self, raw: bool) -> None:
-        self.raw = raw
-        self._decoders: dict[str, codecs.IncrementalDecoder] = {}
+        from healer.log_api import LinePrefixer
 
-    def write(self, stream: str, data: bytes) -> None:
-        out = _out(stream)
+        self.raw = raw
+        self._decoders: dict[tuple[int, str, str], codecs.IncrementalDecoder] = {}
+        self._tags = LinePrefixer()
+
+    def write(self, c: Chunk) -> None:
+        out = _out(c.stream)
         if self.raw:
-            out.write(data)
+            out.write(c.data)
         else:
-            decoder = self._decoders.get(stream)
+            key = (c.step, c.host, c.stream)
+            decoder = self._decoders.get(key)
             if decoder is None:
-                decoder = self._decoders[stream] = codecs.getincrementaldecoder("utf-8")(
+                decoder = self._decoders[key] = codecs.getincrementaldecoder("utf-8")(
                     "backslashreplace"
                 )
-            out.write(printable(decoder.decode(data), multiline=True).encode())
+            # Escaped before the prefix is added: a host name is ours, its output is not.
+            text = printable(decoder.decode(c.data), multiline=True)
+            out.write(self._tags.prefix(c, text).encode())
         out.flush()
 
 
@@ -106,10 +115,10 @@ def _cmd_log(args: argparse.Namespace) -> int:
     from healer.journal import logs
     from healer.journal.pool import open_pool
     from healer.log_api import LogFilter, iter_log_text
-    from healer.log_hub import Chunk, End, LogHub
+    from healer.log_hub import End, LogHub
 
     # People number steps from 1, as the console and every reason do; the journal from 0.
-    flt = LogFilter(args.stream, args.step - 1 if args.step is not None else None)
+    flt = LogFilter(args.stream, args.step - 1 if args.step is not None else None, args.host)
     writer = _Writer(args.raw)
 
     async def body(dsn: str) -> int:
@@ -121,7 +130,7 @@ def _cmd_log(args: argparse.Namespace) -> int:
                         _err(f"taskmedic: no action {args.id}")
                         return 1
                 async for c in iter_log_text(pool, args.id, flt):
-                    writer.write(c.stream, c.data)
+                    writer.write(c)
                 return 0
             hub = LogHub(dsn, pool)
             try:
@@ -133,7 +142,7 @@ def _cmd_log(args: argparse.Namespace) -> int:
                             return 0
                         assert isinstance(item, Chunk)
                         if flt.keeps(item):
-                            writer.write(item.stream, item.data)
+                            writer.write(item)
             except ActionNotFound:
                 _err(f"taskmedic: no action {args.id}")
                 return 1
@@ -178,6 +187,7 @@ def register_actions_log(actions_sub: Any) -> None:
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
     p.add_argument("--stream", choices=("stdout", "stderr", "system"))
     p.add_argument("--step", type=_step_number, help="only this step (1 is the first)")
+    p.add_argument("--host", help="only the output of this host's runs")
     p.add_argument(
         "--raw",
         action="store_true",

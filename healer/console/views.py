@@ -107,6 +107,12 @@ async def action_page(request: web.Request) -> web.Response:
     raw_steps = plan.get("steps")
     plan_steps: list[Any] = raw_steps if isinstance(raw_steps, list) else []
     may_approve = request.app.get(appkeys.AUTH) is None or "approve" in roles_of(request)
+    # Paused between batches of a multi-host step, and nobody asked to resume it yet.
+    paused = (
+        action["state"] == "running"
+        and action["paused_at"] is not None
+        and action["resumed_by"] is None
+    )
     ctx = {
         "a": action,
         "steps": steps,
@@ -118,6 +124,8 @@ async def action_page(request: web.Request) -> web.Response:
         or (action["state"] == "interrupted" and action["finished_at"] is not None),
         # The buttons show only to someone with the approve role (the API checks it again).
         "can_approve": may_approve and action["state"] == "awaiting_approval",
+        "paused": paused,
+        "can_resume": may_approve and paused,
         "can_cancel": may_approve
         and action["state"] in CANCELLABLE
         and action["cancel_requested_at"] is None,

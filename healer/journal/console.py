@@ -8,6 +8,7 @@ from typing import Any, LiteralString
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
+from healer.journal import host_runs
 from healer.journal.queries import q
 
 __all__ = ["ActionPage", "action_page", "actions", "rules"]
@@ -36,7 +37,11 @@ async def actions(
     """Recent actions, newest first, optionally of one state and/or one rule, older than the
     id `before`."""
     params = {"state": state, "rule": rule, "before": before, "limit": limit}
-    return await _rows(conn, q("console_actions"), params)
+    found = await _rows(conn, q("console_actions"), params)
+    counts = await host_runs.counts(conn, [a["id"] for a in found]) if found else {}
+    for a in found:
+        a["hosts"] = counts.get(a["id"])  # runs on other hosts by outcome; None: none
+    return found
 
 
 async def rules(conn: AsyncConnection[Any]) -> list[str]:
@@ -45,9 +50,13 @@ async def rules(conn: AsyncConnection[Any]) -> list[str]:
 
 
 async def action_page(conn: AsyncConnection[Any], action_id: int) -> ActionPage:
-    """One action with its alert, its steps and its events."""
+    """One action with its alert, its steps (each with its runs on other hosts, `hosts`)
+    and its events."""
     p = {"id": action_id}
     found = await _rows(conn, q("console_action"), p)
     steps = await _rows(conn, q("console_steps"), p)
+    runs = await host_runs.of_action(conn, action_id) if steps else []
+    for s in steps:
+        s["hosts"] = [r for r in runs if r["step_idx"] == s["idx"]]
     events = await _rows(conn, q("console_events"), p)
     return (found[0] if found else None), steps, events

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from psycopg import AsyncConnection
-from psycopg.rows import DictRow
+from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 
 from healer.journal import channels, logs
@@ -291,14 +291,23 @@ async def resume(conn: Conn, action_id: int, by: str) -> bool:
     return await cur.fetchone() is not None
 
 
-async def of_action(conn: Conn, action_id: int) -> list[dict[str, Any]]:
-    cur = await conn.execute(q("hr_of_action"), {"action_id": action_id})
-    return [dict(r) for r in await cur.fetchall()]
+# The two reads below serve the API, the CLI and the console, whose connections return
+# tuples: they ask for dict rows themselves.
 
 
-async def counts(conn: Conn, ids: Sequence[int]) -> dict[int, dict[str, int]]:
-    cur = await conn.execute(q("hr_counts"), {"ids": list(ids)})
+async def of_action(conn: AsyncConnection[Any], action_id: int) -> list[dict[str, Any]]:
+    """Every host run of the action, by step, purpose, attempt, then in creation order."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(q("hr_of_action"), {"action_id": action_id})
+        return await cur.fetchall()
+
+
+async def counts(conn: AsyncConnection[Any], ids: Sequence[int]) -> dict[int, dict[str, int]]:
+    """Per action of `ids` that has host runs: how many succeeded, failed, in all."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(q("hr_counts"), {"ids": list(ids)})
+        rows = await cur.fetchall()
     return {
         r["action_id"]: {"succeeded": r["succeeded"], "failed": r["failed"], "total": r["total"]}
-        for r in await cur.fetchall()
+        for r in rows
     }

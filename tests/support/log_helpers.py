@@ -136,18 +136,74 @@ async def append_chunk(
     stream: str = "stdout",
     step: int = 0,
     at: datetime | None = None,
+    host: str = "",
 ) -> int:
-    """One log chunk and its `taskmedic_log` notification, committed; returns the chunk id."""
+    """One log chunk (of a host run when `host` is given) and its `taskmedic_log`
+    notification, committed; returns the chunk id."""
     raw = data.encode() if isinstance(data, str) else data
     async with conn.transaction():
         cur = await conn.execute(
-            "INSERT INTO log_chunks (action_id, step_idx, stream, at, data)"
-            " VALUES (%s, %s, %s, coalesce(%s, now()), %s) RETURNING id",
-            (action_id, step, stream, at, raw),
+            "INSERT INTO log_chunks (action_id, step_idx, host, stream, at, data)"
+            " VALUES (%s, %s, %s, %s, coalesce(%s, now()), %s) RETURNING id",
+            (action_id, step, host, stream, at, raw),
         )
         (chunk_id,) = await cur.fetchone()  # type: ignore[misc]
         await conn.execute("SELECT pg_notify('taskmedic_log', %s)", (str(action_id),))
     return int(chunk_id)
+
+
+async def add_host_run(
+    conn: psycopg.AsyncConnection[Any],
+    action_id: int,
+    host: str,
+    *,
+    step: int = 0,
+    state: str = "succeeded",
+    exit_code: int | None = None,
+    agent: str = "agent-1",
+    error: str = "",
+    seconds: float = 1.5,
+    batch: int = 0,
+) -> int:
+    """One run of step `step` on `host`, as an agent would have left it; returns its id."""
+    started = state not in ("pending", "sent", "cancelled", "skipped")
+    finished = started and state != "running"
+    async with conn.transaction():
+        cur = await conn.execute(
+            "INSERT INTO host_runs (action_id, step_idx, attempt, host, queue, batch, token,"
+            " state, agent, exit_code, error, sent_at, started_at, finished_at)"
+            " VALUES (%s, %s, 1, %s, 'taskmedic.agent.' || %s, %s, gen_random_uuid()::text,"
+            " %s, %s, %s, %s, now() - make_interval(secs => %s + 1),"
+            " CASE WHEN %s THEN now() - make_interval(secs => %s) END,"
+            " CASE WHEN %s THEN now() END) RETURNING id",
+            (
+                action_id,
+                step,
+                host,
+                host,
+                batch,
+                state,
+                agent if started else "",
+                exit_code,
+                error,
+                seconds,
+                started,
+                seconds,
+                finished,
+            ),
+        )
+        (run_id,) = await cur.fetchone()  # type: ignore[misc]
+    return int(run_id)
+
+
+async def set_paused(conn: psycopg.AsyncConnection[Any], action_id: int) -> None:
+    """Pause the action between batches of hosts, as the executor does."""
+    async with conn.transaction():
+        await conn.execute(
+            "UPDATE actions SET paused_at = now(), resume_requested_at = NULL, resumed_by = NULL"
+            " WHERE id = %s",
+            (action_id,),
+        )
 
 
 async def set_state(

@@ -1,5 +1,5 @@
 // taskmedic console: refreshes the server-rendered parts, follows the live log, posts
-// approve/cancel. No framework, nothing loaded from elsewhere.
+// approve/cancel/resume. No framework, nothing loaded from elsewhere.
 "use strict";
 
 (function () {
@@ -125,16 +125,23 @@
 
   // Follow the log over Server-Sent Events. The browser reconnects by itself after a drop and
   // sends Last-Event-ID, so the server resumes after the last chunk shown: no gap, no repeat.
+  // A `step` event names the step and, for a run on another host, the host of the chunks that
+  // follow; each line a host printed starts with "[host] ", as in the text log and the CLI.
   function followLog(onEnd) {
     const box = document.getElementById("log");
     const status = document.getElementById("log-status");
     const jump = document.getElementById("jump");
+    const picker = document.getElementById("log-host");
+    const pickerLabel = document.getElementById("log-host-filter");
     const names = JSON.parse(box.dataset.steps || "[]");
     let source = null;
     let stick = true; // scroll along with new output until the reader scrolls up
     let lastStep = null;
+    let host = "";
     let lastSpan = null;
     let endsWithNewline = true;
+    const openLines = new Set(); // "step host stream" whose last line has no newline yet
+    let only = "*"; // the host whose output shows ("" the healer's own, "*" every host)
 
     function atBottom() { return box.scrollTop + box.clientHeight >= box.scrollHeight - 8; }
     box.addEventListener("scroll", function () {
@@ -147,21 +154,60 @@
       box.scrollTop = box.scrollHeight;
     });
 
-    function append(text, cls) {
+    function shown(span) { return only === "*" || span.dataset.host === undefined || span.dataset.host === only; }
+
+    function knowHost(name) {
+      if (!name || picker.querySelector('option[value="' + CSS.escape(name) + '"]')) return;
+      const option = document.createElement("option");
+      option.value = name;
+      option.textContent = name;
+      picker.appendChild(option);
+      pickerLabel.hidden = false;
+    }
+
+    function showOnly(name) {
+      knowHost(name);
+      only = name;
+      picker.value = name;
+      box.querySelectorAll("span[data-host]").forEach(function (s) { s.hidden = !shown(s); });
+      box.dataset.host = name;
+      if (stick) box.scrollTop = box.scrollHeight;
+    }
+    picker.addEventListener("change", function () { showOnly(picker.value); });
+    document.addEventListener("click", function (ev) {
+      const link = ev.target.closest("a[data-log-host]");
+      if (link) showOnly(link.dataset.logHost);
+    });
+
+    function append(text, cls, from) {
       if (!text) return;
       const placeholder = box.querySelector(".placeholder");
       if (placeholder) placeholder.remove();
-      if (lastSpan && lastSpan.className === cls) {
+      if (lastSpan && lastSpan.className === cls && lastSpan.dataset.host === from) {
         lastSpan.firstChild.appendData(text);
       } else {
         lastSpan = document.createElement("span");
         lastSpan.className = cls;
+        if (from !== undefined) lastSpan.dataset.host = from;
+        lastSpan.hidden = !shown(lastSpan);
         lastSpan.appendChild(document.createTextNode(text));
         box.appendChild(lastSpan);
       }
       endsWithNewline = text.endsWith("\n");
       if (stick) box.scrollTop = box.scrollHeight;
       else jump.hidden = false;
+    }
+
+    // "[host] " before each line a host printed; a line continued in its next chunk once.
+    function tagged(text, stream) {
+      if (!host || !text) return text;
+      const key = lastStep + " " + host + " " + stream;
+      const lines = text.match(/[^\n]*\n|[^\n]+/g) || [];
+      const out = lines.map(function (line, i) {
+        return i === 0 && openLines.has(key) ? line : "[" + host + "] " + line;
+      }).join("");
+      if (text.endsWith("\n")) openLines.delete(key); else openLines.add(key);
+      return out;
     }
 
     function say(text) { status.textContent = text; }
@@ -179,14 +225,16 @@
         }
       };
       source.addEventListener("step", function (e) {
-        const step = JSON.parse(e.data).step;
-        if (step === lastStep) return;
-        lastStep = step;
-        const name = names[step] ? ": " + names[step] : "";
-        append((endsWithNewline ? "" : "\n") + "── step " + (step + 1) + name + " ──\n", "mark");
+        const mark = JSON.parse(e.data);
+        host = mark.host || "";
+        knowHost(host);
+        if (mark.step === lastStep) return;
+        lastStep = mark.step;
+        const name = names[mark.step] ? ": " + names[mark.step] : "";
+        append((endsWithNewline ? "" : "\n") + "── step " + (mark.step + 1) + name + " ──\n", "mark");
       });
       ["stdout", "stderr", "system"].forEach(function (stream) {
-        source.addEventListener(stream, function (e) { append(e.data, stream); });
+        source.addEventListener(stream, function (e) { append(tagged(e.data, stream), stream, host); });
       });
       source.addEventListener("end", function (e) {
         const state = JSON.parse(e.data).state;

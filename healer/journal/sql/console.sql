@@ -23,7 +23,7 @@ SELECT a.id, a.rule, a.state, a.reason, a.dry_run, a.labels, a.created_at, a.sta
        extract(epoch FROM coalesce(a.finished_at, now()) - a.started_at) AS duration,
        a.plan, a.plan_hash, a.on_interrupt, a.attempt, a.lease_owner, a.lease_expires_at,
        a.approval_expires_at, a.approved_by, a.approved_at, a.cancelled_by, a.cancelled_at,
-       a.fingerprint, a.target,
+       a.fingerprint, a.target, a.paused_at, a.resumed_by,
        al.status AS alert_status, al.annotations, al.starts_at AS alert_starts_at,
        al.generator_url
 FROM actions AS a

@@ -23,7 +23,12 @@ from tests.support.log_helpers import (
     USER,
     USER_AUTH,
     HealerProcess,
+    add_host_run,
+    append_chunk,
+    create_action,
     fire,
+    set_paused,
+    set_state,
     start_healer,
     write_config,
 )
@@ -305,3 +310,66 @@ async def test_pages_fit_a_phone_screen_and_the_list_refreshes_itself(
     await expect(page.locator("#approve")).to_be_visible()
     await no_sideways_scroll(page)
     await page.screenshot(path=str(artifacts / "approve-confirm-phone.png"), full_page=True)
+
+
+async def test_a_step_on_other_hosts_shows_each_hosts_run_and_live_output_and_resumes(
+    browser: Browser,
+    healer: HealerProcess,
+    journal_dsn: str,
+    journal_conn: psycopg.AsyncConnection[Any],
+    artifacts: Path,
+) -> None:
+    """A multi-host step (written to the journal as the agents would): a row per host, each
+    host's lines tagged `[host]` as they arrive, a filter that shows one host's lines (new ones
+    too), and Resume for a step paused between batches; on a phone too."""
+    aid = await create_action(journal_conn, steps=2)
+    await append_chunk(journal_conn, aid, "local step\n")
+    await add_host_run(journal_conn, aid, "web1", step=1, state="running")
+    await add_host_run(journal_conn, aid, "web2", step=1, exit_code=0, seconds=0.8)
+    await add_host_run(journal_conn, aid, "web3", step=1, state="pending", batch=1)
+    await set_paused(journal_conn, aid)
+    page = await logged_in_page(browser, healer, LAPTOP)
+    await page.goto(f"{healer.url}/actions/{aid}")
+    await wait_log(page, "local step")
+
+    await append_chunk(journal_conn, aid, "web1 first ", step=1, host="web1")
+    await append_chunk(journal_conn, aid, "web2 done\n", step=1, host="web2")
+    await append_chunk(journal_conn, aid, "half\nweb1 second\n", step=1, host="web1")
+    await wait_log(page, "[web1] web1 second")
+    text = await log_text(page)
+    assert "[web1] web1 first [web2] web2 done\nhalf\n[web1] web1 second\n" in text
+    hosts = page.locator("#hosts-1")
+    await expect(hosts.locator("tr[data-host=web1] .badge")).to_have_text("running")
+    await expect(hosts.locator("tr[data-host=web2] .badge")).to_have_text("succeeded")
+    await expect(page.locator("#paused")).to_be_visible()
+    await page.screenshot(path=str(artifacts / "hosts-laptop.png"), full_page=True)
+
+    # One host's output: the others' lines hide, and that host's new lines still arrive.
+    await page.locator("#hosts-1 a[data-log-host=web1]").click()
+    await expect(page.locator("#log-host")).to_have_value("web1")
+    await expect(page.locator("#log span[data-host=web2]").first).to_be_hidden()
+    await expect(page.locator("#log span[data-host='']").first).to_be_hidden()
+    await append_chunk(journal_conn, aid, "web2 more\n", step=1, host="web2")
+    await append_chunk(journal_conn, aid, "web1 third\n", step=1, host="web1")
+    await wait_log(page, "[web1] web1 third")
+    await expect(page.locator("#log span[data-host=web2]").last).to_be_hidden()
+    await expect(page.locator("#log span[data-host=web1]").last).to_be_visible()
+    await page.screenshot(path=str(artifacts / "hosts-one-host-laptop.png"), full_page=True)
+    await page.select_option("#log-host", "*")
+    await expect(page.locator("#log span[data-host=web2]").last).to_be_visible()
+
+    await page.click("#resume")
+    await expect(page.locator("#resume")).to_have_count(0, timeout=20_000)
+    async with await psycopg.AsyncConnection.connect(journal_dsn) as conn:
+        cur = await conn.execute("SELECT resumed_by FROM actions WHERE id = %s", (aid,))
+        assert await cur.fetchone() == (USER,)
+
+    phone = await logged_in_page(browser, healer, PHONE)
+    await phone.goto(f"{healer.url}/actions/{aid}")
+    await wait_log(phone, "[web1] web1 third")
+    await expect(phone.locator("#hosts-1 tr[data-host=web2]")).to_be_visible()
+    await no_sideways_scroll(phone)
+    await phone.screenshot(path=str(artifacts / "hosts-phone.png"), full_page=True)
+
+    await set_state(journal_conn, aid, "succeeded")
+    await expect(page.locator("#log-status")).to_have_text("ended: succeeded")

@@ -19,9 +19,11 @@ from tests.support.log_helpers import (
     PASSWORD,
     TOKEN,
     USER,
+    add_host_run,
     append_chunk,
     create_action,
     make_app,
+    set_paused,
     set_state,
 )
 
@@ -507,3 +509,75 @@ async def test_a_session_ends_when_its_time_is_up(
     resp = await client.get("/", allow_redirects=False)
     assert resp.status == 303
     assert resp.headers["Location"].startswith("/login")
+
+
+async def test_a_step_on_other_hosts_shows_a_row_per_host_and_the_list_counts_them(
+    client: Client, journal_conn: psycopg.AsyncConnection[Any]
+) -> None:
+    """Each host run is a row (host, state, exit code, time, agent, error) under its step;
+    the list shows ✓succeeded ✗failed for actions with host runs only."""
+    aid = await create_action(journal_conn, steps=2)
+    await add_host_run(journal_conn, aid, "web1", step=1, exit_code=0, seconds=2.5, agent="ag-a")
+    await add_host_run(
+        journal_conn, aid, "web2", step=1, state="timed_out", error="no agent started it"
+    )
+    await add_host_run(journal_conn, aid, "<b>web3</b>", step=1, state="pending", batch=1)
+    plain = await create_action(journal_conn)
+    await log_in(client)
+
+    html = await (await client.get(f"/actions/{aid}", params={"fragment": "detail"})).text()
+    assert 'id="hosts-0"' not in html  # the local step has no host table
+    table = html[html.index('id="hosts-1"') :]
+    table = table[: table.index("</table>")]
+    web1 = re.search(
+        r'<tr class="host-run state-succeeded" data-host="web1">(.*?)</tr>', table, re.S
+    )
+    assert web1 is not None
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", web1.group(1), re.S)
+    assert "web1" in cells[0]
+    assert 'class="badge succeeded"' in cells[1]
+    assert cells[2:] == ["0", "2.5 s", "ag-a"]
+    assert "timed out" in table
+    assert "web2: no agent started it" in table
+    assert "&lt;b&gt;web3&lt;/b&gt;" in table  # a host name is text, never markup
+    assert "<b>web3" not in table
+
+    rows = await (await client.get("/", params={"fragment": "rows"})).text()
+    row = rows[rows.index(f'href="/actions/{aid}"') :]
+    row = row[: row.index("</tr>")]
+    assert "✓1" in row
+    assert "✗1" in row
+    other = rows[rows.index(f'href="/actions/{plain}"') :]
+    assert "✓" not in other[: other.index("</tr>")]
+
+
+async def test_a_paused_action_offers_resume_to_approvers_only(
+    client: Client, journal_conn: psycopg.AsyncConnection[Any]
+) -> None:
+    """Paused between batches: an approver sees Resume, which posts (with the page's CSRF
+    token) to the resume endpoint; a reader sees the pause but no button."""
+    aid = await create_action(journal_conn, steps=1)
+    await add_host_run(journal_conn, aid, "web1", exit_code=0)
+    await add_host_run(journal_conn, aid, "web2", state="pending", batch=1)
+    running = await create_action(journal_conn)
+
+    await log_in(client, token=TOKEN)
+    html = await (await client.get(f"/actions/{aid}")).text()
+    assert 'id="resume"' not in html
+    await set_paused(journal_conn, aid)
+    html = await (await client.get(f"/actions/{aid}")).text()
+    assert 'id="paused"' in html
+    assert 'id="resume"' not in html
+
+    client.session.cookie_jar.clear()
+    await log_in(client)
+    assert 'id="resume"' not in await (await client.get(f"/actions/{running}")).text()
+    html = await (await client.get(f"/actions/{aid}")).text()
+    assert f'data-post="/api/actions/{aid}/resume"' in html
+    resp = await client.post(
+        f"/api/actions/{aid}/resume", headers={CSRF_HEADER: csrf_of(html), **same_origin(client)}
+    )
+    assert resp.status == 200, await resp.text()
+    html = await (await client.get(f"/actions/{aid}", params={"fragment": "detail"})).text()
+    assert 'id="resume"' not in html
+    assert f"resumed by {USER}" in html
