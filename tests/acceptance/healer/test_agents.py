@@ -58,16 +58,22 @@ async def host_output(dsn: str, action_id: int, host: str) -> bytes:
     return b"".join(bytes(r["data"]) for r in rows)
 
 
-@pytest.fixture(params=["journal", "message"])
+BOTH_WAYS = pytest.mark.parametrize("fleet", ["journal", "message"], indirect=True)
+
+
+@pytest.fixture
 def fleet(
     request: pytest.FixtureRequest, broker_url: str, journal_dsn: str, tmp_path: Path
 ) -> Iterator[AgentFleet]:
-    """Agents on the test's Redis; with journal access, or reporting by message."""
-    f = AgentFleet(broker_url, tmp_path, journal_dsn if request.param == "journal" else None)
+    """Agents on the test's Redis with journal access; `BOTH_WAYS` runs a test again with
+    agents that report by message."""
+    mode = getattr(request, "param", "journal")
+    f = AgentFleet(broker_url, tmp_path, journal_dsn if mode == "journal" else None)
     yield f
     f.stop_all()
 
 
+@BOTH_WAYS
 async def test_a_step_runs_once_on_each_host_and_each_host_output_is_kept_apart(
     fleet: AgentFleet, journal_dsn: str, executors: StartExecutor
 ) -> None:
@@ -186,6 +192,7 @@ async def _async(value: bool) -> bool:
     return value
 
 
+@BOTH_WAYS
 async def test_a_cancel_stops_the_script_on_every_host(
     fleet: AgentFleet, journal_dsn: str, executors: StartExecutor, tmp_path: Path
 ) -> None:
@@ -218,6 +225,7 @@ async def test_a_cancel_stops_the_script_on_every_host(
         assert b"never" not in await host_output(journal_dsn, action_id, host)
 
 
+@BOTH_WAYS
 async def test_a_pause_waits_for_a_resume_before_the_next_batch(
     fleet: AgentFleet, journal_dsn: str, executors: StartExecutor
 ) -> None:
@@ -242,6 +250,7 @@ async def test_a_pause_waits_for_a_resume_before_the_next_batch(
     assert {r["state"] for r in await host_runs(journal_dsn, action_id)} == {"succeeded"}
 
 
+@BOTH_WAYS
 async def test_a_message_not_signed_with_the_agents_key_runs_nothing(
     fleet: AgentFleet, journal_dsn: str, executors: StartExecutor, tmp_path: Path
 ) -> None:
