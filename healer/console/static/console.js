@@ -181,6 +181,9 @@
 
     function append(text, cls, from) {
       if (!text) return;
+      // A reader who scrolled up before this output came stays where they are, even when the
+      // scroll event has not been handled yet.
+      if (stick && !atBottom()) stick = false;
       const placeholder = box.querySelector(".placeholder");
       if (placeholder) placeholder.remove();
       if (lastSpan && lastSpan.className === cls && lastSpan.dataset.host === from) {
