@@ -1,4 +1,4 @@
-"""`python -m bench [exporter] [healer] [logs] [deaths] [--quick]` (what `make bench` runs).
+"""`python -m bench [exporter] [healer] [logs] [deaths] [fanout] [--quick]` (`make bench`).
 
 Runs the chosen benchmarks (all by default), each starting what it needs and stopping it, then
 writes the figures to bench/results/<date>.json and prints the markdown for bench/README.md.
@@ -22,7 +22,7 @@ import psutil
 from bench.env import BenchEnv
 from bench.harness import RESULTS, log
 
-SUITES = ("exporter", "healer", "logs", "deaths")
+SUITES = ("exporter", "healer", "logs", "deaths", "fanout")
 
 
 def _suite(name: str) -> Callable[[BenchEnv, bool], dict[str, Any]]:
@@ -38,6 +38,10 @@ def _suite(name: str) -> Callable[[BenchEnv, bool], dict[str, Any]]:
         from bench import deaths_bench
 
         return deaths_bench.run
+    if name == "fanout":
+        from bench import fanout_bench
+
+        return fanout_bench.run
     from bench import logs_bench
 
     return logs_bench.run
