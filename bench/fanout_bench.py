@@ -178,8 +178,8 @@ async def run_fanout(dsn: str, hosts: list[str]) -> dict[str, Any]:
     runs = await rows(dsn, "SELECT * FROM host_runs WHERE action_id = %s", action_id)
     if len(runs) != len(hosts) or any(r["state"] != "succeeded" for r in runs):
         raise RuntimeError(f"fan-out action {action_id}: host runs {runs}")
-    # sent_at is stamped for the whole batch before its messages go out one by one; the
-    # healer's own "hNN: sent to QUEUE" line is stamped as each publish returns.
+    # sent_at is stamped for the whole batch before its messages go out (in one call, on one
+    # producer); the healer's "hNN: sent to QUEUE" lines are stamped when that call returns.
     lines = await rows(
         dsn,
         "SELECT at, convert_from(data, 'UTF8') AS text FROM log_chunks"
@@ -303,8 +303,11 @@ def run(env: BenchEnv, quick: bool = False) -> dict[str, Any]:
     dsn = env.database()
     asyncio.run(upgrade(dsn))
     prefix = f"tm-fanout-{uuid.uuid4().hex[:6]}."
+    key = env.path("fanout-agents-key")
+    key.write_text(uuid.uuid4().hex + uuid.uuid4().hex)
     section: dict[str, Any] = {
         "broker": env.redis.url,
+        "secret_file": str(key),
         "queue_prefix": prefix,
         "reply_queue": prefix + "replies",
         "state_dir": str(env.path("fanout-agent-state")),
@@ -400,13 +403,7 @@ def summarize(
         pct(95, "overhead_ms"),
     )
     ms("sent_at -> started_at", "sent_to_started_s")
-    ms("sent_at -> its message published (the healer sends one by one)", "published_s")
-    ms("message published -> started_at", "published_to_started_s")
-    per_host.add(
-        "overhead from the publish: finished_at - published - script",
-        pct(50, "overhead_published_ms"),
-        pct(95, "overhead_published_ms"),
-    )
+    ms("sent_at -> the whole batch published (the 'sent to' lines)", "published_s")
     writes = Table(
         f"Journal writes per host run and per local step (median of {len(reps)})",
         ["", "per host run (fan-out)", "per local step (local plan)"],

@@ -33,7 +33,7 @@ from healer.agents.transport import (
     RunMessage,
     agents_app,
     broadcast_stop,
-    send_run,
+    send_runs,
 )
 from healer.errors import JournalRefused, JournalUnavailable, LeaseLost, StepFailed
 from healer.journal import executor as journal_executor
@@ -198,28 +198,40 @@ class RemoteStep:
         text = stdin.decode("utf-8", "replace")
         app = self.agents.app
         key = settings.key()
-        for r in batch:
-            if r.id not in left:
-                continue  # already sent by an earlier write of this attempt
-            msg = RunMessage(
-                run_id=r.id,
-                token=r.token,
-                action_id=target.action_id,
-                step_idx=target.step_idx,
-                host=r.host,
-                script=spec,
-                stdin=spec.stdin or text,
-                output_cap=output.cap,
-                lease=settings.lease,
+        outgoing = [
+            (
+                RunMessage(
+                    run_id=r.id,
+                    token=r.token,
+                    action_id=target.action_id,
+                    step_idx=target.step_idx,
+                    host=r.host,
+                    script=spec,
+                    stdin=spec.stdin or text,
+                    output_cap=output.cap,
+                    lease=settings.lease,
+                ),
+                r.queue,
+                left[r.id],
             )
-            try:
-                await asyncio.to_thread(send_run, app, key, msg, r.queue, left[r.id])
-            except TRANSPORT_ERRORS as exc:
-                why = settings.scrub(str(exc))
-                await self._unsent(r, why)
-                output.system(f"{r.host}: cannot send to {r.queue}: {why}")
+            for r in batch
+            if r.id in left  # (not: sent by an earlier write of this attempt)
+        ]
+        # One thread call and one producer for the whole batch: a host's message does not
+        # wait for the event loop between sends.
+        try:
+            failed = await asyncio.to_thread(send_runs, app, key, outgoing)
+        except TRANSPORT_ERRORS as exc:  # the broker refused the connection itself
+            failed = {msg.run_id: str(exc) for msg, _, _ in outgoing}
+        by_id = {r.id: r for r in batch}
+        for msg, queue, _ in outgoing:
+            error = failed.get(msg.run_id)
+            if error is None:
+                output.system(f"{msg.host}: sent to {queue}")
                 continue
-            output.system(f"{r.host}: sent to {r.queue}")
+            why = settings.scrub(error)
+            await self._unsent(by_id[msg.run_id], why)
+            output.system(f"{msg.host}: cannot send to {queue}: {why}")
         return await self._wait(target, set(ids), output)
 
     async def _too_many(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import threading
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -33,6 +34,9 @@ from healer.plan import ScriptSpec
 from healer.steps.output_capture import OutputChunk
 
 __all__ = ["JournalReporter", "MessageReporter", "Reporter"]
+
+# Per worker thread: its journal pool (see JournalReporter._j).
+_thread = threading.local()
 
 
 class Reporter(Protocol):
@@ -64,12 +68,13 @@ class JournalReporter:
         self.msg = msg
         self.agent = agent
         self._args = pg_connect_args(settings.journal, application_name=f"taskmedic-agent {agent}")
-        self._pool: AsyncConnectionPool[journal_executor.Conn] | None = None
-        self._journal: journal_executor.Journal | None = None
         self._planned: dict[str, Any] | None = None
 
     async def _j(self) -> journal_executor.Journal:
-        if self._journal is None:
+        """The journal of this worker thread: a pool opened once per thread, on the thread's
+        own event loop (`healer.agents.worker`), so a host run does not pay for a connection."""
+        journal: journal_executor.Journal | None = getattr(_thread, "journal", None)
+        if journal is None:
             args = dict(self._args)
             conninfo = args.pop("conninfo")
             args["autocommit"] = True
@@ -81,11 +86,11 @@ class JournalReporter:
                 min_size=1,
                 max_size=2,
                 open=False,
+                check=AsyncConnectionPool.check_connection,
             )
             await pool.open(wait=True, timeout=10.0)
-            self._pool = pool
-            self._journal = journal_executor.Journal(pool, retry_for=self.msg.lease / 2)
-        return self._journal
+            journal = _thread.journal = journal_executor.Journal(pool, retry_for=self.msg.lease / 2)
+        return journal
 
     async def start(self) -> bool:
         j = await self._j()
@@ -143,8 +148,7 @@ class JournalReporter:
         )
 
     async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
+        return None  # the thread's pool serves its next run
 
 
 class MessageReporter:

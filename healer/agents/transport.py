@@ -90,8 +90,25 @@ def broadcast_stop(app: Celery, runs: list[tuple[int, str]]) -> None:
         app.control.broadcast(STOP_COMMAND, arguments={"run_id": run_id, "token": token})
 
 
-def send_run(app: Celery, key: bytes, msg: RunMessage, queue: str, expires: float) -> None:
+def send_run(
+    app: Celery, key: bytes, msg: RunMessage, queue: str, expires: float, producer: Any = None
+) -> None:
     """Publish one host run, signed; a message still queued after `expires` seconds is
     discarded."""
     body = sign(key, msg.model_dump(mode="json"))
-    app.send_task(RUN_TASK, args=[body], queue=queue, expires=max(expires, 1.0))
+    app.send_task(RUN_TASK, args=[body], queue=queue, expires=max(expires, 1.0), producer=producer)
+
+
+def send_runs(
+    app: Celery, key: bytes, outgoing: list[tuple[RunMessage, str, float]]
+) -> dict[int, str]:
+    """Publish a batch of host runs (message, queue, expires) on one producer; returns the
+    error of each run that could not be sent, by run id. Blocking."""
+    failed: dict[int, str] = {}
+    with app.producer_or_acquire() as producer:
+        for msg, queue, expires in outgoing:
+            try:
+                send_run(app, key, msg, queue, expires, producer)
+            except TRANSPORT_ERRORS as exc:
+                failed[msg.run_id] = str(exc)
+    return failed

@@ -148,12 +148,23 @@ def agent_app(settings: AgentsSettings, agent: str) -> Celery:
                 reporter = JournalReporter(settings, msg, agent)
             else:
                 reporter = MessageReporter(settings, msg, agent, app)
-            return asyncio.run(_execute_closing(msg, reporter, stop))
+            return _thread_loop().run_until_complete(_execute_closing(msg, reporter, stop))
         finally:
             with _RUNNING_LOCK:
                 _RUNNING.pop(msg.run_id, None)
 
     return app
+
+
+_thread = threading.local()
+
+
+def _thread_loop() -> asyncio.AbstractEventLoop:
+    """The event loop of this pool thread, kept for its next run (with its journal pool)."""
+    loop: asyncio.AbstractEventLoop | None = getattr(_thread, "loop", None)
+    if loop is None:
+        loop = _thread.loop = asyncio.new_event_loop()
+    return loop
 
 
 async def _execute_closing(msg: RunMessage, reporter: Reporter, stop: threading.Event) -> str:
