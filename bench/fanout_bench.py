@@ -435,8 +435,8 @@ def summarize(
         "Overhead = host_runs.finished_at - sent_at minus the script's runtime as run_script "
         f"measures it here (median of {n} sequential runs in the same repetition).",
         "sent_at is stamped once for the whole batch (one UPDATE) before the healer publishes "
-        "the messages one at a time; a message's publish time is the `at` of the healer's own "
-        "`hNN: sent to QUEUE` line in log_chunks, stamped when the publish returned.",
+        "its messages in one call; the healer's own `hNN: sent to QUEUE` lines in log_chunks "
+        "are stamped when that call returned.",
     ]
     writes.notes += [
         "pg_stat_database (xact_commit, tup_inserted, tup_updated) and pg_stat_user_tables "
