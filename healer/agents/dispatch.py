@@ -197,7 +197,10 @@ class RemoteStep:
         left = await self._write(lambda c: host_runs.mark_sent(c, ids, within))
         text = stdin.decode("utf-8", "replace")
         app = self.agents.app
-        key = settings.key()
+        try:
+            key = settings.key()
+        except ValueError as exc:  # the key file went missing or unreadable since start
+            raise StepFailed(f"nothing sent: {exc}") from None
         outgoing = [
             (
                 RunMessage(

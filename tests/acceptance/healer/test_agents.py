@@ -16,7 +16,7 @@ from psycopg.rows import dict_row
 from healer.agents.transport import RUN_TASK, RunMessage, send_run, sign
 from healer.journal import host_runs as journal_host_runs
 from healer.metrics import HealerMetrics
-from healer.plan import HostsSpec, PlanStep, ScriptSpec
+from healer.plan import HostsSpec, PlanStep, ScriptSpec, UndoSpec
 from tests.support.agents import AgentFleet, delete_queues
 from tests.support.journal_helpers import (
     StartExecutor,
@@ -342,3 +342,32 @@ async def test_the_healer_exports_whether_an_agent_serves_each_host(
     await until(lambda: _async(up("app1") == 1.0 and up("app9") == 0.0), 20, "agent_up")
     agent.kill()
     await until(lambda: _async(up("app1") == 0.0), 30, "agent_up of the killed agent")
+
+
+async def test_a_later_failure_runs_the_undo_on_the_hosts_where_the_step_succeeded(
+    fleet: AgentFleet, journal_dsn: str, executors: StartExecutor, tmp_path: Path
+) -> None:
+    for host in ("app1", "app2"):
+        await asyncio.to_thread(fleet.start, host)
+    await executors(agents=fleet.settings)
+    undone = tmp_path / "undone"
+    step = PlanStep(
+        name="drain",
+        kind="script",
+        on=HostsSpec(hosts=["app1", "app2"]),
+        script=ScriptSpec(argv=["sh", "-c", "echo drained"]),
+        undo=UndoSpec(script=ScriptSpec(argv=["sh", "-c", f'echo "$TASKMEDIC_HOST" >> {undone}'])),
+    )
+    fails = PlanStep(name="check", kind="script", script=ScriptSpec(argv=["false"]))
+    action_id = await insert_action(journal_dsn, plan(step, fails))
+    row = await state_in(journal_dsn, action_id, "succeeded", "failed", timeout=30)
+    assert row["state"] == "failed"
+    assert "undone: steps 1" in row["reason"]
+    assert sorted(undone.read_text().split()) == ["app1", "app2"]
+    runs = await host_runs(journal_dsn, action_id)
+    assert sorted((r["purpose"], r["host"], r["state"]) for r in runs) == [
+        ("step", "app1", "succeeded"),
+        ("step", "app2", "succeeded"),
+        ("undo", "app1", "succeeded"),
+        ("undo", "app2", "succeeded"),
+    ]
