@@ -101,7 +101,7 @@ async def consume_replies(
             log.warning("agent message dropped: %s", exc)
             return "dropped"
 
-    def consume() -> None:
+    def consume_once() -> None:
         with Connection(settings.broker_url(), connect_timeout=5) as conn:
             queue: SimpleQueue = conn.SimpleQueue(
                 Queue(settings.reply_queue, durable=True)  # type: ignore[no-untyped-call]
@@ -123,6 +123,22 @@ async def consume_replies(
                             broadcast_stop(app, [(int(body["run_id"]), str(body["token"]))])
             finally:
                 queue.close()  # type: ignore[no-untyped-call]
+
+    def consume() -> None:
+        # The agents' broker being away is expected weather, not a failure of the healer (its
+        # readiness does not depend on it): connect again with a growing pause.
+        pause = 0.5
+        while not stop.is_set():
+            try:
+                consume_once()
+            except TRANSPORT_ERRORS as exc:
+                log.warning(
+                    "agents' reply queue: %s; again in %gs", settings.scrub(str(exc)), pause
+                )
+                stop.wait(pause)
+                pause = min(pause * 2, 10.0)
+            else:
+                pause = 0.5
 
     worker = asyncio.ensure_future(asyncio.to_thread(consume))
     try:

@@ -371,3 +371,22 @@ async def test_a_later_failure_runs_the_undo_on_the_hosts_where_the_step_succeed
         ("undo", "app1", "succeeded"),
         ("undo", "app2", "succeeded"),
     ]
+
+
+async def test_an_unreachable_agents_broker_leaves_the_healer_ready_and_agent_up_absent(
+    journal_dsn: str, executors: StartExecutor, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The agents' broker away is not the healer down: no loop counts as failed (readiness),
+    and taskmedic_agent_up says nothing rather than 0 for every host."""
+    fleet = AgentFleet("redis://127.0.0.1:1/0", tmp_path)
+    settings = fleet.settings.model_copy(update={"hosts": ["app1"]})
+    metrics = HealerMetrics()
+    await executors(agents=settings, metrics=metrics)
+    await until(
+        lambda: _async("agents' reply queue:" in caplog.text), 20, "the reply queue's retry"
+    )
+    await until(
+        lambda: _async("agents: cannot ask the broker" in caplog.text), 20, "the health look"
+    )
+    assert metrics.loops.down() == {}
+    assert metrics.registry.get_sample_value("taskmedic_agent_up", {"queue": "app1"}) is None
