@@ -47,7 +47,8 @@ def test_promtool_passes_the_packs_alert_tests(pack: Path) -> None:
 @pytest.fixture
 def example_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The environment the example config reads its secrets and passwords from."""
-    for name in ("ibex-db-password", "journal-password", "healer-token", "healer-ops-password"):
+    names = ("ibex-db-password", "journal-password", "healer-token", "healer-ops-password")
+    for name in (*names, "agents-key"):
         (tmp_path / name).write_text("not-a-real-secret\n")
     (tmp_path / "timesketch-write-dsn").write_text("postgresql://tm_rw@127.0.0.1/timesketch\n")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
