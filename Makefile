@@ -26,8 +26,11 @@ NONE_COLLECTED = rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "FATAL: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 # Every tier: tests/unit, tests/integration, tests/acceptance (the testpaths).
+# Three pytest workers (pytest-xdist): most tests wait on processes, brokers and databases, so
+# three share two cores well; TEST_WORKERS=0 runs them in one process.
+TEST_WORKERS ?= 3
 test: lint
-	@$(PYTEST) $(PYTEST_ARGS); $(NONE_COLLECTED)
+	@$(PYTEST) -n $(TEST_WORKERS) $(PYTEST_ARGS); $(NONE_COLLECTED)
 
 # The unit tier alone: pure Python, no service, no process; well under 30 s.
 unit: venv
