@@ -26,7 +26,7 @@ from kombu.simple import SimpleQueue
 
 from healer.agents.settings import AgentsSettings
 from healer.agents.transport import TRANSPORT_ERRORS, broadcast_stop, verify
-from healer.errors import BadSignature
+from healer.errors import BadSignature, JournalRefused
 from healer.journal import executor as journal_executor
 from healer.journal import host_runs
 
@@ -97,7 +97,7 @@ async def consume_replies(
         try:
             body = verify(settings.key(), signed)
             return await journal.run(lambda c: apply(c, body))
-        except (KeyError, TypeError, ValueError, BadSignature) as exc:
+        except (KeyError, TypeError, ValueError, BadSignature, JournalRefused) as exc:
             log.warning("agent message dropped: %s", exc)
             return "dropped"
 
@@ -115,7 +115,10 @@ async def consume_replies(
                     body: Any = message.payload
                     outcome = asyncio.run_coroutine_threadsafe(handle(body), loop).result()
                     if outcome == "later":
+                        # Its predecessor is with another replica (or lost: then the run
+                        # ends at its deadline and this one is dropped as stale).
                         message.requeue()
+                        stop.wait(0.05)
                         continue
                     message.ack()
                     if outcome == "stale" and body["type"] in ("start", "renew", "output"):
