@@ -22,7 +22,9 @@ import contextlib
 import logging
 import socket
 import threading
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -174,8 +176,32 @@ async def _execute_closing(msg: RunMessage, reporter: Reporter, stop: threading.
         await reporter.close()
 
 
+# A record of a taken run outlives any redelivery of its message (its deadline is the step's
+# timeout plus minutes) by far; older ones are removed when the agent starts.
+KEEP_RUN_RECORDS = 7 * 86400.0
+
+
+def prune_run_records(state_dir: Path, older_than: float = KEEP_RUN_RECORDS) -> int:
+    """Remove the records of runs taken longer ago than `older_than` seconds; returns how many."""
+    runs = state_dir / "runs"
+    if not runs.is_dir():
+        return 0
+    cutoff = time.time() - older_than
+    removed = 0
+    for record in runs.iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            if record.stat().st_mtime < cutoff:
+                record.unlink()
+                removed += 1
+    return removed
+
+
 def run_agent(settings: AgentsSettings, hosts: Sequence[str], *, loglevel: str = "INFO") -> int:
     """Serve the queues of `hosts` until stopped; returns the worker's exit code."""
+    if settings.journal is None:
+        removed = prune_run_records(settings.state_dir)
+        if removed:
+            log.info("removed %d records of runs taken over a week ago", removed)
     node = socket.gethostname()
     agent = f"{'+'.join(hosts)}@{node}"
     app = agent_app(settings, agent)
