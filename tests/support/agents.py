@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 from celery import Celery
@@ -25,23 +25,49 @@ from kombu.connection import Connection
 
 from healer.agents.settings import AgentsSettings
 from healer.agents.transport import agents_app
-from tests.services import ROOT
+from healer.plan import HostsSpec, PlanStep, ScriptSpec
+from tests.services import ROOT, Worker
+from tests.support.journal_helpers import fetch
 
 
 @dataclass
-class AgentProc:
-    host: str
-    proc: subprocess.Popen[bytes]
-    log: Path
+class AgentProc(Worker):
+    """A `taskmedic agent` process serving host `hostname`. `kill()` is kill -9 of its process
+    group: nothing is acknowledged, and its scripts (each in a session of its own) are orphaned,
+    as on a real host."""
 
-    def kill(self) -> None:
-        """`kill -9` the agent's whole group: its scripts die with it, nothing is acked."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
+    @property
+    def host(self) -> str:
+        return self.hostname
 
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+def on_hosts(name: str, code: str, hosts: list[str], **kw: Any) -> PlanStep:
+    """A script step (`sh -c code`, the test's choice of program) on `hosts`."""
+    on = HostsSpec(
+        hosts=hosts,
+        batch=kw.pop("batch", None),
+        tolerance=kw.pop("tolerance", 0),
+        pause_after=kw.pop("pause_after", []),
+    )
+    return PlanStep(
+        name=name, kind="script", on=on, script=ScriptSpec(argv=["sh", "-c", code], **kw)
+    )
+
+
+async def host_runs(dsn: str, action_id: int) -> list[dict[str, Any]]:
+    return await fetch(dsn, "SELECT * FROM host_runs WHERE action_id = %s ORDER BY id", action_id)
+
+
+async def host_output(dsn: str, action_id: int, host: str) -> bytes:
+    """What `host` printed on stdout for the action."""
+    rows = await fetch(
+        dsn,
+        "SELECT data FROM log_chunks WHERE action_id = %s AND host = %s AND stream = 'stdout'"
+        " ORDER BY id",
+        action_id,
+        host,
+    )
+    return b"".join(bytes(r["data"]) for r in rows)
 
 
 @dataclass

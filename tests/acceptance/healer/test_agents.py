@@ -17,7 +17,7 @@ from healer.agents.transport import RUN_TASK, RunMessage, send_run, sign
 from healer.journal import host_runs as journal_host_runs
 from healer.metrics import HealerMetrics
 from healer.plan import HostsSpec, PlanStep, ScriptSpec, UndoSpec
-from tests.support.agents import AgentFleet, delete_queues
+from tests.support.agents import AgentFleet, delete_queues, host_output, host_runs, on_hosts
 from tests.support.journal_helpers import (
     StartExecutor,
     fetch,
@@ -28,35 +28,6 @@ from tests.support.journal_helpers import (
     state_in,
     until,
 )
-
-
-def on_hosts(name: str, code: str, hosts: list[str], **kw: Any) -> PlanStep:
-    """A script step (`sh -c code`, the test's choice of program) on `hosts`."""
-    on = HostsSpec(
-        hosts=hosts,
-        batch=kw.pop("batch", None),
-        tolerance=kw.pop("tolerance", 0),
-        pause_after=kw.pop("pause_after", []),
-    )
-    return PlanStep(
-        name=name, kind="script", on=on, script=ScriptSpec(argv=["sh", "-c", code], **kw)
-    )
-
-
-async def host_runs(dsn: str, action_id: int) -> list[dict[str, Any]]:
-    return await fetch(dsn, "SELECT * FROM host_runs WHERE action_id = %s ORDER BY id", action_id)
-
-
-async def host_output(dsn: str, action_id: int, host: str) -> bytes:
-    rows = await fetch(
-        dsn,
-        "SELECT data FROM log_chunks WHERE action_id = %s AND host = %s AND stream = 'stdout'"
-        " ORDER BY id",
-        action_id,
-        host,
-    )
-    return b"".join(bytes(r["data"]) for r in rows)
-
 
 BOTH_WAYS = pytest.mark.parametrize("fleet", ["journal", "message"], indirect=True)
 

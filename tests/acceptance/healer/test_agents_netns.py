@@ -16,9 +16,8 @@ from typing import Any
 import pytest
 import redis
 
-from tests.acceptance.healer.test_agents import host_output, host_runs, on_hosts
 from tests.services import need_or_skip
-from tests.support.agents import AgentFleet, AgentProc
+from tests.support.agents import AgentFleet, AgentProc, host_output, host_runs, on_hosts
 from tests.support.journal_helpers import (
     StartExecutor,
     gone,
