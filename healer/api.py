@@ -9,10 +9,12 @@ refused with 409, as is approving or cancelling an action whose state does not a
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
+from psycopg import AsyncConnection
 
 from exporter.base.types import parse_duration
 from healer import appkeys
@@ -139,23 +141,40 @@ async def approve_handler(request: web.Request) -> web.Response:
     plan_hash = data.get("plan_hash")
     if not isinstance(plan_hash, str) or not plan_hash:
         return _error(400, "plan_hash is required: the hash of the plan you reviewed")
-    return await _steer(request, action_id, plan_hash)
+    return await _steer(
+        request,
+        action_id,
+        lambda conn, actor: approve_action(conn, action_id, plan_hash, actor),
+    )
 
 
 @requires("approve")
 async def cancel_handler(request: web.Request) -> web.Response:
-    return await _steer(request, _action_id(request), None)
+    action_id = _action_id(request)
+    return await _steer(
+        request, action_id, lambda conn, actor: cancel_action(conn, action_id, actor)
+    )
 
 
-async def _steer(request: web.Request, action_id: int, plan_hash: str | None) -> web.Response:
-    actor = identity_of(request)
+@requires("approve")
+async def resume_handler(request: web.Request) -> web.Response:
+    action_id = _action_id(request)
+    return await _steer(
+        request, action_id, lambda conn, actor: resume_action(conn, action_id, actor)
+    )
+
+
+async def _steer(
+    request: web.Request,
+    action_id: int,
+    change: Callable[[AsyncConnection[Any], str], Awaitable[dict[str, Any]]],
+) -> web.Response:
+    """A change a person makes to an action (approve, cancel, resume), in their name: 404 for
+    no such action, 409 when its state does not allow it, 503 without the journal."""
     try:
         with journal_errors():
             async with request.app[appkeys.JOURNAL_POOL].connection() as conn:
-                if plan_hash is None:
-                    out = await cancel_action(conn, action_id, actor)
-                else:
-                    out = await approve_action(conn, action_id, plan_hash, actor)
+                out = await change(conn, identity_of(request))
     except ActionNotFound:
         return _error(404, f"no action {action_id}")
     except ActionConflict as exc:
@@ -163,22 +182,6 @@ async def _steer(request: web.Request, action_id: int, plan_hash: str | None) ->
     except JournalUnavailable:
         return _error(503, "journal unavailable")
     return web.json_response(out, status=202 if out.get("cancel_requested") else 200)
-
-
-@requires("approve")
-async def resume_handler(request: web.Request) -> web.Response:
-    action_id = _action_id(request)
-    try:
-        with journal_errors():
-            async with request.app[appkeys.JOURNAL_POOL].connection() as conn:
-                out = await resume_action(conn, action_id, identity_of(request))
-    except ActionNotFound:
-        return _error(404, f"no action {action_id}")
-    except ActionConflict as exc:
-        return _error(409, str(exc))
-    except JournalUnavailable:
-        return _error(503, "journal unavailable")
-    return web.json_response(out)
 
 
 def routes() -> list[web.RouteDef]:
