@@ -49,7 +49,8 @@ __all__ = ["Agents", "RemoteStep"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-POLL = 0.1  # seconds between looks at a batch's runs
+POLL = 0.1  # seconds between looks at a batch's runs while they change
+POLL_MAX = 1.0  # ... and at most, while they do not
 PAUSE_POLL = 0.5
 
 
@@ -261,18 +262,24 @@ class RemoteStep:
         await self._write(lambda c: host_runs.close_open_one(c, r.id, "failed", why))
 
     async def _wait(self, target: Target, ids: set[int], output: StepOutput) -> list[HostRun]:
+        """Until every run of the batch ended. Looks every POLL seconds while runs change, less
+        often (up to POLL_MAX) while a long script runs on: each look is a fenced transaction."""
+        pause = POLL
         while True:
-            expired, rows = await self._write(partial(_poll, target=target))
+            rows = await self._write(partial(_poll, target=target))
             mine = [r for r in rows if r.id in ids]
-            stale = [(r.id, r.token) for r in mine if r.state in ("timed_out", "interrupted")]
-            for r in mine:
+            changed = [r for r in mine if r.state != self._seen.get(r.id, _Seen()).state]
+            for r in changed:
                 self._report(r, output)
-            if expired and stale:
+            # Runs that just timed out or were interrupted: their agents may still run them.
+            stale = [(r.id, r.token) for r in changed if r.state in ("timed_out", "interrupted")]
+            if stale:
                 with contextlib.suppress(*TRANSPORT_ERRORS):
                     await asyncio.to_thread(broadcast_stop, self.agents.app, stale)
             if all(r.state in FINAL for r in mine):
                 return mine
-            await asyncio.sleep(POLL)
+            pause = POLL if changed else min(pause * 1.5, POLL_MAX)
+            await asyncio.sleep(pause)
 
     def _report(self, r: HostRun, output: StepOutput) -> None:
         seen = self._seen.setdefault(r.id, _Seen())
@@ -336,11 +343,9 @@ class RemoteStep:
         return await self.journal.run(fn, fence=self.fence)
 
 
-async def _poll(
-    c: journal_executor.Conn, *, target: Target
-) -> tuple[list[tuple[str, str]], list[HostRun]]:
-    expired = await host_runs.expire(c, target)
-    return expired, await host_runs.rows(c, target)
+async def _poll(c: journal_executor.Conn, *, target: Target) -> list[HostRun]:
+    await host_runs.expire(c, target)
+    return await host_runs.rows(c, target)
 
 
 def _summary(runs: list[HostRun], done: set[str]) -> dict[str, object]:

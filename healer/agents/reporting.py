@@ -65,9 +65,9 @@ class JournalReporter:
 
     def __init__(self, settings: AgentsSettings, msg: RunMessage, agent: str) -> None:
         assert settings.journal is not None
+        self.journal_config = settings.journal
         self.msg = msg
         self.agent = agent
-        self._args = pg_connect_args(settings.journal, application_name=f"taskmedic-agent {agent}")
         self._planned: dict[str, Any] | None = None
 
     async def _j(self) -> journal_executor.Journal:
@@ -75,7 +75,10 @@ class JournalReporter:
         own event loop (`healer.agents.worker`), so a host run does not pay for a connection."""
         journal: journal_executor.Journal | None = getattr(_thread, "journal", None)
         if journal is None:
-            args = dict(self._args)
+            # Only here, once per thread: the password file is read when a pool is made.
+            args = pg_connect_args(
+                self.journal_config, application_name=f"taskmedic-agent {self.agent}"
+            )
             conninfo = args.pop("conninfo")
             args["autocommit"] = True
             args["row_factory"] = dict_row

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -57,12 +57,7 @@ class Target:
     attempt: int
 
     def params(self) -> dict[str, Any]:
-        return {
-            "action_id": self.action_id,
-            "step_idx": self.step_idx,
-            "purpose": self.purpose,
-            "attempt": self.attempt,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,15 +135,12 @@ async def rows(conn: Conn, target: Target) -> list[HostRun]:
     return [_run(r) for r in await cur.fetchall()]
 
 
-async def expire(conn: Conn, target: Target) -> list[tuple[str, str]]:
+async def expire(conn: Conn, target: Target) -> None:
     """Runs past their deadline -> `timed_out`; running ones whose lease expired ->
-    `interrupted`. Returns (host, new state) of each."""
+    `interrupted` (`rows` then shows them)."""
     params = {"action_id": target.action_id, "step_idx": target.step_idx}
-    cur = await conn.execute(q("hr_expire_unstarted"), params)
-    out = [(row["host"], "timed_out") for row in await cur.fetchall()]
-    cur = await conn.execute(q("hr_expire_running"), params)
-    out += [(row["host"], row["state"]) for row in await cur.fetchall()]
-    return out
+    await conn.execute(q("hr_expire_unstarted"), params)
+    await conn.execute(q("hr_expire_running"), params)
 
 
 async def close_open(

@@ -38,7 +38,6 @@ SET state = 'timed_out', finished_at = now(), lease_expires_at = NULL,
             || round(extract(epoch FROM deadline - sent_at)::numeric, 1) || 's'
 WHERE action_id = %(action_id)s AND step_idx = %(step_idx)s AND state = 'sent'
   AND deadline < now()
-RETURNING id, host
 
 -- name: hr_expire_running
 UPDATE host_runs
@@ -50,7 +49,6 @@ SET state = CASE WHEN deadline < now() THEN 'timed_out' ELSE 'interrupted' END,
                  ELSE 'the agent ' || agent || ' stopped renewing its lease (killed?)' END
 WHERE action_id = %(action_id)s AND step_idx = %(step_idx)s AND state = 'running'
   AND (deadline < now() OR lease_expires_at < now())
-RETURNING id, host, state
 
 -- name: hr_close_open
 -- The step is over (cancel, shutdown, a failed batch): runs not finished get `state`.
